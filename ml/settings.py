@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         "home live. Made absolute against the working directory.",
     )
 
+    alert_webhook_url: str | None = Field(
+        None, description="Optional webhook (Slack/Teams/HTTP) that receives a JSON {text} on every task failure."
+    )
+
     # --- locations ----------------------------------------------------------------------------------------------
     landing_url: str = Field("landing", description="Where REES46 event files land (CSV or Parquet).")
     quarantine_url: str = Field("quarantine", description="Where rejected files go, each with its report.")

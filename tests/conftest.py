@@ -9,6 +9,8 @@ Redis key prefix and state directory.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,27 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "real"
 TEST_STATE = ROOT / ".local" / "test-services"
+TEST_AIRFLOW_HOME = ROOT / ".local" / "test-airflow"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point Airflow at a private home, this repo's dags/ and a SQLite metadata DB before anything imports airflow.
+
+    dag.test() runs DAGs in-process against that metadata DB; the scheduler test (tests/integration) uses Postgres.
+    """
+    TEST_AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "AIRFLOW_HOME": str(TEST_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{TEST_AIRFLOW_HOME / 'airflow.db'}",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    for extra in (ROOT / "dags", ROOT / "plugins"):
+        if str(extra) not in sys.path:
+            sys.path.insert(0, str(extra))
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +125,25 @@ def rees46_sample() -> Path:
     if not path.exists():
         pytest.skip(f"real sample not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata DB, migrated once per session (idempotent; about 5 s when fresh)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ)
+
+
+@pytest.fixture
+def airflow_conns(settings, monkeypatch: pytest.MonkeyPatch):
+    """Expose the test Postgres/Redis to DAG tasks as Airflow connections (env-var connections, JSON form)."""
+    import json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PROPENSITY_POSTGRES", json.dumps({"conn_type": "postgres", "extra": {"url": settings.postgres_url}})
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PROPENSITY_REDIS", json.dumps({"conn_type": "redis", "extra": {"url": settings.redis_url}})
+    )
+    for field in ("state_dir", "redis_prefix"):
+        monkeypatch.setenv(f"PROPENSITY_{field.upper()}", str(getattr(settings, field)))
+    return settings

@@ -25,7 +25,8 @@ create table if not exists scoring.scores (
     model_version     text             not null,
     run_id            text             not null,
     tier              text             not null,
-    reason_codes      text[]           not null default '{}',
+    reason_codes      text[]           not null default '{}',  -- codes of scoring.reason_codes, strongest first
+    reason_texts      text[]           not null default '{}',  -- the same reasons rendered with this row's values
     top_contributions jsonb            not null,  -- [{"feature": ..., "value": feature value, "shap": logit contribution}]
     base_value        double precision not null,  -- sum(contributions) + base_value = logit(probability)
     contributions     real[]           not null,  -- full vector, ordered as ml.model_versions.features
