@@ -97,6 +97,98 @@ def show_settings() -> None:
     typer.echo(json.dumps(settings().model_dump(mode="json"), indent=2))
 
 
+@app.command()
+def generate(
+    days: Annotated[int, typer.Option(help="Number of days to generate.")] = 70,
+    users: Annotated[int, typer.Option(help="Number of users.")] = 4_000,
+    products: Annotated[int, typer.Option(help="Number of products (at least one per leaf category).")] = 2_000,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = "2019-10-01",
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 42,
+    out: Annotated[str | None, typer.Option(help="Output directory or URL (default: the landing location).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="File format: csv, parquet or both.")] = "csv",
+    drift_from: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD: from this day prices rise, the category mix shifts, conversion drops.")
+    ] = None,
+) -> None:
+    """Generate synthetic REES46 events (seeded) and write one file per UTC day (events_YYYY-MM-DD.csv/.parquet)."""
+    import datetime as _dt
+
+    from ml.generate import GeneratorConfig, generate_events, write_daily_files
+
+    formats = {"csv": ("csv",), "parquet": ("parquet",), "both": ("csv", "parquet")}.get(fmt)
+    if formats is None:
+        raise typer.BadParameter(f"--format must be csv, parquet or both, not {fmt!r}")
+    config = GeneratorConfig(
+        start=_dt.date.fromisoformat(start), days=days, n_users=users, n_products=products, seed=seed,
+        drift_from=_dt.date.fromisoformat(drift_from) if drift_from else None,
+    )
+    df = generate_events(config)
+    counts = df["event_time"].dt.floor("D").value_counts().sort_index()
+    paths = write_daily_files(df, out or settings().location("landing"), formats=formats)
+    for p in paths:
+        day = _dt.date.fromisoformat(str(p).rsplit("events_", 1)[1][:10])
+        typer.echo(f"{p}\t{int(counts[counts.index.date == day].iloc[0]):,} rows")
+    by_type = ", ".join(f"{k} {v:,}" for k, v in df["event_type"].value_counts().items())
+    typer.echo(f"wrote {len(paths)} file(s), {len(df):,} events ({by_type})")
+
+
+# --- demo and local Airflow ---------------------------------------------------------------------------------------
+airflow_app = typer.Typer(help="Run a local Airflow (scheduler, dag-processor, api-server) on the embedded services.",
+                          no_args_is_help=True)
+app.add_typer(airflow_app, name="airflow")
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="Days of generated history (ending yesterday, UTC).")] = 63,
+    users: Annotated[int, typer.Option(help="Generated users.")] = 3000,
+    products: Annotated[int, typer.Option(help="Generated products.")] = 1500,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+    port: Annotated[int, typer.Option(help="Airflow api-server (UI) port.")] = 8080,
+    api_port: Annotated[int, typer.Option(help="Port of the lookup API started for the sample lookup.")] = 8000,
+    keep_ui: Annotated[bool, typer.Option("--keep-ui", help="Leave Airflow running after the demo.")] = False,
+) -> None:
+    """Run the whole pipeline end to end through a real local Airflow scheduler and print a summary."""
+    from ml.demo import run_demo
+
+    summary = run_demo(
+        settings(), days=days, users=users, products=products, seed=seed, port=port, api_port=api_port,
+        keep_ui=keep_ui,
+    )
+    typer.echo(summary.text())
+
+
+@airflow_app.command("up")
+def airflow_up(port: Annotated[int, typer.Option(help="api-server (UI) port.")] = 8080) -> None:
+    """Migrate Airflow's metadata DB and start scheduler, dag-processor and api-server in the background."""
+    from ml.local_airflow import local_airflow
+
+    af = local_airflow(settings(), port=port)
+    af.migrate()
+    af.start()
+    typer.echo(f"Airflow UI: {af.base_url} (logs: {af.home / 'logs'}); stop with `propensity airflow down`")
+
+
+@airflow_app.command("down")
+def airflow_down() -> None:
+    """Stop the local Airflow started by `airflow up` or `demo --keep-ui`."""
+    from ml.local_airflow import local_airflow
+
+    local_airflow(settings()).stop()
+    typer.echo("Airflow stopped")
+
+
+@airflow_app.command("env")
+def airflow_env() -> None:
+    """Print `export` lines to run `airflow ...` commands against the local installation (e.g. backfills)."""
+    from ml.local_airflow import local_airflow
+
+    env = local_airflow(settings()).env()
+    for k in sorted(env):
+        if k.startswith(("AIRFLOW", "PROPENSITY_")):
+            typer.echo(f"export {k}='{env[k]}'")
+
+
 def main() -> None:
     app()
 

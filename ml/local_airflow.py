@@ -227,10 +227,17 @@ class LocalAirflow:
             return r.json().get("task_instances", [])
 
     def wait_for_run(
-        self, dag_id: str, *, run_id: str | None = None, after: str | None = None, timeout: float = 1800
+        self,
+        dag_id: str,
+        *,
+        run_id: str | None = None,
+        after: str | None = None,
+        timeout: float = 1800,
+        allow_failed: bool = False,
     ) -> dict[str, Any]:
         """Wait for a run of ``dag_id`` (a given run id, or the first run created after ISO time ``after``) to
-        finish; log progress; return the run. Raises :class:`AirflowError` on failure or time-out."""
+        finish; log progress; return the run. Raises :class:`AirflowError` on time-out, and on failure unless
+        ``allow_failed`` (e.g. an ingest run that quarantined a file but loaded the others)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -251,6 +258,8 @@ class LocalAirflow:
                     log.info(line)
                     last = line
                 if run["state"] == "success":
+                    return run
+                if run["state"] == "failed" and allow_failed:
                     return run
                 if run["state"] == "failed":
                     failed = [f"{t['task_id']}[{t.get('map_index', -1)}]" for t in tis if t["state"] == "failed"]

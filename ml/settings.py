@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     gate_pr_auc_tolerance: float = Field(0.0, description="Challenger PR-AUC may trail the champion's by this much.")
     gate_ece_tolerance: float = Field(0.01, description="Challenger ECE may exceed the champion's by this much.")
+    train_on_new_events: bool = Field(
+        False,
+        description="Also run train_ensemble whenever new events land (Asset 'events'), not only weekly. The demo "
+        "turns this on so the chain flows ingest -> train -> score by Assets.",
+    )
     seed: int = Field(42, description="Seed for generators, samplers and models.")
 
     # --- scoring ------------------------------------------------------------------------------------------------
@@ -91,12 +96,45 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("prop", description="Namespace prefix of every Redis key this project writes.")
     publish_top_n: int = Field(20, description="Hot products per user published to Redis.")
     publish_min_probability: float = Field(0.0, description="Pairs below this probability are not published.")
-    publish_keep_versions: int = Field(2, description="Published versions kept (current + rollback).")
+    publish_keep_versions: int = Field(
+        2,
+        description="Published versions kept in Redis: the newest N, plus always the served one and the one it "
+        "replaced (rollback target). Older versions and leftovers of failed publishes are deleted by cleanup.",
+    )
+    publish_chunk_pairs: int = Field(
+        20_000, description="Hot pairs sent per pipelined round trip to Redis while publishing."
+    )
+    publish_lock_timeout_s: int = Field(
+        900,
+        description="Lifetime of the Redis lock that serialises publish/rollback/cleanup, seconds; renewed per "
+        "chunk, so it only expires when its holder died.",
+    )
     api_auth_enabled: bool = Field(True, description="Require a bearer token on /v1 routes.")
     api_key_hashes: list[str] = Field(
-        [], description="sha256 hex digests of accepted API keys (never the keys themselves)."
+        [],
+        description="sha256 hex digests of accepted API keys (never the keys themselves); "
+        "`propensity api-key create` prints a new key and its digest.",
     )
-    api_rate_limit: str = Field("6000/minute", description="Per-client rate limit (limits syntax).")
+    api_jwt_secret: SecretStr | None = Field(
+        None,
+        description="Also accept JWT bearer tokens verified with this key (HMAC secret, or a PEM public key for "
+        "RS/ES algorithms). Unset: API keys only.",
+    )
+    api_jwt_algorithms: list[str] = Field(["HS256"], description="Accepted JWT signing algorithms.")
+    api_jwt_audience: str | None = Field(None, description="Required JWT 'aud' claim; unset: not checked.")
+    api_rate_limit: str = Field(
+        "6000/minute",
+        description="Per-client rate limit on /v1 routes (limits syntax, e.g. '100/second;6000/minute'); "
+        "empty disables it. The client is the API key / JWT subject, or the peer address without auth.",
+    )
+    api_rate_limit_storage: str = Field(
+        "memory://",
+        description="limits storage URI for rate-limit counters. memory:// counts per worker process; "
+        "redis://host:6379/1 shares counters across workers and hosts.",
+    )
+    api_redis_timeout_s: float = Field(
+        1.0, description="Connect and read timeout of the API's Redis calls, seconds (healthz answers 503 after it)."
+    )
 
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:

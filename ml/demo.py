@@ -1,0 +1,217 @@
+"""The end-to-end demo: embedded services -> generated REES46 events -> a real local Airflow scheduler running
+ingest_events -> (Asset events) train_ensemble -> (Asset model) score_active_pairs (which publishes to Redis) ->
+one lookup through the HTTP API -> a printed summary.
+
+Only the first DAG is triggered by hand; the rest follow from Assets, exactly as in production. The generated data
+ends yesterday (UTC), so "tonight's" scoring run scores today's active pairs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from ml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DAG_IDS = ["ingest_events", "train_ensemble", "score_active_pairs"]
+
+
+@dataclass
+class DemoSummary:
+    """What the demo did, for printing."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str = "") -> None:
+        self.lines.append(line)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def prepare_landing(settings: Settings, *, days: int, users: int, products: int, seed: int) -> list[Path]:
+    """Write the demo dataset (ending yesterday) plus one deliberately corrupt file into the landing folder."""
+    from ml.generate import GeneratorConfig, corrupt_file, generate_events, write_daily_files
+
+    landing = Path(settings.location("landing"))
+    landing.mkdir(parents=True, exist_ok=True)
+    start = _utc_today() - dt.timedelta(days=days)
+    cfg = GeneratorConfig(start=start, days=days, n_users=users, n_products=products, seed=seed)
+    _say(f"generating {days} days of events for {users:,} users x {products:,} products from {start} ...")
+    t0 = time.perf_counter()
+    events = generate_events(cfg)
+    files = write_daily_files(events, landing, formats=("csv",))
+    _say(f"wrote {len(files)} daily files, {len(events):,} events in {time.perf_counter() - t0:.1f}s -> {landing}")
+    bad = corrupt_file(files[-1], landing / "events_corrupt_sample.csv", "negative_price", seed=seed)
+    _say(f"also dropped a corrupt file to show quarantine: {bad.name}")
+    return [*files, bad]
+
+
+def _api_lookup(settings: Settings, redis_url: str, pg_url: str, port: int) -> list[str]:
+    """Start the lookup API briefly, make one authenticated lookup of a top user, return printable lines."""
+    import redis
+
+    from ml.publish import current_version_info, sample_user
+
+    client = redis.Redis.from_url(redis_url)
+    user_id = sample_user(client, settings)
+    info = current_version_info(client, settings)
+    client.close()
+    if user_id is None:
+        return ["  (nothing published: no lookup made)"]
+    key = secrets.token_urlsafe(24)
+    env = {
+        **os.environ,
+        "PROPENSITY_REDIS_URL": redis_url,
+        "PROPENSITY_POSTGRES_URL": pg_url,
+        "PROPENSITY_REDIS_PREFIX": settings.redis_prefix,
+        "PROPENSITY_API_KEY_HASHES": f'["{hashlib.sha256(key.encode()).hexdigest()}"]',
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml", "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/users/{user_id}/recommendations?limit=3"
+        for _ in range(100):
+            try:
+                r = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            return ["  (the API did not start)"]
+        return [f"  GET {url}  -> {r.status_code}", "  " + r.text[:600], f"  served version: {info}"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def summarize(engine: sa.Engine, settings: Settings) -> list[str]:
+    """Counts and pointers from Postgres for the closing summary."""
+    q = lambda sql: engine.connect().execute(sa.text(sql))  # noqa: E731 - tiny local helper
+    out: list[str] = []
+    ev, files = q("select (select count(*) from raw.events), (select count(*) from raw.ingested_files)").one()
+    bad = q("select file_name, failed_rules, quarantine_uri from quality.validation_runs where not success").all()
+    out.append(f"events loaded: {ev:,} from {files} files; files quarantined: {len(bad)}")
+    for b in bad:
+        out.append(f"  quarantined {b.file_name}: rules {', '.join(b.failed_rules)} -> {b.quarantine_uri}")
+    champ = q(
+        "select version, metrics, report_uri from ml.model_versions where status = 'champion' "
+        "order by created_at desc limit 1"
+    ).first()
+    if champ:
+        m = champ.metrics.get("holdout", champ.metrics) if isinstance(champ.metrics, dict) else {}
+        keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "hit_rate_at_10")
+        shown = ", ".join(f"{k}={m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
+        out.append(f"champion model: {champ.version}  {shown}")
+        out.append(f"  model report: {champ.report_uri}")
+    run = q(
+        "select run_id, score_date, scored_pairs, timings, model_version from scoring.runs "
+        "where status = 'succeeded' order by finished_at desc limit 1"
+    ).first()
+    if run:
+        total = sum(v for v in (run.timings or {}).values() if isinstance(v, (int, float))) or None
+        rate = f", {run.scored_pairs / total:,.0f} pairs/s over {total:.1f}s of stage time" if total else ""
+        out.append(f"pairs scored: {run.scored_pairs:,} for {run.score_date} by {run.model_version}{rate}")
+    pub = q("select * from scoring.publications order by published_at desc limit 1").mappings().first()
+    if pub:
+        out.append(
+            f"hot pairs published to Redis: {pub.get('pairs', pub.get('hot_pairs', '?')):,} for "
+            f"{pub.get('users', '?'):,} users as version {pub.get('version')}"
+        )
+    return out
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    days: int = 63,
+    users: int = 3000,
+    products: int = 1500,
+    seed: int = 7,
+    port: int = 8080,
+    api_port: int = 8000,
+    keep_ui: bool = False,
+    timeout_s: float = 3600,
+) -> DemoSummary:
+    """Run the whole pipeline through a local Airflow scheduler on the embedded (or configured) services."""
+    from ml.db import make_engine, migrate
+    from ml.local_airflow import local_airflow
+    from ml.services import resolve_services
+
+    summary = DemoSummary()
+    svc = resolve_services(settings)
+    _say(f"postgres: {svc.postgres_url}{' (embedded)' if svc.embedded_postgres else ''}")
+    _say(f"redis:    {svc.redis_url}{' (embedded)' if svc.embedded_redis else ''}")
+    engine = make_engine(svc.postgres_url)
+    applied = migrate(engine)
+    _say(f"migrations applied: {len(applied)}")
+    landing = Path(settings.location("landing"))
+    if not any(landing.glob("events_*")):
+        prepare_landing(settings, days=days, users=users, products=products, seed=seed)
+    else:
+        _say(f"landing already has files ({landing}); not generating")
+
+    af = local_airflow(settings, port=port)
+    af.extra_env["PROPENSITY_TRAIN_ON_NEW_EVENTS"] = "true"
+    _say("migrating Airflow's metadata database (first time takes a minute) ...")
+    af.migrate()
+    _say(f"starting Airflow (scheduler, dag-processor, api-server on {af.base_url}) ...")
+    af.start()
+    try:
+        af.wait_for_dags(DAG_IDS)
+        for d in DAG_IDS:
+            af.unpause(d)
+        started = dt.datetime.now(dt.UTC).isoformat()
+        run_id = af.trigger("ingest_events")
+        _say(f"triggered ingest_events ({run_id}); train_ensemble and score_active_pairs follow by Assets")
+        t0 = time.perf_counter()
+        ingest = af.wait_for_run("ingest_events", run_id=run_id, timeout=timeout_s, allow_failed=True)
+        _say(f"ingest_events finished: {ingest['state']} ({time.perf_counter() - t0:.0f}s)")
+        train = af.wait_for_run("train_ensemble", after=started, timeout=timeout_s)
+        _say(f"train_ensemble finished: {train['state']} ({time.perf_counter() - t0:.0f}s)")
+        score = af.wait_for_run("score_active_pairs", after=started, timeout=timeout_s)
+        _say(f"score_active_pairs finished: {score['state']} ({time.perf_counter() - t0:.0f}s)")
+
+        summary.add("=" * 78)
+        summary.add("Demo summary")
+        summary.add("=" * 78)
+        for line in summarize(engine, settings):
+            summary.add(line)
+        summary.add("one lookup through the HTTP API:")
+        for line in _api_lookup(settings, svc.redis_url, svc.postgres_url, api_port):
+            summary.add(line)
+        reports = Path(settings.location("reports"))
+        summary.add(f"Airflow UI: {af.base_url}  ({'running' if keep_ui else 'stopped at exit; --keep-ui keeps it'})")
+        summary.add(f"Data Docs:  {reports / 'data_docs'}")
+        summary.add(f"Reports:    {reports}")
+        summary.add(f"SQL to try: psql '{svc.postgres_url}' -c 'select * from bi.latest_scores limit 10'")
+    finally:
+        if not keep_ui:
+            af.stop()
+    return summary
