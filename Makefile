@@ -17,10 +17,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed ## create .venv and install the locked requirements
 
 demo: venv ## set up and run the whole pipeline end to end on the embedded services
-	$(PY) -m ml demo
+	$(PY) -m ml demo $(ARGS)
 
 test: venv ## set up and run the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)
 
 test-fast: venv ## unit tests only
 	$(PY) -m pytest -q tests/unit tests/dags
