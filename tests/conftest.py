@@ -8,6 +8,7 @@ Redis key prefix and state directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     dag.test() runs DAGs in-process against that metadata DB; the scheduler test (tests/integration) uses Postgres.
     """
+    # pgserver logs from an atexit hook, after pytest has closed its capture streams
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     TEST_AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     defaults = {
         "AIRFLOW_HOME": str(TEST_AIRFLOW_HOME),

@@ -1,0 +1,204 @@
+"""Data and HTML for the "Propensity" page in the Airflow UI (served by plugins/propensity_ui.py).
+
+The page shows the model leaderboard (champion, challengers, metrics), the latest ingest/train/score/publish runs
+with counts and timings, validation failures, drift, and links to the model reports and Data Docs. Read-only SQL;
+tables that do not exist yet (a fresh install) show as empty sections.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+_QUERIES: dict[str, tuple[str, str]] = {
+    # name: (table that must exist, query)
+    "models": (
+        "ml.model_versions",
+        "select version, status, created_at, metrics, report_uri from ml.model_versions "
+        "order by created_at desc limit 20",
+    ),
+    "score_runs": (
+        "scoring.runs",
+        "select run_id, score_date, model_version, status, planned_pairs, scored_pairs, buckets, timings, error, "
+        "started_at, finished_at from scoring.runs order by started_at desc limit 15",
+    ),
+    "ingested": (
+        "raw.ingested_files",
+        "select file_name, row_count, min_event_time, max_event_time, ingested_at from raw.ingested_files "
+        "order by ingested_at desc limit 15",
+    ),
+    "failures": (
+        "quality.validation_runs",
+        "select file_name, suite_name, failed_rules, row_count, quarantine_uri, report_uri, validated_at "
+        "from quality.validation_runs where not success order by validated_at desc limit 20",
+    ),
+    "publications": (
+        "scoring.publications",
+        "select version, score_date, model_version, status, users, pairs, seconds, published_at "
+        "from scoring.publications order by started_at desc limit 10",
+    ),
+    "drift": (
+        "monitoring.metrics",
+        "select metric_date, kind, name, value from monitoring.metrics "
+        "where kind in ('score_psi', 'feature_psi') order by metric_date desc, kind, name limit 40",
+    ),
+    "daily_scores": (
+        "scoring.runs",
+        "select distinct on (score_date) score_date, scored_pairs from scoring.runs where status = 'succeeded' "
+        "order by score_date desc, finished_at desc limit 60",
+    ),
+}
+
+
+@dataclass
+class DashboardData:
+    sections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def collect_dashboard(engine: sa.Engine) -> DashboardData:
+    """Run the page's read-only queries; a section whose table does not exist yet is an empty list."""
+    data = DashboardData()
+    with engine.connect() as c:
+        for name, (table, sql) in _QUERIES.items():
+            if c.execute(sa.text("select to_regclass(:t)"), {"t": table}).scalar() is None:
+                data.sections[name] = []
+                continue
+            data.sections[name] = [dict(r) for r in c.execute(sa.text(sql)).mappings()]
+    return data
+
+
+def _metric(metrics: Any, key: str) -> str:
+    if isinstance(metrics, str):
+        metrics = json.loads(metrics)
+    if not isinstance(metrics, dict):
+        return ""
+    for scope in (metrics.get("holdout"), metrics):
+        if isinstance(scope, dict) and isinstance(scope.get(key), (int, float)):
+            return f"{scope[key]:.4f}"
+    return ""
+
+
+def _link(uri: Any, files_base: str, label: str) -> str:
+    if not uri:
+        return ""
+    uri = str(uri)
+    href = uri if "://" in uri else f"{files_base}?path={html.escape(uri)}"
+    return f'<a href="{href}" target="_blank">{html.escape(label)}</a>'
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "<p class='empty'>nothing yet</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _plot_daily(rows: list[dict[str, Any]]) -> str:
+    """A small PNG (base64 <img>) of scored pairs per score date, or '' with fewer than two dates."""
+    if len(rows) < 2:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["score_date"])
+    fig, ax = plt.subplots(figsize=(7, 2.2), dpi=100)
+    ax.plot([r["score_date"] for r in rows], [r["scored_pairs"] or 0 for r in rows], marker="o")
+    ax.set_ylabel("pairs scored")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="pairs scored per night" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def render_dashboard(data: DashboardData, *, files_base: str = "files", data_docs_href: str | None = None) -> str:
+    """The page as one self-contained HTML document. ``files_base`` is the relative URL serving report files."""
+    e = html.escape
+    s = data.sections
+    models = _table(
+        ["version", "status", "created", "PR-AUC", "ROC-AUC", "log loss", "ECE", "report"],
+        [
+            [
+                e(str(m["version"])),
+                f"<b>{e(m['status'])}</b>" if m["status"] == "champion" else e(str(m["status"])),
+                e(f"{m['created_at']:%Y-%m-%d %H:%M}"),
+                _metric(m["metrics"], "pr_auc"),
+                _metric(m["metrics"], "roc_auc"),
+                _metric(m["metrics"], "log_loss"),
+                _metric(m["metrics"], "ece"),
+                _link(m.get("report_uri"), files_base, "report"),
+            ]
+            for m in s.get("models", [])
+        ],
+    )
+    runs = _table(
+        ["run", "score date", "model", "status", "planned", "scored", "buckets", "stage seconds", "finished"],
+        [
+            [
+                e(str(r["run_id"])),
+                e(str(r["score_date"])),
+                e(str(r["model_version"])),
+                e(r["status"]) + (f"<br><small>{e(str(r['error'])[:200])}</small>" if r.get("error") else ""),
+                f"{r['planned_pairs'] or 0:,}",
+                f"{r['scored_pairs'] or 0:,}",
+                str(r["buckets"] or ""),
+                e(", ".join(f"{k} {v:.1f}" for k, v in (r["timings"] or {}).items() if isinstance(v, (int, float)))),
+                e(f"{r['finished_at']:%Y-%m-%d %H:%M}" if r.get("finished_at") else ""),
+            ]
+            for r in s.get("score_runs", [])
+        ],
+    )
+    ingested = _table(
+        ["file", "rows", "events from", "events to", "loaded"],
+        [
+            [e(f["file_name"]), f"{f['row_count']:,}", e(str(f["min_event_time"])), e(str(f["max_event_time"])),
+             e(f"{f['ingested_at']:%Y-%m-%d %H:%M}")]
+            for f in s.get("ingested", [])
+        ],
+    )
+    failures = _table(
+        ["file", "failed rules", "rows", "quarantined at", "report", "when"],
+        [
+            [e(f["file_name"]), e(", ".join(f["failed_rules"] or [])), f"{f['row_count'] or 0:,}",
+             e(str(f["quarantine_uri"] or "")), _link(f.get("report_uri"), files_base, "report"),
+             e(f"{f['validated_at']:%Y-%m-%d %H:%M}")]
+            for f in s.get("failures", [])
+        ],
+    )
+    pubs = _table(
+        ["version", "score date", "model", "status", "users", "hot pairs", "seconds", "published"],
+        [
+            [e(str(p["version"])), e(str(p["score_date"])), e(str(p["model_version"])), e(p["status"]),
+             f"{p['users'] or 0:,}", f"{p['pairs'] or 0:,}", f"{p['seconds'] or 0:.1f}",
+             e(f"{p['published_at']:%Y-%m-%d %H:%M}" if p.get("published_at") else "")]
+            for p in s.get("publications", [])
+        ],
+    )
+    drift = _table(
+        ["date", "kind", "name", "PSI"],
+        [[e(str(d["metric_date"])), e(d["kind"]), e(d["name"]), f"{d['value']:.4f}" if d["value"] is not None else ""]
+         for d in s.get("drift", [])],
+    )
+    docs = f'<p><a href="{data_docs_href}" target="_blank">Great Expectations Data Docs</a></p>' if data_docs_href else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Propensity pipeline</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.2em;color:#222}}h2{{margin-top:1.4em;font-size:1.1em}}
+table{{border-collapse:collapse;font-size:.85em}}td,th{{border:1px solid #ddd;padding:3px 7px;text-align:left}}
+th{{background:#f3f3f3}}.empty{{color:#888}}</style></head><body>
+<h1>Propensity pipeline</h1>{docs}
+<h2>Model leaderboard</h2>{models}
+<h2>Scoring runs</h2>{_plot_daily(s.get("daily_scores", []))}{runs}
+<h2>Redis publications</h2>{pubs}
+<h2>Validation failures (quarantined files)</h2>{failures}
+<h2>Latest ingested files</h2>{ingested}
+<h2>Drift (PSI against the previous score date)</h2>{drift}
+</body></html>"""

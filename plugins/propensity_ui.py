@@ -1,0 +1,82 @@
+"""Airflow UI plugin: a "Propensity" entry in the navigation showing the model leaderboard, the latest runs,
+validation failures, drift and links to reports (Airflow 3 plugin: a FastAPI app + an external view).
+
+Only glue lives here: the data and HTML come from ``ml.dashboard``. The pipeline database URL comes from the
+``propensity_postgres`` connection (env-var connections are read directly, so the api-server needs no Task SDK).
+Note: Airflow does not put plugin FastAPI apps behind its own auth; the page is read-only, and in production the
+api-server should sit behind your SSO proxy as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse
+
+from airflow.plugins_manager import AirflowPlugin
+
+app = FastAPI(title="Propensity pipeline page", docs_url=None, redoc_url=None)
+
+
+def _pipeline_url() -> str:
+    raw = os.environ.get("AIRFLOW_CONN_PROPENSITY_POSTGRES", "")
+    if raw.startswith("{"):
+        conn = json.loads(raw)
+        url = conn.get("extra", {}).get("url") or ""
+    else:
+        url = raw
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url:
+        return url
+    from ml.services import resolve_services
+    from ml.settings import get_settings
+
+    return resolve_services(get_settings(), start=False).postgres_url
+
+
+def _reports_root() -> Path:
+    from ml.settings import get_settings
+
+    return Path(get_settings().location("reports")).resolve()
+
+
+@app.get("/", response_class=HTMLResponse)
+def page() -> str:
+    from ml.dashboard import collect_dashboard, render_dashboard
+    from ml.db import make_engine
+
+    engine = make_engine(_pipeline_url())
+    try:
+        data = collect_dashboard(engine)
+    finally:
+        engine.dispose()
+    docs = _reports_root() / "data_docs" / "index.html"
+    return render_dashboard(data, files_base="files", data_docs_href=f"files?path={docs}" if docs.exists() else None)
+
+
+@app.get("/files")
+def files(path: str = Query(..., description="A report file under the reports location")) -> FileResponse:
+    """Serve a model report or Data Docs file, only from inside the reports location."""
+    root = _reports_root()
+    target = Path(path.removeprefix("file://")).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise HTTPException(status_code=404, detail="no such report")
+    return FileResponse(target)
+
+
+class PropensityPlugin(AirflowPlugin):
+    name = "propensity"
+    fastapi_apps = [{"app": app, "url_prefix": "/propensity", "name": "Propensity pipeline page"}]
+    external_views = [
+        {
+            "name": "Propensity",
+            "href": "propensity/",
+            "destination": "nav",
+            "url_route": "propensity",
+            "category": "browse",
+        }
+    ]
