@@ -73,13 +73,20 @@ def _api_lookup(settings: Settings, redis_url: str, pg_url: str, port: int) -> l
     """Start the lookup API briefly, make one authenticated lookup of a top user, return printable lines."""
     import redis
 
-    from ml.publish import current_version_info, sample_user
+    from ml.db import make_engine
+    from ml.publish import current_version, version_meta
 
     client = redis.Redis.from_url(redis_url)
-    user_id = sample_user(client, settings)
-    info = current_version_info(client, settings)
+    version = current_version(client, settings)
+    info = version_meta(client, settings, version) if version is not None else {}
     client.close()
-    if user_id is None:
+    engine = make_engine(pg_url)
+    with engine.connect() as c:
+        user_id = c.execute(
+            sa.text("select user_id from bi.latest_scores order by probability desc, user_id limit 1")
+        ).scalar()
+    engine.dispose()
+    if version is None or user_id is None:
         return ["  (nothing published: no lookup made)"]
     key = secrets.token_urlsafe(24)
     env = {

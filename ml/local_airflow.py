@@ -288,19 +288,23 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def local_airflow(settings: Settings, *, port: int = 8080, home: Path | None = None) -> LocalAirflow:
-    """A :class:`LocalAirflow` for these settings: metadata DB ``airflow`` next to the pipeline DB."""
+def local_airflow(
+    settings: Settings, *, port: int = 8080, home: Path | None = None, metadata_db: str | None = None
+) -> LocalAirflow:
+    """A :class:`LocalAirflow` for these settings: its metadata DB (default ``airflow``) lives on the same
+    PostgreSQL server as the pipeline DB, created if missing."""
     import sqlalchemy as sa
 
     from ml.db import make_engine
     from ml.services import AIRFLOW_DB, resolve_services
 
     svc = resolve_services(settings)
-    meta = sa.engine.make_url(svc.postgres_url).set(database=AIRFLOW_DB)
+    db = metadata_db or AIRFLOW_DB
+    meta = sa.engine.make_url(svc.postgres_url).set(database=db)
     admin = make_engine(svc.postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        if not c.execute(sa.text("select 1 from pg_database where datname = :d"), {"d": AIRFLOW_DB}).first():
-            c.execute(sa.text(f'create database "{AIRFLOW_DB}"'))
+        if not c.execute(sa.text("select 1 from pg_database where datname = :d"), {"d": db}).first():
+            c.execute(sa.text(f'create database "{db}"'))
     admin.dispose()
     return LocalAirflow(
         home=home or settings.state_dir / "airflow",
