@@ -189,6 +189,250 @@ def airflow_env() -> None:
             typer.echo(f"export {k}='{env[k]}'")
 
 
+# --- training and the model registry (ml.train, ml.registry) -----------------------------------------------------
+@app.command()
+def train(
+    n_trials: Annotated[int | None, typer.Option(help="Optuna trials per member (default: settings.n_trials).")] = None,
+    timeout: Annotated[int | None, typer.Option(help="Tuning time budget per member, seconds.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Use snapshots labelled before this date, YYYY-MM-DD (UTC).")] = None,
+    members: Annotated[
+        str | None, typer.Option(help="Comma-separated members (catboost,xgboost,lightgbm,random_forest).")
+    ] = None,
+    force_promote: Annotated[bool, typer.Option("--force-promote", help="Promote even if the gate refuses.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML model report.")] = False,
+) -> None:
+    """Train, evaluate and register a new ensemble version, apply the champion/challenger gate, write the report."""
+    from ml.train import run_training
+
+    s = settings()
+    engine = pg_engine(s)
+    run = run_training(
+        engine, s, as_of, n_trials=n_trials, timeout=timeout,
+        members=[m.strip() for m in members.split(",") if m.strip()] if members else None,
+        force_promote=force_promote, write_report=not no_report,
+    )
+    m = run.metrics["ensemble"]
+    typer.echo(f"version {run.version}: {run.status} ({run.decision.reason})")
+    typer.echo("holdout: " + ", ".join(f"{k}={m[k]:.4f}" for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+                                       if isinstance(m.get(k), float)))
+    typer.echo(f"artifacts: {run.artifact_uri}")
+    if run.report_uri:
+        typer.echo(f"report: {run.report_uri}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str | None, typer.Argument(help="Version to make champion.")] = None,
+    previous: Annotated[bool, typer.Option("--previous", help="Roll back to the previous champion instead.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (stored in ml.gate_decisions).")] = "",
+) -> None:
+    """Manually promote VERSION to champion (or --previous: roll back); recorded as a manual gate decision."""
+    import getpass
+
+    from ml.registry import promote_version, rollback_champion
+
+    if previous == (version is not None):
+        raise typer.BadParameter("give either VERSION or --previous")
+    who = f"cli:{getpass.getuser()}"
+    engine = pg_engine()
+    mv = (rollback_champion(engine, reason=reason, decided_by=who) if previous
+          else promote_version(engine, version, reason=reason, decided_by=who))
+    typer.echo(f"champion: {mv.version}")
+
+
+@app.command("rollback-model")
+def rollback_model(reason: Annotated[str, typer.Option(help="Why (stored in ml.gate_decisions).")] = "") -> None:
+    """Restore the previous champion (same as `promote --previous`)."""
+    promote(version=None, previous=True, reason=reason)
+
+
+@app.command()
+def models(
+    limit: Annotated[int, typer.Option(help="How many versions to list, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List registered model versions with status and holdout metrics."""
+    from ml.registry import list_versions
+
+    rows = list_versions(pg_engine(), limit=limit)
+    if as_json:
+        typer.echo(json.dumps([{"version": r.version, "status": r.status, "created_at": r.created_at,
+                                "metrics": r.ensemble_metrics, "weights": r.weights, "artifact_uri": r.artifact_uri,
+                                "report_uri": r.report_uri} for r in rows], indent=2, default=str))
+        return
+    keys = ("roc_auc", "pr_auc", "log_loss", "ece")
+    typer.echo(f"{'version':24} {'status':11} {'created (UTC)':17} " + " ".join(f"{k:>8}" for k in keys))
+    for r in rows:
+        m = r.ensemble_metrics
+        vals = " ".join(f"{m[k]:8.4f}" if isinstance(m.get(k), (int, float)) else f"{'-':>8}" for k in keys)
+        created = r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else "-"
+        typer.echo(f"{r.version:24} {r.status:11} {created:17} {vals}")
+
+
+# --- publish to Redis, rollback, the lookup API (ml.publish, ml.api) ------------------------------------------------
+api_key_app = typer.Typer(help="API keys of the lookup API (only their sha256 digests go into the config).",
+                          no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+@app.command()
+def publish(
+    score_date: Annotated[str, typer.Option("--score-date", help="Score date to publish, YYYY-MM-DD (UTC).")],
+    top_n: Annotated[int | None, typer.Option(help="Hot products per user (default: settings.publish_top_n).")] = None,
+    min_probability: Annotated[
+        float | None, typer.Option(help="Probability floor (default: settings.publish_min_probability).")
+    ] = None,
+) -> None:
+    """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it."""
+    import redis
+
+    from ml.db import make_engine
+    from ml.errors import PipelineError
+    from ml.publish import publish_version
+    from ml.services import resolve_services
+
+    s = settings()
+    svc = resolve_services(s)
+    client = redis.Redis.from_url(svc.redis_url)
+    try:
+        result = publish_version(make_engine(svc.postgres_url), client, s, score_date, top_n=top_n,
+                                 min_probability=min_probability)
+    except PipelineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps(result.as_dict(), indent=2))
+
+
+@app.command("rollback-scores")
+def rollback_scores(
+    to_version: Annotated[
+        int | None, typer.Option(help="Version id to serve (default: the one served before the current one).")
+    ] = None,
+) -> None:
+    """Flip the Redis pointer back to the previously served version (one SET; readers never see a mix)."""
+    import redis
+
+    from ml.db import make_engine
+    from ml.errors import PipelineError
+    from ml.publish import rollback_version
+    from ml.services import resolve_services
+
+    s = settings()
+    svc = resolve_services(s)
+    try:
+        result = rollback_version(redis.Redis.from_url(svc.redis_url), s, to_version=to_version,
+                                  engine=make_engine(svc.postgres_url))
+    except PipelineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps(result.as_dict(), indent=2))
+
+
+@app.command("cleanup-scores")
+def cleanup_scores() -> None:
+    """Delete Redis versions beyond publish_keep_versions and leftovers of failed publishes (never the served one
+    or its predecessor). Publish runs this by itself; use it after changing publish_keep_versions."""
+    import redis
+
+    from ml.errors import PipelineError
+    from ml.publish import cleanup_versions, current_version, stored_versions
+    from ml.services import start_redis
+
+    s = settings()
+    client = redis.Redis.from_url(s.redis_url or start_redis(s.state_dir))
+    try:
+        deleted = cleanup_versions(client, s)
+    except PipelineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps({"deleted": deleted, "stored": stored_versions(client, s),
+                           "served": current_version(client, s)}))
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (metrics are aggregated across them).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log one line per request (costs throughput).")] = True,
+) -> None:
+    """Run the lookup API (FastAPI under uvicorn). It reads Redis only: the embedded Redis unless
+    PROPENSITY_REDIS_URL is set."""
+    import os
+    import shutil
+
+    import uvicorn
+
+    from ml.services import start_redis
+
+    s = settings()
+    os.environ["PROPENSITY_REDIS_URL"] = s.redis_url or start_redis(s.state_dir)  # workers read the environment
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        mp = s.state_dir / "prometheus-multiproc"
+        shutil.rmtree(mp, ignore_errors=True)
+        mp.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mp)
+    uvicorn.run("ml.api:app_from_env", factory=True, host=host, port=port, workers=workers, access_log=access_log)
+
+
+@api_key_app.command("create")
+def api_key_create() -> None:
+    """Print a new API key (hand it to one client, once) and the sha256 digest to configure."""
+    from ml.api_auth import new_api_key
+
+    key, digest = new_api_key()
+    typer.echo(f"key:    {key}")
+    typer.echo(f"sha256: {digest}")
+    typer.echo(f"config: PROPENSITY_API_KEY_HASHES='[\"{digest}\"]'  (append to the list to keep older keys valid)")
+
+
+# --- ingest (ml.ingest) ---------------------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Files or folders (local paths or fsspec URLs). None: the landing location."),
+    ] = None,
+    date: Annotated[str | None, typer.Option(help="Only files whose name holds this date (YYYY-MM-DD).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result per file.")] = False,
+) -> None:
+    """Validate event files (Great Expectations) and load the good ones into raw.events exactly once; bad files go
+    to quarantine with a report. Exits 1 if any file was quarantined or failed. Same function as the DAG."""
+    from ml.db import migrate as run_migrations
+    from ml.ingest import discover_files, ingest_files
+
+    s = settings()
+    engine = pg_engine(s)
+    run_migrations(engine)
+    found: list[str] = []
+    for p in paths or [s.location("landing")]:
+        found += discover_files(s, p, date=date, limit=10**9)
+    results = ingest_files(found, s, engine)
+    for r in results:
+        if as_json:
+            typer.echo(json.dumps(r.to_dict(), default=str))
+        else:
+            typer.echo(f"{r.status:12s} {r.file_name}: {r.message.splitlines()[0] if r.message else ''}")
+            for line in r.failures:
+                typer.echo(f"    - {line}")
+    if not results:
+        typer.echo("no files to ingest")
+    if any(r.status in ("quarantined", "error") for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def requeue(
+    names: Annotated[list[str], typer.Argument(help="Quarantined file names (or full paths/URLs).")],
+) -> None:
+    """Move quarantined files back to the landing location, to be validated again on the next ingest."""
+    from ml.ingest import requeue as requeue_file
+
+    s = settings()
+    for name in names:
+        typer.echo(f"requeued {name} -> {requeue_file(name, s)}")
+
+
 def main() -> None:
     app()
 

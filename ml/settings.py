@@ -12,6 +12,7 @@ Locations (landing, quarantine, artifacts, reports) are local paths or object-st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     quarantine_url: str = Field("quarantine", description="Where rejected files go, each with its report.")
     artifacts_url: str = Field("artifacts", description="Model artifacts in native formats, one folder per version.")
     reports_url: str = Field("reports", description="HTML model reports and Great Expectations Data Docs.")
+    archive_url: str = Field(
+        "archive", description="Where loaded (or already-loaded) landing files are moved, so landing holds only new files."
+    )
 
     # --- ingest / validation ------------------------------------------------------------------------------------
     price_cap: float = Field(1_000_000.0, description="Prices at or above this (in the file's currency) are rejected.")
@@ -59,14 +63,42 @@ class Settings(BaseSettings):
         10.0, description="A file may hold at most this many times (and at least 1/this) the trailing average rows."
     )
     future_tolerance_minutes: int = Field(5, description="event_time may lead the wall clock by this much (clock skew).")
+    max_text_length: int = Field(255, description="Longest allowed category_code / brand, in characters.")
+    require_final_newline: bool = Field(
+        True, description="Reject a CSV whose last line has no line terminator (a truncated upload)."
+    )
+    row_count_history_files: int = Field(
+        24, description="How many of the latest loaded files make the trailing average of rows per file."
+    )
+    row_count_min_history: int = Field(
+        3, description="The trailing-average row-count check applies once this many files have been loaded."
+    )
+    row_count_check_severity: Literal["critical", "warning"] = Field(
+        "critical", description="critical: a file outside the row-count band is quarantined; warning: only reported."
+    )
+    ingest_schedule: str = Field("@hourly", description="Schedule (cron or preset) of the ingest_events DAG.")
+    ingest_max_files_per_run: int = Field(
+        200, description="Most landing files one ingest_events run maps (the rest wait for the next run; < 1024)."
+    )
 
     # --- features / labels --------------------------------------------------------------------------------------
-    active_window_days: int = Field(14, description="A pair is active at as_of with a view or cart in (as_of-N d, as_of].")
-    label_horizon_days: int = Field(7, description="Label: a purchase of the pair in (as_of, as_of + N days].")
-    lookback_days: int = Field(60, description="Features read events in [as_of - N days, as_of).")
-    snapshot_every_days: int = Field(7, description="Spacing of training snapshots (weekly as_of dates).")
+    active_window_days: int = Field(
+        14, description="A pair is active at as_of with a view or cart in [as_of - N days, as_of) (UTC, half-open)."
+    )
+    label_horizon_days: int = Field(7, description="Label: a purchase of the pair in [as_of, as_of + N days).")
+    lookback_days: int = Field(60, description="Features read events in [as_of - N days, as_of); >= active window.")
+    snapshot_every_days: int = Field(
+        7, description="Spacing of training snapshots: as_of dates are midnights UTC N days apart, anchored on Monday."
+    )
     negative_sample_rate: float = Field(
         1.0, description="Share of label-0 training rows kept; kept negatives carry weight 1/rate."
+    )
+    max_snapshots: int = Field(10, description="Training uses at most this many (most recent) weekly snapshots.")
+    snapshot_row_tolerance: float = Field(
+        3.0, description="A snapshot's row count must lie within [previous / N, previous * N] of the previous one."
+    )
+    feature_work_mem: str = Field(
+        "256MB", description="PostgreSQL work_mem for the feature query's hash aggregates (per node, per worker)."
     )
 
     # --- training -----------------------------------------------------------------------------------------------
@@ -83,6 +115,11 @@ class Settings(BaseSettings):
         "turns this on so the chain flows ingest -> train -> score by Assets.",
     )
     seed: int = Field(42, description="Seed for generators, samplers and models.")
+    train_threads: int = Field(0, description="Threads per model fit/predict during training; 0 = every CPU.")
+    validation_snapshots: int = Field(
+        1, description="Training snapshots (before the holdout, the latest one) used for validation."
+    )
+    report_shap_rows: int = Field(1000, description="Holdout rows sampled for the SHAP plots of the model report.")
 
     # --- scoring ------------------------------------------------------------------------------------------------
     score_buckets: int = Field(8, description="Hash buckets of user_id: the mapped tasks of a scoring run (< 1024).")
@@ -91,6 +128,34 @@ class Settings(BaseSettings):
         {"hot": 0.5, "warm": 0.2, "cool": 0.05},
         description="Recommendation tier lower bounds on probability; below the lowest band a pair is 'cold'.",
     )
+    reason_top_features: int = Field(
+        5, description="A reason code needs one of its driver features among this many largest positive SHAP values."
+    )
+    max_reasons: int = Field(3, description="Reason codes (with texts) kept per scored pair, strongest first.")
+    score_block_rows: int = Field(
+        65_536, description="Rows predicted, explained and COPYed per block inside a batch task (bounds memory)."
+    )
+    score_check_sample_rows: int = Field(
+        20_000, description="Rows sampled by the finalize check of additivity (sum(contrib) + base = logit(p))."
+    )
+    score_additivity_tolerance: float = Field(
+        1e-4, description="Largest allowed |sum(contributions) + base_value - logit(probability)|, log-odds."
+    )
+    score_db_pool: str = Field(
+        "propensity_db_writers",
+        description="Airflow pool of the COPY-writing scoring tasks (create it: airflow pools set "
+        "propensity_db_writers 4 'scoring COPY writers'); 'default_pool' to do without.",
+    )
+    score_lock_timeout_s: int = Field(
+        300, description="How long the partition swap waits for readers' locks on scoring.scores, seconds."
+    )
+    stage_max_age_hours: int = Field(
+        48, description="Stage tables of runs still 'running' after this many hours count as crashed and are dropped."
+    )
+    drift_sample_rate: float = Field(
+        0.02, description="Share of scored pairs whose features are kept (by a stable hash) as the drift reference."
+    )
+    drift_bins: int = Field(10, description="Quantile bins of the reference distribution used by PSI.")
 
     # --- publish / API ------------------------------------------------------------------------------------------
     redis_prefix: str = Field("prop", description="Namespace prefix of every Redis key this project writes.")
@@ -105,9 +170,9 @@ class Settings(BaseSettings):
         20_000, description="Hot pairs sent per pipelined round trip to Redis while publishing."
     )
     publish_lock_timeout_s: int = Field(
-        900,
-        description="Lifetime of the Redis lock that serialises publish/rollback/cleanup, seconds; renewed per "
-        "chunk, so it only expires when its holder died.",
+        60,
+        description="Lifetime of the Redis lock that serialises publish/rollback/cleanup, seconds. A running "
+        "publish renews it every quarter of this, so it only expires when its holder died or lost Redis.",
     )
     api_auth_enabled: bool = Field(True, description="Require a bearer token on /v1 routes.")
     api_key_hashes: list[str] = Field(

@@ -1,0 +1,534 @@
+"""The thin lookup API: FastAPI over the published Redis versions (it reads Redis only, never Postgres).
+
+``create_app(settings)`` builds the app; uvicorn runs it (``propensity api`` or
+``uvicorn --factory ml.api:app_from_env``). Every lookup follows the reader protocol documented in
+:mod:`ml.publish`: one GET of the pointer, then one pipelined round trip for the user's two keys of that version, so a
+response always comes from one version, even while a publish or rollback flips the pointer. Version metadata and
+reason texts are immutable per version and cached in the process.
+
+Routes: ``GET /v1/users/{user_id}/recommendations?limit=``, ``GET /v1/users/{user_id}/products/{product_id}`` (bearer
+auth + per-client rate limit), ``GET /healthz`` (503 while Redis is unreachable), ``GET /metrics`` (Prometheus),
+``/openapi.json`` and ``/docs``. Errors are JSON ``{"detail": ...}``; a stack trace never reaches a client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ml.api_auth import Authenticator, Principal
+from ml.errors import ConfigError
+from ml.publish import KeySpace, decode_details
+from ml.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MAX_ID = 2**63 - 1  # user and product ids are PostgreSQL bigints
+MAX_LIMIT = 100
+_VERSION_CACHE = 4  # versions whose meta and reasons stay cached per process
+
+
+# --- response models ------------------------------------------------------------------------------------------------
+class Recommendation(BaseModel):
+    """One hot product of a user."""
+
+    product_id: int = Field(description="REES46 product_id.")
+    probability: float = Field(ge=0, le=1, description="Calibrated purchase probability within the label horizon.")
+    tier: str = Field(description="hot, warm, cool or cold (settings.tier_bands).")
+    reason_codes: list[str] = Field(description="Reason codes, strongest first.")
+    reason_texts: list[str] = Field(description="The same reasons as display texts.")
+
+
+class ServedVersion(BaseModel):
+    """Which published version answered."""
+
+    version: int = Field(description="Redis publish version id (grows with every publish).")
+    model_version: str = Field(description="Model version that scored the pairs.")
+    score_date: dt.date = Field(description="Score date (UTC) of the published partition.")
+    published_at: dt.datetime | None = Field(None, description="When the version was flipped in (UTC).")
+
+
+class RecommendationsResponse(ServedVersion):
+    user_id: int
+    items: list[Recommendation] = Field(description="Hot products, best first (at most `limit`).")
+
+
+class PairResponse(ServedVersion, Recommendation):
+    user_id: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    redis: Literal["up", "down"]
+    serving: ServedVersion | None = Field(None, description="The served version; null when nothing is published.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    detail: str = Field(description="All problems in one line.")
+    errors: list[FieldError]
+
+
+def _err(description: str, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:
+    return {"description": description, "model": model}
+
+
+_V1_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _err("Missing or invalid bearer token."),
+    404: _err("Unknown user (no hot pair in the served version), or the pair is not hot."),
+    422: _err("Invalid path or query parameter.", ValidationErrorResponse),
+    429: _err("Rate limit exceeded; see Retry-After."),
+    503: _err("Redis unreachable, or nothing published yet."),
+}
+
+
+# --- reading Redis --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Version:
+    id: int
+    served: ServedVersion
+
+
+class ScoreReader:
+    """Async reader of published versions; caches each version's meta and reason dictionary (immutable)."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeySpace) -> None:
+        self.client = client
+        self.keys = keys
+        self._versions: dict[int, _Version] = {}
+        self._reasons: dict[int, dict[int, tuple[str, str]]] = {}
+
+    async def served(self) -> _Version | None:
+        """The version the pointer names now, or None when nothing is published."""
+        raw = await self.client.get(self.keys.current())
+        if raw is None:
+            return None
+        vid = int(raw)
+        found = self._versions.get(vid)
+        if found is not None:
+            return found
+        meta = {k.decode(): v.decode() for k, v in (await self.client.hgetall(self.keys.meta(vid))).items()}
+        if not meta:  # a pointer to a version without meta is never written by publish; treat as not published
+            log.error("pointer %s names version %d, which has no meta", self.keys.current(), vid)
+            return None
+        published_at = meta.get("published_at")
+        version = _Version(
+            vid,
+            ServedVersion(
+                version=vid,
+                model_version=meta.get("model_version", ""),
+                score_date=dt.date.fromisoformat(meta["score_date"]),
+                published_at=dt.datetime.fromisoformat(published_at) if published_at else None,
+            ),
+        )
+        self._versions[vid] = version
+        for old in sorted(self._versions)[:-_VERSION_CACHE]:
+            self._versions.pop(old, None)
+            self._reasons.pop(old, None)
+        return version
+
+    async def _resolve(self, vid: int, ids: set[int]) -> dict[int, tuple[str, str]]:
+        cache = self._reasons.setdefault(vid, {})
+        missing = sorted(i for i in ids if i not in cache)
+        if missing:
+            for rid, raw in zip(missing, await self.client.hmget(self.keys.reasons(vid), missing), strict=True):
+                code, text = json.loads(raw) if raw is not None else ("", "")
+                cache[rid] = (code, text)
+        return cache
+
+    async def _items(self, vid: int, ranked: list[tuple[bytes, float]], details: dict[bytes, bytes]) -> list[Recommendation]:
+        decoded = {int(k): decode_details(v) for k, v in details.items()}
+        ids = {rid for _, rids in decoded.values() for rid in rids}
+        reasons = await self._resolve(vid, ids) if ids else {}
+        items = []
+        for member, score in ranked:
+            pid = int(member)
+            tier, rids = decoded.get(pid, ("", []))
+            items.append(
+                Recommendation(
+                    product_id=pid,
+                    probability=score,
+                    tier=tier,
+                    reason_codes=[reasons[r][0] for r in rids],
+                    reason_texts=[reasons[r][1] for r in rids],
+                )
+            )
+        return items
+
+    async def recommendations(self, version: _Version, user_id: int, limit: int) -> list[Recommendation]:
+        """The user's hot items in ``version``, best first; empty when the user has none."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(self.keys.recs(version.id, user_id), 0, limit - 1, withscores=True)
+            pipe.hgetall(self.keys.details(version.id, user_id))
+            ranked, details = await pipe.execute()
+        return await self._items(version.id, ranked, details) if ranked else []
+
+    async def pair(self, version: _Version, user_id: int, product_id: int) -> tuple[bool, Recommendation | None]:
+        """(user known in ``version``, the pair's item or None when the pair is not hot)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zscore(self.keys.recs(version.id, user_id), product_id)
+            pipe.hget(self.keys.details(version.id, user_id), product_id)
+            pipe.exists(self.keys.recs(version.id, user_id))
+            score, payload, exists = await pipe.execute()
+        if score is None:
+            return bool(exists), None
+        items = await self._items(version.id, [(str(product_id).encode(), score)], {str(product_id).encode(): payload or b"|"})
+        return True, items[0]
+
+
+# --- metrics --------------------------------------------------------------------------------------------------------
+class _Metrics:
+    """Prometheus metrics of one app. With PROMETHEUS_MULTIPROC_DIR set (several uvicorn workers), values live in
+    that directory and /metrics aggregates every worker."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("propensity_api_requests", "HTTP requests.", ["route", "method", "status"], registry=r)
+        self.latency = Histogram(
+            "propensity_api_request_seconds", "Request latency, seconds.", ["route"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.lookups = Counter("propensity_api_lookups", "Score lookups by result.", ["kind", "result"], registry=r)
+        self.served_version = Gauge(
+            "propensity_api_served_version", "Redis publish version served by the last lookup.", registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.served_info = Gauge(
+            "propensity_api_served_info", "1 for the (version, model_version, score_date) served, 0 for earlier.",
+            ["version", "model_version", "score_date"], registry=r, multiprocess_mode="mostrecent",
+        )
+        self._last: tuple[str, str, str] | None = None
+
+    def served(self, version: _Version) -> None:
+        labels = (str(version.id), version.served.model_version, version.served.score_date.isoformat())
+        if labels != self._last:
+            if self._last is not None:
+                self.served_info.labels(*self._last).set(0)
+            self.served_info.labels(*labels).set(1)
+            self.served_version.set(version.id)
+            self._last = labels
+
+    def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class _MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request by route template (bounded label values)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], metrics: _Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status[0])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
+# --- rate limiting --------------------------------------------------------------------------------------------------
+class _RateLimiter:
+    """Per-client limits (``limits`` library, sliding-window counters) on the configured storage."""
+
+    def __init__(self, settings: Settings) -> None:
+        from limits import parse_many
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+        from limits.storage import storage_from_string
+
+        spec = settings.api_rate_limit.strip()
+        self.items = parse_many(spec) if spec and spec.lower() not in ("none", "off", "0") else []
+        uri = settings.api_rate_limit_storage
+        options: dict[str, Any] = {}
+        if uri.startswith(("redis://", "rediss://", "unix://")):
+            uri, options = "async+" + uri, {"implementation": "redispy"}
+        elif not uri.startswith("async+"):
+            uri = "async+" + uri
+        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options)) if self.items else None
+
+    async def check(self, principal: Principal) -> None:
+        """Count one hit; raise 429 (with Retry-After) when any limit is exceeded."""
+        if self.limiter is None:
+            return
+        for item in self.items:
+            if not await self.limiter.hit(item, "propensity-api", principal.id):
+                stats = await self.limiter.get_window_stats(item, "propensity-api", principal.id)
+                retry = max(1, math.ceil(stats.reset_time - time.time()))
+                raise HTTPException(
+                    429, f"rate limit exceeded ({item}); retry in {retry}s", headers={"Retry-After": str(retry)}
+                )
+
+
+# --- the app --------------------------------------------------------------------------------------------------------
+def _redis_url(settings: Settings) -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    from ml.services import redis_uri
+
+    url = redis_uri(settings.state_dir)
+    if url is None:
+        raise ConfigError(
+            f"no Redis: set PROPENSITY_REDIS_URL or start the embedded one (`propensity services up`, {settings.state_dir})"
+        )
+    return url
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[FieldError]]:
+    fields = [
+        FieldError(loc=[p if isinstance(p, int) else str(p) for p in e.get("loc", ())], msg=str(e.get("msg", "")),
+                   type=str(e.get("type", "")))
+        for e in errors
+    ]
+    line = "; ".join(f"{'.'.join(map(str, f.loc))}: {f.msg}" for f in fields) or "invalid request"
+    return line, fields
+
+
+UserId = Annotated[int, Path(ge=0, le=MAX_ID, description="REES46 user_id (non-negative 64-bit integer).")]
+ProductId = Annotated[int, Path(ge=0, le=MAX_ID, description="REES46 product_id (non-negative 64-bit integer).")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most items returned.")]
+_bearer = HTTPBearer(auto_error=False, description="API key (or JWT) as `Authorization: Bearer <token>`.")
+
+
+async def _client(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """The authenticated client (401 without a valid token while auth is on), after its rate-limit hit (429)."""
+    state = request.app.state
+    if state.auth_enabled:
+        principal = state.auth.authenticate(credentials.credentials if credentials else None)
+        if principal is None:
+            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    else:
+        principal = Principal(id="ip:" + (request.client.host if request.client else "unknown"), kind="anonymous")
+    await state.limiter.check(principal)
+    return principal
+
+
+Client = Annotated[Principal, Depends(_client)]
+
+
+async def _reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not declare: a typo such as ``?limt=5`` must not pass silently."""
+    route = request.scope.get("route")
+    allowed = _declared_query(route) if route is not None else set()
+    unknown = [k for k in request.query_params if k not in allowed]
+    if unknown:
+        raise RequestValidationError(
+            [{"loc": ("query", k), "msg": "Unknown query parameter", "type": "extra_forbidden"} for k in unknown]
+        )
+
+
+def _declared_query(route: Any) -> set[str]:
+    cached = getattr(route, "_propensity_query", None)
+    if cached is None:
+        from fastapi.dependencies.utils import get_flat_dependant
+
+        dependant = getattr(route, "dependant", None)
+        cached = {p.alias for p in get_flat_dependant(dependant).query_params} if dependant is not None else set()
+        route._propensity_query = cached
+    return cached
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the lookup API for ``settings`` (default: from the environment). Raises :class:`ConfigError` when no
+    Redis URL can be resolved or an API-key digest is malformed. The Redis client is created by the app's lifespan
+    (so run the app under uvicorn, or enter ``TestClient(app)`` as a context manager)."""
+    settings = settings or get_settings()
+    url = _redis_url(settings)
+    keys = KeySpace(settings.redis_prefix)
+    auth = Authenticator(settings)
+    limiter = _RateLimiter(settings)
+    metrics = _Metrics()
+    if settings.api_auth_enabled and not auth.configured:
+        log.warning("API auth is on but no api_key_hashes / api_jwt_secret is configured: every /v1 call gets 401")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=settings.api_redis_timeout_s,
+            socket_connect_timeout=settings.api_redis_timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
+        )
+        app.state.reader = ScoreReader(client, keys)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="Purchase-propensity lookup API",
+        version="1.0",
+        description="Hot purchase-propensity scores per user, read from the published Redis version. "
+        "Every response names the model_version and score_date it came from.",
+        lifespan=lifespan,
+        dependencies=[Depends(_reject_unknown_query)],
+    )
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    # --- errors: JSON bodies, never a stack trace ---------------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        line, fields = _validation_message(list(exc.errors()))
+        body = ValidationErrorResponse(detail=line, errors=fields)
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "score store unavailable"}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        ref = uuid.uuid4().hex[:12]
+        log.error("unhandled error %s on %s", ref, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error (ref {ref})"}, status_code=500)
+
+    app.state.auth_enabled = settings.api_auth_enabled
+    app.state.auth = auth
+    app.state.limiter = limiter
+
+    async def _served(request: Request) -> _Version:
+        reader: ScoreReader = request.app.state.reader
+        version = await reader.served()
+        if version is None:
+            raise HTTPException(503, "no scores are published yet")
+        metrics.served(version)
+        return version
+
+    # --- routes -----------------------------------------------------------------------------------------------------
+    @app.get(
+        "/v1/users/{user_id}/recommendations",
+        response_model=RecommendationsResponse,
+        responses=_V1_RESPONSES,
+        tags=["scores"],
+        summary="A user's hot products, best first",
+    )
+    async def recommendations(
+        request: Request,
+        user_id: UserId,
+        _: Client,
+        limit: Limit = 20,
+    ) -> RecommendationsResponse:
+        version = await _served(request)
+        items = await request.app.state.reader.recommendations(version, user_id, limit)
+        if not items:
+            metrics.lookups.labels("recommendations", "miss").inc()
+            raise HTTPException(404, f"user {user_id} has no recommendations in version {version.id}")
+        metrics.lookups.labels("recommendations", "hit").inc()
+        return RecommendationsResponse(user_id=user_id, items=items, **version.served.__dict__)
+
+    @app.get(
+        "/v1/users/{user_id}/products/{product_id}",
+        response_model=PairResponse,
+        responses=_V1_RESPONSES,
+        tags=["scores"],
+        summary="One user-product pair, if it is hot for the user",
+    )
+    async def pair(
+        request: Request,
+        user_id: UserId,
+        product_id: ProductId,
+        _: Client,
+    ) -> PairResponse:
+        version = await _served(request)
+        known, item = await request.app.state.reader.pair(version, user_id, product_id)
+        if item is None:
+            metrics.lookups.labels("pair", "miss").inc()
+            detail = (
+                f"product {product_id} is not among user {user_id}'s hot products in version {version.id}"
+                if known
+                else f"user {user_id} has no recommendations in version {version.id}"
+            )
+            raise HTTPException(404, detail)
+        metrics.lookups.labels("pair", "hit").inc()
+        return PairResponse(user_id=user_id, **item.__dict__, **version.served.__dict__)
+
+    @app.get(
+        "/healthz",
+        response_model=HealthResponse,
+        responses={503: {"description": "Redis unreachable.", "model": HealthResponse}},
+        tags=["ops"],
+        summary="Liveness and Redis reachability",
+    )
+    async def healthz(request: Request) -> Any:
+        reader: ScoreReader = request.app.state.reader
+        try:
+            await reader.client.ping()
+            version = await reader.served()
+        except RedisError as e:
+            log.warning("healthz: redis unreachable: %s", e)
+            body = HealthResponse(status="unavailable", redis="down")
+            return JSONResponse(body.model_dump(mode="json"), status_code=503)
+        if version is not None:
+            metrics.served(version)
+        return HealthResponse(status="ok", redis="up", serving=version.served if version else None)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text exposition.", "content": {"text/plain": {}}}},
+        tags=["ops"],
+        summary="Prometheus metrics",
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``uvicorn --factory ml.api:app_from_env``): the app for the environment's settings."""
+    from ml.observe import setup_logging
+
+    setup_logging(os.environ.get("PROPENSITY_LOG_LEVEL", "INFO"))
+    return create_app(get_settings())

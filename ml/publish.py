@@ -1,0 +1,598 @@
+"""Publish a score date's hot scores to Redis as a new immutable version, flip one pointer, roll back, clean up.
+
+Key layout (``P`` = ``settings.redis_prefix``, ``V`` = a version id, ``U`` = a user id; every value is UTF-8 text)::
+
+    P:current          string  the served version id, e.g. "17". One SET flips it: the only key readers must follow.
+    P:versions         zset    version id -> version id: every complete version still stored (rollback targets).
+    P:seq              string  counter handing out version ids (INCR); ids only grow.
+    P:lock             string  lock held by publish / rollback / cleanup; it expires only if its holder died.
+    P:v{V}:meta        hash    version, score_date, model_version, run_id, scored_pairs, users, pairs, reasons, top_n,
+                               min_probability, published_at (ISO-8601 UTC), previous (version served before V).
+    P:v{V}:reasons     hash    reason id -> JSON ["code", "text"]: the version's dictionary of reasons.
+    P:v{V}:u:{U}       zset    product_id -> probability: the user's top-N hot products (ZREVRANGE for best first).
+    P:v{V}:d:{U}       hash    product_id -> "tier|rid,rid,..." (reason ids into P:v{V}:reasons, strongest first).
+
+Reading (the API and any storefront do the same): ``GET P:current`` -> V; then ``ZREVRANGE P:v{V}:u:{U} 0 n-1
+WITHSCORES`` and ``HGETALL P:v{V}:d:{U}`` (same slot, so one pipeline, even on a cluster); reason ids resolve through
+``HMGET P:v{V}:reasons`` and version facts through ``HGETALL P:v{V}:meta`` (both immutable: cache them per version).
+Every lookup is a chain of single-key commands, so it works unchanged on Redis Cluster. The ``{U}`` hash tag puts
+both keys of one user in one slot while users spread over all slots; a per-version tag (``{P:vV}``) was rejected
+because it would put a whole version, millions of keys, on one node.
+
+Atomicity: a version's keys are written first (pipelined, non-transactional, in chunks), then its meta and
+registration, then the pointer flips with one SET. A reader sees the old version or the new one, never a mix; a
+publish that dies midway leaves the old pointer, and its orphan keys are removed by the next cleanup. No key of a
+version carries a TTL, so the served version can never expire. Cleanup keeps the newest ``publish_keep_versions``
+versions plus, always, the served one and the one it replaced, so a reader that read the pointer just before a flip
+still finds its version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ml.db import libpq_url, read_sql
+from ml.errors import ConfigError, PublishError
+from ml.observe import Progress
+from ml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+# --- key scheme -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KeySpace:
+    """Every Redis key name this project uses, derived from one prefix. The only place key names are built."""
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "{} \t\r\n"):
+            raise ConfigError(f"redis_prefix {self.prefix!r} must be non-empty, without braces or whitespace")
+
+    def current(self) -> str:
+        return f"{self.prefix}:current"
+
+    def versions(self) -> str:
+        return f"{self.prefix}:versions"
+
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    def lock(self) -> str:
+        return f"{self.prefix}:lock"
+
+    def meta(self, version: int) -> str:
+        return f"{self.prefix}:v{version}:meta"
+
+    def reasons(self, version: int) -> str:
+        return f"{self.prefix}:v{version}:reasons"
+
+    def recs(self, version: int, user_id: int) -> str:
+        return f"{self.prefix}:v{version}:u:{{{user_id}}}"
+
+    def details(self, version: int, user_id: int) -> str:
+        return f"{self.prefix}:v{version}:d:{{{user_id}}}"
+
+    def version_glob(self) -> str:
+        """SCAN MATCH pattern covering every key of every version (never the pointer, registry, seq or lock)."""
+        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ":v[0-9]*"
+
+    def version_of(self, key: bytes | str) -> int | None:
+        """The version a key belongs to, or None if it is not a per-version key of this prefix."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head = f"{self.prefix}:v"
+        if not text.startswith(head):
+            return None
+        digits, sep, _ = text[len(head) :].partition(":")
+        return int(digits) if sep and digits.isdigit() else None
+
+
+def encode_details(tier: str, reason_ids: Iterable[int]) -> str:
+    """The per-pair payload stored in ``P:v{V}:d:{U}``: ``"tier|rid,rid"`` (``"hot|"`` when there are no reasons)."""
+    return tier + "|" + ",".join(map(str, reason_ids))
+
+
+def decode_details(payload: bytes | str) -> tuple[str, list[int]]:
+    """Inverse of :func:`encode_details`: (tier, reason ids strongest first)."""
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    tier, _, ids = text.partition("|")
+    return tier, [int(i) for i in ids.split(",")] if ids else []
+
+
+# --- records --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PublishResult:
+    """What one publish wrote. ``pairs_per_s`` counts hot pairs over the whole call (Postgres read included)."""
+
+    version: int
+    score_date: dt.date
+    model_version: str
+    run_id: str
+    scored_pairs: int
+    users: int
+    pairs: int
+    reasons: int
+    previous_version: int | None
+    published_at: dt.datetime
+    seconds: float
+    deleted_versions: list[int] = field(default_factory=list)
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score_date"] = self.score_date.isoformat()
+        d["published_at"] = self.published_at.isoformat()
+        d["pairs_per_s"] = round(self.pairs_per_s)
+        return d
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """A pointer flip made by :func:`rollback_version`."""
+
+    from_version: int
+    to_version: int
+    score_date: str | None
+    model_version: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HotItem:
+    """One published hot pair as a reader sees it."""
+
+    product_id: int
+    probability: float
+    tier: str
+    reason_codes: list[str]
+    reason_texts: list[str]
+
+
+# --- helpers --------------------------------------------------------------------------------------------------------
+def _as_date(value: dt.date | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as e:
+        raise ConfigError(f"score_date {value!r} is not a YYYY-MM-DD date") from e
+
+
+def _int_or_none(value: bytes | str | None) -> int | None:
+    return int(value) if value not in (None, b"", "") else None
+
+
+def current_version(redis_client: Any, settings: Settings) -> int | None:
+    """The version id ``P:current`` names, or None when nothing was ever published under this prefix."""
+    return _int_or_none(redis_client.get(KeySpace(settings.redis_prefix).current()))
+
+
+def version_meta(redis_client: Any, settings: Settings, version: int) -> dict[str, str]:
+    """The ``P:v{V}:meta`` hash as text (empty when the version is not stored)."""
+    raw = redis_client.hgetall(KeySpace(settings.redis_prefix).meta(version))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def stored_versions(redis_client: Any, settings: Settings) -> list[int]:
+    """Registered (complete) versions still stored, oldest first."""
+    return [int(v) for v in redis_client.zrange(KeySpace(settings.redis_prefix).versions(), 0, -1)]
+
+
+def read_hot_items(redis_client: Any, settings: Settings, user_id: int, limit: int | None = None) -> tuple[int | None, list[HotItem]]:
+    """Reference reader (what the API does, synchronously): (served version, the user's hot items best first).
+
+    Returns ``(None, [])`` when nothing is published and ``(V, [])`` when the user has no hot pair in version V.
+    """
+    ks = KeySpace(settings.redis_prefix)
+    version = _int_or_none(redis_client.get(ks.current()))
+    if version is None:
+        return None, []
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.zrevrange(ks.recs(version, user_id), 0, (limit or 0) - 1, withscores=True)
+    pipe.hgetall(ks.details(version, user_id))
+    ranked, details = pipe.execute()
+    decoded = {int(k): decode_details(v) for k, v in details.items()}
+    ids = sorted({rid for _, rids in decoded.values() for rid in rids})
+    reasons: dict[int, list[str]] = {}
+    if ids:
+        for rid, raw in zip(ids, redis_client.hmget(ks.reasons(version), ids), strict=True):
+            reasons[rid] = json.loads(raw) if raw is not None else ["", ""]
+    items = []
+    for member, score in ranked:
+        pid = int(member)
+        tier, rids = decoded.get(pid, ("", []))
+        items.append(
+            HotItem(pid, float(score), tier, [reasons[r][0] for r in rids], [reasons[r][1] for r in rids])
+        )
+    return version, items
+
+
+# --- lock -----------------------------------------------------------------------------------------------------------
+def _acquire_lock(redis_client: Any, ks: KeySpace, settings: Settings, what: str):  # noqa: ANN202 - redis Lock
+    lock = redis_client.lock(ks.lock(), timeout=settings.publish_lock_timeout_s, blocking=False, thread_local=False)
+    if not lock.acquire():
+        raise PublishError(
+            f"cannot {what}: another publish, rollback or cleanup holds {ks.lock()} "
+            f"(it expires within {settings.publish_lock_timeout_s}s if its holder died)"
+        )
+    return lock
+
+
+class _Heartbeat:
+    """Renews a redis lock every ``timeout/4`` seconds from a daemon thread while long work (a Postgres sort, many
+    chunks) runs, so the lock can be short-lived: a publisher that died or lost Redis frees it within its timeout."""
+
+    def __init__(self, lock: Any, timeout_s: float) -> None:
+        self.lock = lock
+        self.every_s = max(timeout_s / 4, 0.05)
+        self.lost: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="publish-lock-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.lock.reacquire()
+            except Exception as e:  # noqa: BLE001 - reported to the publisher by check()
+                self.lost = e
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise :class:`PublishError` if renewing the lock failed (Redis unreachable or the lock taken over)."""
+        if self.lost is not None:
+            raise PublishError(f"lost the publish lock: {self.lost}") from self.lost
+
+
+def _release_lock(lock: Any) -> None:
+    import redis
+
+    try:
+        lock.release()
+    except redis.RedisError as e:  # the lock expires by itself; never hide the original outcome behind this
+        log.warning("could not release the publish lock (%s); it will expire on its own", e)
+
+
+# --- Postgres bookkeeping -------------------------------------------------------------------------------------------
+def _partition_facts(engine: Engine, day: dt.date, floor: float) -> tuple[int, int, str, str]:
+    """(scored pairs, pairs at or above the floor, model_version(s), run_id(s)) of the score_date's partition."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "select model_version, run_id, count(*) as n,"
+                " count(*) filter (where probability >= :floor) as above"
+                " from scoring.scores where score_date = :d group by 1, 2 order by 3 desc"
+            ),
+            {"d": day, "floor": floor},
+        ).all()
+    if len({r.model_version for r in rows}) > 1:
+        log.warning("score_date %s holds several model versions: %s", day, sorted({r.model_version for r in rows}))
+    scored = sum(r.n for r in rows)
+    above = sum(r.above for r in rows)
+    model_version = ",".join(dict.fromkeys(r.model_version for r in rows))
+    run_id = ",".join(dict.fromkeys(r.run_id for r in rows))
+    return scored, above, model_version, run_id
+
+
+def _record_start(engine: Engine, ks: KeySpace, version: int, day: dt.date, top_n: int, floor: float,
+                  model_version: str, run_id: str, scored: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into scoring.publications (redis_prefix, version, score_date, model_version, run_id, status,"
+                " top_n, min_probability, scored_pairs)"
+                " values (:p, :v, :d, :m, :r, 'publishing', :n, :f, :s)"
+            ),
+            {"p": ks.prefix, "v": version, "d": day, "m": model_version, "r": run_id, "n": top_n, "f": floor,
+             "s": scored},
+        )
+
+
+def _record_end(engine: Engine, ks: KeySpace, version: int, *, status: str, seconds: float, users: int = 0,
+                pairs: int = 0, reasons: int = 0, previous: int | None = None, error: str | None = None,
+                published_at: dt.datetime | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "update scoring.publications set status = :st, users = :u, pairs = :pa, reasons = :re,"
+                " previous_version = :pv, seconds = :sec, error = :err, published_at = :at"
+                " where redis_prefix = :p and version = :v"
+            ),
+            {"st": status, "u": users, "pa": pairs, "re": reasons, "pv": previous, "sec": seconds, "err": error,
+             "at": published_at, "p": ks.prefix, "v": version},
+        )
+        if status == "published":
+            _record_flip(conn, ks, previous, version, "publish")
+
+
+def _record_flip(conn: sa.Connection, ks: KeySpace, from_version: int | None, to_version: int, reason: str) -> None:
+    conn.execute(
+        sa.text(
+            "insert into scoring.pointer_flips (redis_prefix, from_version, to_version, reason)"
+            " values (:p, :f, :t, :r)"
+        ),
+        {"p": ks.prefix, "f": from_version, "t": to_version, "r": reason},
+    )
+
+
+# --- publish --------------------------------------------------------------------------------------------------------
+def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterator[tuple]:
+    """Stream the day's hot pairs (user_id, product_id, probability, tier, reason_codes, reason_texts), grouped by
+    user, strongest first, over one binary COPY (psycopg 3)."""
+    import psycopg
+
+    sql = read_sql("publish/hot_pairs.sql")
+    url = libpq_url(engine.url.render_as_string(hide_password=False))
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        with cur.copy(
+            f"copy ({sql}) to stdout (format binary)",
+            {"score_date": day, "min_probability": floor, "top_n": top_n},
+        ) as copy:
+            copy.set_types(["int8", "int8", "float8", "text", "text[]", "text[]"])
+            try:
+                yield from copy.rows()
+            except GeneratorExit:  # the consumer stopped early (Redis failed): stop the server, don't drain it
+                conn.cancel_safe()
+                raise
+
+
+def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, version: int, chunk_pairs: int,
+                   heartbeat: _Heartbeat, progress: Progress) -> tuple[int, int, dict[tuple[str, str], int]]:
+    """Write one zset + one hash per user under version ``version``; returns (users, pairs, reason dictionary)."""
+    reason_ids: dict[tuple[str, str], int] = {}
+    pipe = redis_client.pipeline(transaction=False)
+    users = pairs = pending = 0
+    user: int | None = None
+    zmap: dict[int, float] = {}
+    hmap: dict[int, str] = {}
+
+    def flush_user() -> None:
+        pipe.zadd(ks.recs(version, user), zmap)  # type: ignore[arg-type]
+        pipe.hset(ks.details(version, user), mapping=hmap)  # type: ignore[arg-type]
+
+    for user_id, product_id, probability, tier, codes, texts in rows:
+        if user_id != user:
+            if user is not None:
+                flush_user()
+                users += 1
+                if pending >= chunk_pairs:
+                    pipe.execute()
+                    heartbeat.check()
+                    progress.advance(pending)
+                    pending = 0
+            user, zmap, hmap = user_id, {}, {}
+        rids = []
+        for pair in zip(codes, texts):
+            rid = reason_ids.get(pair)
+            if rid is None:
+                rid = reason_ids[pair] = len(reason_ids) + 1
+            rids.append(rid)
+        zmap[product_id] = probability
+        hmap[product_id] = encode_details(tier, rids)
+        pairs += 1
+        pending += 1
+    if user is not None:
+        flush_user()
+        users += 1
+    pipe.execute()
+    progress.advance(pending)
+    items = [(rid, json.dumps(list(pair), ensure_ascii=False, separators=(",", ":"))) for pair, rid in reason_ids.items()]
+    for start in range(0, len(items), 5_000):
+        pipe.hset(ks.reasons(version), mapping=dict(items[start : start + 5_000]))
+    pipe.execute()
+    return users, pairs, reason_ids
+
+
+def publish_version(
+    engine: Engine,
+    redis_client: Any,
+    settings: Settings,
+    score_date: dt.date | str,
+    *,
+    top_n: int | None = None,
+    min_probability: float | None = None,
+) -> PublishResult:
+    """Publish the top-N products per user of ``score_date``'s finalized ``scoring.scores`` partition as a new Redis
+    version, flip ``P:current`` to it, record it in ``scoring.publications`` / ``scoring.pointer_flips``, then clean
+    up versions beyond ``publish_keep_versions`` (never the served one or its predecessor).
+
+    ``redis_client`` is a ``redis.Redis`` (or ``redis.cluster.RedisCluster``) with ``decode_responses=False``.
+    ``top_n`` / ``min_probability`` default to ``settings.publish_top_n`` / ``publish_min_probability``; pairs tie
+    on probability are ranked by product_id. Raises :class:`PublishError` when the date has no scores, no pair
+    reaches the floor, another publish holds the lock, or Redis fails midway: in every case the previously served
+    version stays served.
+    """
+    import redis
+
+    day = _as_date(score_date)
+    n = top_n if top_n is not None else settings.publish_top_n
+    floor = min_probability if min_probability is not None else settings.publish_min_probability
+    if n < 1:
+        raise ConfigError(f"top_n must be at least 1, not {n}")
+    ks = KeySpace(settings.redis_prefix)
+    scored, above, model_version, run_id = _partition_facts(engine, day, floor)
+    if scored == 0:
+        raise PublishError(f"no scores for score_date {day} in scoring.scores; nothing published")
+    if above == 0:
+        raise PublishError(f"no pair of score_date {day} reaches min_probability {floor}; nothing published")
+
+    started = time.perf_counter()
+    try:
+        lock = _acquire_lock(redis_client, ks, settings, f"publish {day}")
+    except redis.RedisError as e:
+        raise PublishError(f"publish of {day}: Redis unreachable ({e}); the served version is unchanged") from e
+    try:
+        try:
+            version = int(redis_client.incr(ks.seq()))
+            previous = _int_or_none(redis_client.get(ks.current()))
+        except redis.RedisError as e:
+            raise PublishError(f"publish of {day}: Redis failed ({e}); the served version is unchanged") from e
+        _record_start(engine, ks, version, day, n, floor, model_version, run_id, scored)
+        log.info("publishing score_date %s as version %d (top %d, floor %g; %s scored pairs; serving %s)",
+                 day, version, n, floor, f"{scored:,}", previous)
+        progress = Progress(f"publish {day} v{version}", unit="pairs")
+        try:
+            with _Heartbeat(lock, settings.publish_lock_timeout_s) as heartbeat, closing(
+                _hot_rows(engine, day, n, floor)
+            ) as rows:
+                users, pairs, reasons = _write_version(
+                    rows, redis_client, ks, version, settings.publish_chunk_pairs, heartbeat, progress
+                )
+            published_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            meta = {
+                "version": version, "score_date": day.isoformat(), "model_version": model_version, "run_id": run_id,
+                "scored_pairs": scored, "users": users, "pairs": pairs, "reasons": len(reasons), "top_n": n,
+                "min_probability": repr(float(floor)), "published_at": published_at.isoformat(),
+                "previous": "" if previous is None else previous,
+            }
+            pipe = redis_client.pipeline(transaction=False)
+            pipe.hset(ks.meta(version), mapping=meta)
+            pipe.zadd(ks.versions(), {version: version})
+            pipe.execute()
+            lock.reacquire()  # still ours: nobody else flipped the pointer meanwhile
+            redis_client.set(ks.current(), version)  # the flip: one single-key SET
+        except Exception as e:
+            seconds = time.perf_counter() - started
+            try:
+                _record_end(engine, ks, version, status="failed", seconds=seconds, error=f"{type(e).__name__}: {e}")
+            except Exception:  # noqa: BLE001 - never hide the publish failure behind a bookkeeping failure
+                log.exception("could not record the failed publish of version %d in scoring.publications", version)
+            raise PublishError(
+                f"publish of score_date {day} as version {version} failed after {progress.done:,} pairs "
+                f"({type(e).__name__}: {e}); version {previous} stays served, the partial keys go at the next cleanup"
+            ) from e
+        seconds = time.perf_counter() - started
+        progress.finish()
+        _record_end(engine, ks, version, status="published", seconds=seconds, users=users, pairs=pairs,
+                    reasons=len(reasons), previous=previous, published_at=published_at)
+        deleted = _cleanup_locked(redis_client, ks, settings.publish_keep_versions)
+    finally:
+        _release_lock(lock)
+    result = PublishResult(
+        version=version, score_date=day, model_version=model_version, run_id=run_id, scored_pairs=scored,
+        users=users, pairs=pairs, reasons=len(reasons), previous_version=previous, published_at=published_at,
+        seconds=seconds, deleted_versions=deleted,
+    )
+    log.info("published %s: version %d serves %s pairs of %s users (%s pairs/s); previous %s; deleted %s",
+             day, version, f"{pairs:,}", f"{users:,}", f"{result.pairs_per_s:,.0f}", previous, deleted or "none")
+    return result
+
+
+# --- rollback -------------------------------------------------------------------------------------------------------
+def rollback_version(
+    redis_client: Any, settings: Settings, *, to_version: int | None = None, engine: Engine | None = None
+) -> RollbackResult:
+    """Flip ``P:current`` back to the version served before the current one (or to ``to_version``), with one SET.
+
+    The target must be a complete, still-stored version. With ``engine`` the flip is recorded in
+    ``scoring.pointer_flips``. Raises :class:`PublishError` when nothing is published, no earlier version is
+    stored, or ``to_version`` is not stored; the pointer is then unchanged.
+    """
+    ks = KeySpace(settings.redis_prefix)
+    lock = _acquire_lock(redis_client, ks, settings, "roll back")
+    try:
+        current = _int_or_none(redis_client.get(ks.current()))
+        if current is None:
+            raise PublishError(f"nothing is published under prefix {ks.prefix!r}: no version to roll back from")
+        stored = stored_versions(redis_client, settings)
+        if to_version is None:
+            previous = _int_or_none(redis_client.hget(ks.meta(current), "previous"))
+            if previous is not None and previous in stored:
+                target = previous
+            else:
+                older = [v for v in stored if v < current]
+                if not older:
+                    raise PublishError(
+                        f"no version before {current} is stored under {ks.prefix!r} (stored: {stored}); "
+                        "nothing to roll back to"
+                    )
+                target = older[-1]
+        else:
+            if to_version not in stored:
+                raise PublishError(f"version {to_version} is not stored under {ks.prefix!r} (stored: {stored})")
+            target = to_version
+        if target == current:
+            raise PublishError(f"version {target} is already served under {ks.prefix!r}")
+        redis_client.set(ks.current(), target)
+        meta = version_meta(redis_client, settings, target)
+    finally:
+        _release_lock(lock)
+    if engine is not None:
+        with engine.begin() as conn:
+            _record_flip(conn, ks, current, target, "rollback")
+    log.warning("rolled back %s: served version %d -> %d (score_date %s)", ks.prefix, current, target,
+                meta.get("score_date"))
+    return RollbackResult(current, target, meta.get("score_date"), meta.get("model_version"))
+
+
+# --- cleanup --------------------------------------------------------------------------------------------------------
+def cleanup_versions(redis_client: Any, settings: Settings) -> list[int]:
+    """Delete versions beyond the newest ``publish_keep_versions`` and leftovers of failed publishes (SCAN +
+    UNLINK in chunks). Never deletes the served version or the one it replaced. Returns the deleted version ids.
+    Raises :class:`PublishError` when a publish or rollback holds the lock."""
+    ks = KeySpace(settings.redis_prefix)
+    lock = _acquire_lock(redis_client, ks, settings, "clean up")
+    try:
+        return _cleanup_locked(redis_client, ks, settings.publish_keep_versions)
+    finally:
+        _release_lock(lock)
+
+
+def _cleanup_locked(redis_client: Any, ks: KeySpace, keep_versions: int, scan_count: int = 2_000,
+                    unlink_chunk: int = 1_000) -> list[int]:
+    current = _int_or_none(redis_client.get(ks.current()))
+    registered = [int(v) for v in redis_client.zrange(ks.versions(), 0, -1)]
+    keep = set(registered[-max(keep_versions, 1) :])
+    if current is not None:
+        keep.add(current)
+        previous = _int_or_none(redis_client.hget(ks.meta(current), "previous"))
+        if previous is not None:
+            keep.add(previous)
+    doomed_registered = [v for v in registered if v not in keep]
+    if doomed_registered:
+        redis_client.zrem(ks.versions(), *doomed_registered)  # first unregister: rollback can no longer pick them
+    deleted: set[int] = set()
+    batch: list[bytes] = []
+    for key in redis_client.scan_iter(match=ks.version_glob(), count=scan_count):
+        v = ks.version_of(key)
+        if v is None or v in keep:
+            continue
+        batch.append(key)
+        deleted.add(v)
+        if len(batch) >= unlink_chunk:
+            redis_client.unlink(*batch)
+            batch = []
+    if batch:
+        redis_client.unlink(*batch)
+    if deleted:
+        log.info("cleanup %s: deleted versions %s, kept %s", ks.prefix, sorted(deleted), sorted(keep))
+    return sorted(deleted | set(doomed_registered))

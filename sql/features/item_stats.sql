@@ -1,0 +1,88 @@
+-- feat_item_stats: one row per product with events in [:since, :as_of), computed from EVERY user's events (never
+-- only one bucket's, so a product's features do not depend on how users are bucketed): popularity, conversion,
+-- price against the category median, and numeric encodings of the product's category and brand.
+-- Rates are smoothed toward the global view->purchase rate with a prior worth 20 views. A missing brand is its own
+-- level ('' = unbranded). A product's price is the one of its latest event before :as_of; its category and brand
+-- are fixed per product in REES46 (if they ever differ, the greatest value is taken, deterministically).
+with
+item_events as (
+    select e.product_id, e.user_id, e.event_type, e.event_time, e.price, e.category_id, coalesce(e.brand, '') as brand
+    from raw.events as e
+    where e.event_time >= :since
+      and e.event_time < :as_of
+),
+
+-- one row per (product, user): distinct viewers become a plain count at the next step
+item_product_users as (
+    select
+        product_id,
+        user_id,
+        count(*) as events,
+        count(*) filter (where event_type = 'view') as views,
+        count(*) filter (where event_type = 'cart') as carts,
+        count(*) filter (where event_type = 'purchase') as purchases,
+        max(array[date_part('epoch', event_time), price]) as latest,  -- [epoch seconds, price] of the latest event
+        max(category_id) as category_id,
+        max(brand) as brand
+    from item_events
+    group by product_id, user_id
+),
+
+item_products as (
+    select
+        product_id,
+        count(*) filter (where views > 0) as viewers,
+        sum(views) as views,
+        sum(carts) as carts,
+        sum(purchases) as purchases,
+        sum(events) as events,
+        (max(latest))[2] as price,
+        max(category_id) as category_id,
+        max(brand) as brand
+    from item_product_users
+    group by product_id
+),
+
+item_totals as (
+    select
+        sum(events)::float8 as events,
+        sum(purchases)::float8 / greatest(sum(views), 1) as purchase_rate
+    from item_products
+),
+
+item_categories as (
+    select
+        category_id,
+        sum(events) as events,
+        sum(views) as views,
+        sum(purchases) as purchases,
+        percentile_cont(0.5) within group (order by price) as median_price
+    from item_products
+    group by category_id
+),
+
+item_brands as (
+    select brand, sum(events) as events, sum(views) as views, sum(purchases) as purchases
+    from item_products
+    group by brand
+)
+
+select
+    p.product_id,
+    -- product
+    p.viewers::float8 as product_viewers,
+    p.views::float8 as product_views,
+    p.carts::float8 as product_carts,
+    p.purchases::float8 as product_purchases,
+    (p.purchases + 20 * t.purchase_rate) / (p.views + 20) as product_view_to_purchase,
+    p.price as product_price,
+    p.price / nullif(c.median_price, 0) as product_price_vs_category_median,
+    -- brand and category encodings (frequency and smoothed purchase rate)
+    b.events / t.events as brand_popularity,
+    (b.purchases + 20 * t.purchase_rate) / (b.views + 20) as brand_purchase_rate,
+    c.events / t.events as category_frequency,
+    (c.purchases + 20 * t.purchase_rate) / (c.views + 20) as category_purchase_rate
+from item_products as p
+cross join item_totals as t
+join item_categories as c on c.category_id = p.category_id
+join item_brands as b on b.brand = p.brand

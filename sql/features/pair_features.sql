@@ -1,0 +1,245 @@
+-- feat_pairs: point-in-time features of the pairs active at :as_of (active_pairs.sql) for the users of hash bucket
+-- :bucket of :n_buckets (both null: every user), one row per pair, and, when :with_labels, the pair's label.
+--
+-- Windows (half-open, UTC; see docs/features.md). Every feature reads only events in [:since, :as_of); the label
+-- reads only purchases in [:as_of, :label_until). An event at exactly :as_of is future, never a feature.
+-- Bind parameters, all bound by ml/features.py (no value is ever formatted into this text):
+--   as_of, since, active_since, since_7d, since_24h, label_until  timestamptz
+--   n_buckets, bucket                                             integer, or both null
+--   with_labels boolean;  negative_rate float8 in (0, 1];  sample_salt bigint (seeds the negative subsample)
+-- Double-brace placeholders below are replaced by the static text of the SQL file of that name (ml.features.render_sql),
+-- so "active", "label" and the item statistics each have one definition.
+with
+active_pairs as (
+    {{ active_pairs }}
+),
+
+active_users as (
+    select distinct user_id from active_pairs
+),
+
+-- stg: every lookback event of the bucket's active users ----------------------------------------------------------
+stg_events as (
+    select
+        e.user_id,
+        e.product_id,
+        e.event_type,
+        e.event_time,
+        e.price,
+        e.user_session,
+        e.category_id,
+        coalesce(e.brand, '') as brand
+    from raw.events as e
+    where e.event_time >= :since
+      and e.event_time < :as_of
+      and (cast(:n_buckets as integer) is null
+           or ml.user_bucket(e.user_id, cast(:n_buckets as integer)) = cast(:bucket as integer))
+      and e.user_id in (select user_id from active_users)
+),
+
+-- one row per (user, product, session, UTC day): the finest grain; everything below rolls up from it
+stg_pair_session_days as (
+    select
+        user_id,
+        product_id,
+        user_session,
+        (event_time at time zone 'UTC')::date as day,
+        count(*) as events,
+        count(*) filter (where event_type = 'view') as views,
+        count(*) filter (where event_type = 'cart') as carts,
+        count(*) filter (where event_type = 'remove_from_cart') as removes,
+        count(*) filter (where event_type = 'purchase') as purchases,
+        count(*) filter (where event_type = 'view' and event_time >= :since_24h) as views_24h,
+        count(*) filter (where event_type = 'view' and event_time >= :since_7d) as views_7d,
+        count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18) as evening_events,
+        min(event_time) as first_at,
+        max(event_time) as last_at,
+        max(event_time) filter (where event_type = 'cart') as last_cart_at,
+        max(event_time) filter (where event_type = 'purchase') as last_purchase_at,
+        -- [epoch seconds, price] of the first and last view: min/max of arrays compare the time first
+        min(array[date_part('epoch', event_time), price]) filter (where event_type = 'view') as first_view,
+        max(array[date_part('epoch', event_time), price]) filter (where event_type = 'view') as last_view,
+        max(category_id) as category_id,
+        max(brand) as brand
+    from stg_events
+    group by user_id, product_id, user_session, day
+),
+
+-- one row per (user, product, session)
+stg_pair_sessions as (
+    select
+        user_id,
+        product_id,
+        user_session,
+        sum(events) as events,
+        sum(views) as views,
+        sum(carts) as carts,
+        sum(removes) as removes,
+        sum(purchases) as purchases,
+        sum(views_24h) as views_24h,
+        sum(views_7d) as views_7d,
+        sum(evening_events) as evening_events,
+        sum(events) filter (where extract(isodow from day) >= 6) as weekend_events,
+        min(first_at) as first_at,
+        max(last_at) as last_at,
+        max(last_cart_at) as last_cart_at,
+        max(last_purchase_at) as last_purchase_at,
+        min(first_view) as first_view,
+        max(last_view) as last_view,
+        max(category_id) as category_id,
+        max(brand) as brand
+    from stg_pair_session_days
+    group by user_id, product_id, user_session
+),
+
+-- one row per (user, product) of the active users, active or not (the user features need them all)
+stg_pairs as (
+    select
+        user_id,
+        product_id,
+        sum(events) as events,
+        sum(views) as views,
+        sum(carts) as carts,
+        sum(removes) as removes,
+        sum(purchases) as purchases,
+        count(user_session) as sessions,  -- one row per session here; a missing session id is not a session
+        sum(views_24h) as views_24h,
+        sum(views_7d) as views_7d,
+        sum(evening_events) as evening_events,
+        coalesce(sum(weekend_events), 0) as weekend_events,
+        max(last_at) as last_at,
+        max(last_cart_at) as last_cart_at,
+        max(last_purchase_at) as last_purchase_at,
+        min(first_view) as first_view,
+        max(last_view) as last_view,
+        max(category_id) as category_id,
+        max(brand) as brand
+    from stg_pair_sessions
+    group by user_id, product_id
+),
+
+-- user level ----------------------------------------------------------------------------------------------------
+feat_user_sessions as (
+    select
+        user_id,
+        count(*) as sessions,
+        avg(date_part('epoch', last_at - first_at) / 60.0) as mean_session_minutes,
+        avg(events) as events_per_session
+    from (
+        select user_id, user_session, min(first_at) as first_at, max(last_at) as last_at, sum(events) as events
+        from stg_pair_sessions
+        where user_session is not null
+        group by user_id, user_session
+    ) as sessions
+    group by user_id
+),
+
+feat_user_days as (
+    select user_id, count(*) as days_active
+    from (select distinct user_id, day from stg_pair_session_days) as user_days
+    group by user_id
+),
+
+feat_users as (
+    select
+        user_id,
+        sum(events) as events,
+        count(*) as products,
+        count(distinct category_id) as categories,
+        count(distinct brand) filter (where brand <> '') as brands,
+        sum(carts) as carts,
+        sum(purchases) as purchases,
+        count(*) filter (where carts > 0) as carted_products,
+        count(*) filter (where carts > 0 and purchases > 0) as carted_purchased_products,
+        sum(weekend_events) as weekend_events,
+        sum(evening_events) as evening_events,
+        max(last_at) as last_at
+    from stg_pairs
+    group by user_id
+),
+
+-- product, category and brand level (every user's events) -------------------------------------------------------
+feat_items as (
+    {{ item_stats }}
+),
+
+-- labels: a purchase of the pair in [:as_of, :label_until); skipped entirely unless :with_labels ---------------------
+labels as (
+    select l.user_id, l.product_id
+    from (
+        {{ label_purchases }}
+    ) as l
+    where cast(:with_labels as boolean)
+),
+
+feat_pairs as (
+    select
+        p.user_id,
+        p.product_id,
+        -- pair --------------------------------------------------------------------------------------------------
+        p.views::float8 as pair_views,
+        p.carts::float8 as pair_carts,
+        p.removes::float8 as pair_removes,
+        p.purchases::float8 as pair_purchases,
+        p.sessions::float8 as pair_sessions,
+        (t.as_of_epoch - p.first_view[1]) / 3600.0 as pair_hours_since_first_view,
+        (t.as_of_epoch - p.last_view[1]) / 3600.0 as pair_hours_since_last_view,
+        (t.as_of_epoch - date_part('epoch', p.last_cart_at)) / 3600.0 as pair_hours_since_last_cart,
+        p.views_24h::float8 as pair_views_24h,
+        p.views_7d::float8 as pair_views_7d,
+        (p.last_view[2] - p.first_view[2]) / nullif(p.first_view[2], 0) as pair_price_change,
+        (p.last_cart_at is not null and (p.last_purchase_at is null or p.last_purchase_at < p.last_cart_at))::int::float8
+            as pair_cart_without_purchase,
+        -- user --------------------------------------------------------------------------------------------------
+        u.events::float8 as user_events,
+        coalesce(s.sessions, 0)::float8 as user_sessions,
+        u.products::float8 as user_products,
+        u.categories::float8 as user_categories,
+        u.brands::float8 as user_brands,
+        s.mean_session_minutes::float8 as user_mean_session_minutes,
+        s.events_per_session::float8 as user_events_per_session,
+        u.carts::float8 as user_carts,
+        u.purchases::float8 as user_purchases,
+        u.carted_purchased_products::float8 / nullif(u.carted_products, 0) as user_cart_to_purchase,
+        d.days_active::float8 as user_days_active,
+        u.weekend_events::float8 / u.events as user_weekend_share,
+        u.evening_events::float8 / u.events as user_evening_share,
+        (t.as_of_epoch - date_part('epoch', u.last_at)) / 3600.0 as user_hours_since_last_event,
+        -- product, brand, category ------------------------------------------------------------------------------
+        i.product_viewers,
+        i.product_views,
+        i.product_carts,
+        i.product_purchases,
+        i.product_view_to_purchase,
+        i.product_price,
+        i.product_price_vs_category_median,
+        i.brand_popularity,
+        i.brand_purchase_rate,
+        i.category_frequency,
+        i.category_purchase_rate,
+        -- context of the pair's last interaction (UTC) ----------------------------------------------------------
+        date_part('hour', p.last_at at time zone 'UTC') as last_hour,
+        date_part('isodow', p.last_at at time zone 'UTC') - 1 as last_day_of_week,  -- Monday = 0
+        (date_part('isodow', p.last_at at time zone 'UTC') >= 6)::int::float8 as last_is_weekend,
+        -- label (training only) ---------------------------------------------------------------------------------
+        case when cast(:with_labels as boolean) then (l.user_id is not null)::int end as label
+    from active_pairs as a
+    join stg_pairs as p on p.user_id = a.user_id and p.product_id = a.product_id
+    join feat_users as u on u.user_id = a.user_id
+    join feat_user_days as d on d.user_id = a.user_id
+    left join feat_user_sessions as s on s.user_id = a.user_id
+    join feat_items as i on i.product_id = a.product_id
+    left join labels as l on l.user_id = a.user_id and l.product_id = a.product_id
+    cross join (select date_part('epoch', cast(:as_of as timestamptz)) as as_of_epoch) as t
+)
+
+select
+    f.*,
+    -- negatives kept with probability :negative_rate (a stable hash of the pair and the salt) weigh 1 / rate
+    case when f.label = 0 and cast(:negative_rate as float8) < 1 then 1 / cast(:negative_rate as float8) else 1.0 end
+        as weight
+from feat_pairs as f
+where f.label is distinct from 0
+   or cast(:negative_rate as float8) >= 1
+   or ml.user_hash32(f.user_id # ml.user_hash32(f.product_id # cast(:sample_salt as bigint)))
+      < cast(:negative_rate as float8) * 4294967296

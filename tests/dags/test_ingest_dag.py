@@ -1,0 +1,79 @@
+"""The ingest_events DAG end to end through Airflow's ``dag.test()``: real Postgres, real files, real GX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+pytestmark = [pytest.mark.airflow, pytest.mark.integration]
+
+
+def _head(src: Path, dst: Path, rows: int) -> Path:
+    """The header and the first ``rows`` data lines of ``src`` (bytes unchanged): a distinct, real file."""
+    lines = src.read_bytes().split(b"\n")
+    dst.write_bytes(b"\n".join(lines[: rows + 1]) + b"\n")
+    return dst
+
+
+@pytest.fixture
+def landing(airflow_conns, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PROPENSITY_ROW_COUNT_MIN_HISTORY", "1000")  # the session DB's history is other tests'
+    path = Path(airflow_conns.location("landing"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _states(run) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for ti in run.get_task_instances():
+        out.setdefault(ti.task_id, []).append(str(ti.state))
+    return out
+
+
+def test_good_file_loads_bad_file_quarantined_run_fails(
+    airflow_db, landing: Path, airflow_conns, engine, rees46_sample: Path
+) -> None:
+    from ingest_events import ingest_events_dag as dag
+
+    from ml.generate import corrupt_file
+
+    good = _head(rees46_sample, landing / "events_2019-10-01_a.csv", 3000)
+    corrupt_file(good, landing / "events_2019-10-01_bad.csv", "unknown_event_type", seed=3)
+    run = dag.test()
+    states = _states(run)
+    assert run.state == "failed", states
+    assert sorted(states["validate_and_load"]) == ["failed", "success"]
+    assert states["emit_events"] == ["success"]
+    assert states["summarize"] == ["failed"]
+
+    with engine.connect() as c:
+        files = c.execute(
+            sa.text("select file_id, file_name, row_count from raw.ingested_files where file_name like 'events_2019-10-01_%'")
+        ).all()
+        assert [(f.file_name, f.row_count) for f in files] == [("events_2019-10-01_a.csv", 3000)]
+        n = c.execute(sa.text("select count(*) from raw.events where file_id = :f"), {"f": files[0].file_id}).scalar()
+        assert n == 3000
+        runs = c.execute(
+            sa.text("select file_name, success, failed_rules from quality.validation_runs where dag_run_id = :r"),
+            {"r": run.run_id},
+        ).all()
+    assert sorted((r.file_name, r.success, list(r.failed_rules)) for r in runs) == [
+        ("events_2019-10-01_a.csv", True, []),
+        ("events_2019-10-01_bad.csv", False, ["event_type_allowed"]),
+    ]
+    quarantine = Path(airflow_conns.location("quarantine"))
+    assert (quarantine / "events_2019-10-01_bad.csv").exists()
+    report = json.loads((quarantine / "events_2019-10-01_bad.csv.report.json").read_text())
+    assert report["failed_rules"] == ["event_type_allowed"]
+    assert (Path(airflow_conns.location("archive")) / "events_2019-10-01_a.csv").exists()
+    assert sorted(p.name for p in landing.iterdir()) == []
+
+    # the next run finds nothing new: success, and no Asset event
+    run2 = dag.test()
+    states2 = _states(run2)
+    assert run2.state == "success", states2
+    assert states2["emit_events"] == ["skipped"]
+
