@@ -214,4 +214,4 @@ def train_ensemble() -> None:
     branch >> [snap, manage_registry()]
 
 
-train_ensemble()
+train_ensemble_dag = train_ensemble()

@@ -107,7 +107,8 @@ def generate(
     out: Annotated[str | None, typer.Option(help="Output directory or URL (default: the landing location).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="File format: csv, parquet or both.")] = "csv",
     drift_from: Annotated[
-        str | None, typer.Option(help="YYYY-MM-DD: from this day prices rise, the category mix shifts, conversion drops.")
+        str | None,
+        typer.Option(help="YYYY-MM-DD: from this day prices rise, the category mix shifts, conversion drops."),
     ] = None,
 ) -> None:
     """Generate synthetic REES46 events (seeded) and write one file per UTC day (events_YYYY-MM-DD.csv/.parquet)."""
@@ -431,6 +432,46 @@ def requeue(
     s = settings()
     for name in names:
         typer.echo(f"requeued {name} -> {requeue_file(name, s)}")
+
+
+@app.command()
+def score(
+    score_date: Annotated[str, typer.Option(help="Score date YYYY-MM-DD (UTC): features use events before it.")],
+    model_version: Annotated[
+        str | None, typer.Option(help="Model version (ml.model_versions); default: the champion.")
+    ] = None,
+    buckets: Annotated[int | None, typer.Option(help="user_id hash buckets (default: settings.score_buckets).")] = None,
+    drift: Annotated[bool, typer.Option(help="Record score/feature PSI vs the previous date afterwards.")] = True,
+    publish: Annotated[bool, typer.Option(help="Publish the date's hot scores to Redis afterwards.")] = False,
+) -> None:
+    """Score every active pair of a date (features -> probability -> exact SHAP -> insights), check the output and
+    swap the date's partition of scoring.scores atomically; the same steps as the score_active_pairs DAG."""
+    from ml.db import migrate as run_migrations
+    from ml.score import run_scoring
+
+    s = settings()
+    engine = pg_engine(s)
+    run_migrations(engine)
+    summary = run_scoring(engine, s, score_date, model_version=model_version, n_buckets=buckets)
+    for line in summary.lines():
+        typer.echo(line)
+    if drift:
+        from ml.drift import record_drift
+
+        for m in record_drift(engine, s, summary.score_date):
+            if m.kind != "feature_psi":
+                typer.echo(f"drift {m.kind} {m.name}: {m.value if m.value is None else round(m.value, 4)}")
+    if publish:
+        import redis
+
+        from ml.publish import publish_version
+        from ml.services import resolve_services
+
+        client = redis.Redis.from_url(resolve_services(s).redis_url)
+        try:
+            typer.echo(json.dumps(publish_version(engine, client, s, summary.score_date).as_dict(), default=str))
+        finally:
+            client.close()
 
 
 def main() -> None:

@@ -201,7 +201,8 @@ def holdout_metrics(
 
 
 def curves(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None, n_bins: int = 15) -> dict[str, Any]:
-    """ROC curve, PR curve and reliability (calibration) curve points, for plotting."""
+    """ROC curve and PR curve points for any score ``p``; reliability (calibration) curve points when ``p`` holds
+    probabilities. For plotting."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     y = np.asarray(y).astype(int)
@@ -213,6 +214,8 @@ def curves(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None, n_bin
         prec, rec, _ = precision_recall_curve(y, p, sample_weight=weight)
         out["roc"] = (fpr, tpr)
         out["pr"] = (rec, prec)
+    if len(p) == 0 or p.min() < 0.0 or p.max() > 1.0:  # scores, not probabilities: no reliability curve
+        return out
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
     tot = np.bincount(bins, weights=w, minlength=n_bins)
     nz = tot > 0

@@ -31,10 +31,11 @@ import io
 import logging
 import math
 import os
+import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -82,7 +83,7 @@ _VIEW, _CART, _REMOVE, _PURCHASE = range(4)
 _DAY_S = 86_400
 
 
-# --- catalogue ------------------------------------------------------------------------------------------------------
+# --- catalogue --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LeafCategory:
     """One leaf of the category tree.
@@ -236,7 +237,9 @@ class GeneratorConfig:
         if self.n_users < 1:
             raise ValueError(f"n_users must be >= 1, got {self.n_users}")
         if self.n_products < len(CATEGORY_TREE):
-            raise ValueError(f"n_products must be >= {len(CATEGORY_TREE)} (one per leaf category), got {self.n_products}")
+            raise ValueError(
+                f"n_products must be >= {len(CATEGORY_TREE)} (one per leaf category), got {self.n_products}"
+            )
         if self.n_users > 99_000_000 or self.n_products > 90_000_000:
             raise ValueError("n_users must be <= 99M and n_products <= 90M (id ranges)")
 
@@ -322,14 +325,29 @@ def _arange_within(sizes: np.ndarray) -> np.ndarray:
 
 
 def _stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for non-negative integer keys below 2**32, as two 16-bit radix passes
-    (numpy radix-sorts 16-bit keys): about 2x faster than the merge sort on 10M keys."""
+    """``np.argsort(keys, kind="stable")`` for non-negative integer keys below 2**48, as 16-bit LSD radix passes
+    (numpy radix-sorts 16-bit keys in linear time): about 2x faster than numpy's merge sort on 10M keys."""
     k = np.asarray(keys)
-    if k.size and (k.min() < 0 or k.max() >= 2**32):
+    if k.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(k.min()), int(k.max())
+    if lo < 0 or hi >= 2**48:
         return np.argsort(k, kind="stable")
-    o1 = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
-    o2 = np.argsort((k[o1] >> 16).astype(np.uint16), kind="stable")
-    return o1[o2]
+    order = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while hi >> shift:
+        order = order[np.argsort(((k[order] >> shift) & 0xFFFF).astype(np.uint16), kind="stable")]
+        shift += 16
+    return order
+
+
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first occurrence of each distinct key (like ``np.unique(return_index=True)``)."""
+    order = _stable_argsort(keys)
+    sk = keys[order]
+    mask = np.zeros(keys.size, bool)
+    mask[order[np.r_[True, sk[1:] != sk[:-1]]]] = True
+    return mask
 
 
 def _categorical(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
@@ -367,16 +385,20 @@ def _uuid4_strings(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 class _Laps:
-    """Stage timings (seconds) of one run, for profiling; logged at DEBUG."""
+    """Stage timings (CPU seconds: robust to other load) of one run, for profiling. With ``progress`` each stage
+    is logged at INFO as it finishes (large runs), otherwise only the summary at DEBUG."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: bool = False) -> None:
         self.laps: dict[str, float] = {}
-        self._t = time.perf_counter()
+        self.progress = progress
+        self._t = time.process_time()
 
     def __call__(self, name: str) -> None:
-        now = time.perf_counter()
+        now = time.process_time()
         self.laps[name] = now - self._t
         self._t = now
+        if self.progress:
+            log.info("generate: %s done (%.1fs CPU)", name, self.laps[name])
 
 
 def _hour_profile(weekend: bool) -> np.ndarray:
@@ -505,7 +527,7 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     """
     config = config or GeneratorConfig()
     t_start = time.perf_counter()
-    lap = _Laps()
+    lap = _Laps(progress=config.n_users * config.days >= 1_000_000)  # roughly >= 2M events: report stages
     rs = _streams(config.seed)
     cat = build_catalog(config)
     n_leaves = len(CATEGORY_TREE)
@@ -571,52 +593,59 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     # product slots: 1 + Poisson(lambda[behaviour]) per session; a new product from the focus leaf (sometimes
     # another leaf of the focus top), or a revisit of one of the user's earlier slots (recent ones more likely)
     k = 1 + rs("slots_per_session").poisson(_SLOTS_LAMBDA[s_beh])
+    lap("sub0")
     n_slots = int(k.sum())
     sl_sess = np.repeat(np.arange(n_sess), k)
     sl_user = s_user[sl_sess]
+    lap("sub1")
     other_leaf = leaf_by_top[_sample_grouped(s_top[sl_sess], leaf_w[leaf_by_top], top_of_leaf[leaf_by_top],
                                              len(tops), rs("slot_other_leaf").random(n_slots))]
+    lap("sub2")
     sl_leaf = np.where(rs("slot_use_focus").random(n_slots) < 0.8, s_leaf[sl_sess], other_leaf)
+    lap("sub3")
     new_product = _sample_grouped(sl_leaf, cat.popularity, cat.leaf, n_leaves, rs("slot_product").random(n_slots))
+    lap("sub4")
     back = np.floor(rs("revisit_back").exponential(10.0, n_slots)).astype(np.int64)
+    lap("sub5")
     wants_revisit = rs("revisit").random(n_slots) < _REVISIT_P[s_beh[sl_sess]]
     del other_leaf, sl_leaf
     # revisit references live in user-major order: (user, time) is a stable sort of the time-ordered slots
-    perm = np.argsort(sl_user, kind="stable")
+    lap("sub6")
+    perm = _stable_argsort(sl_user)
     inv = np.empty(n_slots, dtype=np.int64)
     inv[perm] = np.arange(n_slots)
-    sess_first = _segment_starts(k)
-    u_sess_first = inv[sess_first[sl_sess]]  # user-order index of the first slot of this slot's session
-    u_user_first = np.searchsorted(sl_user[perm], sl_user)  # user-order index of the user's first slot
+    lap("sub7")
+    u_sess_first = inv[_segment_starts(k)][sl_sess]  # user-order index of the first slot of this slot's session
+    u_user_first = _segment_starts(np.bincount(sl_user, minlength=U))[sl_user]  # ... and of the user's first slot
+    lap("sub8")
     avail = u_sess_first - u_user_first  # how many earlier slots this user has
     ref = u_sess_first - 1 - back
     far = ref < u_user_first
     ref[far] = u_user_first[far] + (back[far] % np.maximum(avail[far], 1))
     revisit = wants_revisit & (avail > 0)
+    lap("sub9")
     root = np.where(revisit, perm[np.minimum(ref, n_slots - 1)], np.arange(n_slots))  # back to time order
+    lap("sub10")
     while True:  # follow revisit chains to the slot that introduced the product (pointer jumping)
         nxt = root[root]
         if np.array_equal(nxt, root):
             break
         root = nxt
+    lap("sub11")
     sl_prod = new_product[root]
     del new_product, back, wants_revisit, perm, inv, u_sess_first, u_user_first, avail, ref, far, revisit, root
     lap("slots+revisits")
 
     # one visit per (session, product), keeping the first
-    key = sl_sess.astype(np.int64) * P + sl_prod
-    _, first = np.unique(key, return_index=True)
-    keep = np.zeros(n_slots, bool)
-    keep[first] = True
+    keep = _first_occurrences(sl_sess.astype(np.int64) * P + sl_prod)
     sl_sess, sl_prod, sl_user = sl_sess[keep], sl_prod[keep], sl_user[keep]
     n_slots = sl_sess.size
-    sl_pos = np.arange(n_slots) - _segment_starts(np.bincount(sl_sess, minlength=n_sess))[sl_sess]
-    del key, first, keep
+    del keep
     lap("dedupe")
 
     # pair history: how many earlier visits this (user, product) pair had (slots are in time order)
     pair = sl_user.astype(np.int64) * P + sl_prod
-    po = np.argsort(pair, kind="stable")
+    po = _stable_argsort(pair)
     ps = pair[po]
     grp_start = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
     visit_idx = np.empty(n_slots, dtype=np.int64)
@@ -669,7 +698,7 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     all_cart = np.concatenate([carted, np.ones(nf, bool)])[slot_order]
     all_remove = np.concatenate([removed, ~f_buy])[slot_order]
     all_buy = np.concatenate([bought, f_buy])[slot_order]
-    del sl_sess, sl_prod, sl_pos, n_views, carted, removed, bought, sl_user, slot_sess, slot_order, rank, sess_order
+    del sl_sess, sl_prod, n_views, carted, removed, bought, sl_user, slot_sess, slot_order, rank, sess_order
     del s_start, f_start, f_buy, f_views, f_idx
     lap("follow-ups")
 
@@ -756,6 +785,7 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
             "user_session": _categorical(sess_code, uuids),
         },
         columns=list(REES46_COLUMNS),
+        copy=False,  # the arrays are fresh: no need to copy them into consolidated blocks (0.5-1 s at 10M rows)
     )
     lap("frame")
     log.debug("generate stage timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in lap.laps.items()))
@@ -765,7 +795,7 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     return df
 
 
-# --- reading and writing ------------------------------------------------------------------------------------------------
+# --- reading and writing ----------------------------------------------------------------------------------------------
 def _arrow_table(df: pd.DataFrame) -> pa.Table:
     """The REES46 columns of ``df`` as an Arrow table with plain types (dictionaries decoded)."""
     missing = [c for c in REES46_COLUMNS if c not in df.columns]
@@ -836,40 +866,46 @@ def _format_event_times(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return _fixed_width_strings(out)
 
 
+def _csv_header(line_terminator: str) -> bytes:
+    return (",".join(REES46_COLUMNS) + line_terminator).encode()
+
+
+def _csv_body(df: pd.DataFrame, line_terminator: str) -> pa.Buffer:
+    """The data lines of :func:`format_rees46_csv` as one Arrow buffer (no copy into Python bytes)."""
+    if len(df) == 0:
+        return pa.py_buffer(b"")
+    t = _arrow_table(df)
+    parts = [_format_event_times(t.column("event_time"))]
+    parts.append(t.column("event_type"))
+    parts += [pc.cast(t.column(c), pa.string()) for c in ("product_id", "category_id")]
+    parts += [_csv_quote(t.column(c)) for c in ("category_code", "brand")]
+    cents = pc.cast(pc.round(pc.multiply(t.column("price"), 100.0)), pa.int64())
+    sign = pc.if_else(pc.less(cents, 0), "-", "")
+    acents = pc.abs(cents)
+    whole = pc.divide(acents, 100)
+    frac = pc.utf8_lpad(pc.cast(pc.subtract(acents, pc.multiply(whole, 100)), pa.string()), 2, "0")
+    parts.append(pc.binary_join_element_wise(sign, pc.cast(whole, pa.string()), ".", frac, ""))
+    parts.append(pc.cast(t.column("user_id"), pa.string()))
+    # the last field carries the line terminator: joining [value, ""] with it as the separator appends it
+    parts.append(pc.binary_join_element_wise(pc.fill_null(_csv_quote(t.column("user_session")), ""), "",
+                                             line_terminator))
+    # one string type for all (large_string once a column passes 2 GiB of text)
+    typ = pa.large_string() if any(pa.types.is_large_string(p.type) for p in parts) else pa.string()
+    parts = [p.cast(typ) if p.type != typ else p for p in parts]
+    lines = pc.binary_join_element_wise(*parts, ",", null_handling="replace", null_replacement="")
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    off = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    offsets = np.frombuffer(lines.buffers()[1], dtype=off, count=len(lines) + 1, offset=lines.offset * off().itemsize)
+    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
 def format_rees46_csv(df: pd.DataFrame, line_terminator: str = "\n") -> bytes:
     """``df`` as REES46 CSV bytes: header, one line per row, UTF-8.
 
     Formats like the real files: ``2019-10-01 00:00:00 UTC`` (seconds, fractions truncated), price with exactly two
     decimals, integers as digits, empty fields for nulls, values quoted only when they hold a comma, quote or line
     break. ``line_terminator`` ends every line, the last one too (the real sample uses CRLF; the default LF)."""
-    header = (",".join(REES46_COLUMNS) + line_terminator).encode()
-    if len(df) == 0:
-        return header
-    t = _arrow_table(df)
-    parts = [_format_event_times(t.column("event_time"))]
-    parts.append(t.column("event_type"))
-    parts += [pc.cast(t.column(c), pa.string()) for c in ("product_id", "category_id")]
-    parts += [_csv_quote(t.column(c)) for c in ("category_code", "brand")]
-    price = t.column("price")
-    cents = pc.cast(pc.round(pc.multiply(price, 100.0)), pa.int64())
-    sign = pc.if_else(pc.less(cents, 0), "-", "")
-    acents = pc.abs(cents)
-    whole = pc.cast(pc.divide(acents, 100), pa.string())
-    frac = pc.utf8_lpad(pc.cast(pc.subtract(acents, pc.multiply(pc.divide(acents, 100), 100)), pa.string()), 2, "0")
-    parts.append(pc.binary_join_element_wise(sign, whole, ".", frac, ""))
-    parts.append(pc.cast(t.column("user_id"), pa.string()))
-    parts.append(_csv_quote(t.column("user_session")))
-    # one string type for all (large_string once a column passes 2 GiB of text)
-    typ = pa.large_string() if any(pa.types.is_large_string(p.type) for p in parts) else pa.string()
-    parts = [p.cast(typ) if p.type != typ else p for p in parts]
-    lines = pc.binary_join_element_wise(*parts, ",", null_handling="replace", null_replacement="")
-    # joining [line, ""] with the terminator as separator appends it to every line; the data buffer is then the body
-    lines = pc.binary_join_element_wise(lines, "", line_terminator)
-    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
-    off = np.int64 if pa.types.is_large_string(lines.type) else np.int32
-    offsets = np.frombuffer(lines.buffers()[1], dtype=off, count=len(lines) + 1, offset=lines.offset * off().itemsize)
-    data = lines.buffers()[2]
-    return header + data.to_pybytes()[offsets[0] : offsets[-1]]
+    return _csv_header(line_terminator) + _csv_body(df, line_terminator).to_pybytes()
 
 
 def read_rees46_csv(path: str | Path) -> pd.DataFrame:
@@ -891,9 +927,14 @@ def read_rees46_csv(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _write_atomic(data: bytes | None, dst: str | Path, writer=None) -> None:  # noqa: ANN001
-    """Write ``data`` (or call ``writer(tmp_path)``) to a hidden temp name beside ``dst``, then rename onto it, so a
-    watcher never sees a half-written file. Local paths and fsspec URLs (rename via ``fs.mv``)."""
+def _write_atomic(
+    data: bytes | Sequence[bytes | pa.Buffer] | None, dst: str | Path, writer: Callable[[Path], object] | None = None
+) -> None:
+    """Write ``data`` (bytes or a sequence of byte chunks; or call ``writer(tmp_path)``) to a hidden temp name
+    beside ``dst``, fsync, then rename onto it, so a watcher never sees a half-written file. Local paths and fsspec
+    URLs (rename via ``fs.mv``)."""
+    if isinstance(data, bytes | bytearray):
+        data = [data]
     dst_s = str(dst)
     if "://" in dst_s:
         import fsspec
@@ -903,9 +944,10 @@ def _write_atomic(data: bytes | None, dst: str | Path, writer=None) -> None:  # 
         tmp = f"{parent}/.{name}.tmp-{os.getpid()}"
         if data is not None:
             with fs.open(tmp, "wb") as f:
-                f.write(data)
+                for chunk in data:
+                    f.write(memoryview(chunk))
         else:
-            local = Path(os.environ.get("TMPDIR", "/tmp")) / f".{name}.tmp-{os.getpid()}"
+            local = Path(tempfile.gettempdir()) / f".{name}.tmp-{os.getpid()}"
             writer(local)
             fs.put_file(str(local), tmp)
             local.unlink()
@@ -916,7 +958,8 @@ def _write_atomic(data: bytes | None, dst: str | Path, writer=None) -> None:  # 
     try:
         if data is not None:
             with open(tmp_p, "wb") as f:
-                f.write(data)
+                for chunk in data:
+                    f.write(memoryview(chunk))
                 f.flush()
                 os.fsync(f.fileno())
         else:
@@ -932,14 +975,19 @@ def write_daily_files(
     out_dir: str | Path,
     formats: Sequence[str] = ("csv",),
     line_terminator: str = "\n",
+    workers: int | None = None,
 ) -> list[Path]:
     """Write one file per UTC day of ``df`` into ``out_dir``: ``events_YYYY-MM-DD.csv`` (REES46 CSV, see
     :func:`format_rees46_csv`) and/or ``events_YYYY-MM-DD.parquet`` (same columns; event_time timestamp[us, UTC],
     ids int64, price float64, nullable strings; zstd).
 
-    Each file is written under a hidden temp name and renamed into place. Existing files of the same day are
-    replaced. Returns the written paths (or URLs) in day order, CSV before Parquet per day. Raises ``ValueError``
-    for an unknown format."""
+    Each file is written under a hidden temp name, fsynced and renamed into place, so a watcher never picks up a
+    half-written file; an existing file of the same name is replaced. Days are written by ``workers`` threads
+    (default: the CPU count, at most 4; Arrow and numpy release the GIL). Returns the written paths in day order,
+    CSV before Parquet per day (for an fsspec URL ``out_dir``, the URLs as ``str``). Raises ``ValueError`` for an
+    unknown format."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ml.observe import Progress
 
     bad = [f for f in formats if f not in FILE_FORMATS]
@@ -947,39 +995,45 @@ def write_daily_files(
         raise ValueError(f"unknown file format(s) {bad or list(formats)}; choose from {FILE_FORMATS}")
     out_s = str(out_dir)
     is_url = "://" in out_s
-    if not is_url:
-        Path(out_s).mkdir(parents=True, exist_ok=True)
-    else:
+    if is_url:
         import fsspec
 
-        fs, p = fsspec.core.url_to_fs(out_s)
-        fs.makedirs(p, exist_ok=True)
+        fs, root = fsspec.core.url_to_fs(out_s)
+        fs.makedirs(root, exist_ok=True)
+    else:
+        Path(out_s).mkdir(parents=True, exist_ok=True)
     if len(df) == 0:
         return []
-    ts = df["event_time"]
-    if not ts.is_monotonic_increasing:
+    if not df["event_time"].is_monotonic_increasing:
         df = df.sort_values("event_time", kind="stable")
-        ts = df["event_time"]
-    days = ts.dt.floor("D")
-    bounds = np.flatnonzero(np.r_[True, (days.values[1:] != days.values[:-1])])
-    bounds = np.r_[bounds, len(df)]
-    progress = Progress("writing daily files", total=len(df), unit="events")
-    written: list[Path] = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        day = days.iloc[a].date()
+    day = df["event_time"].values.astype("datetime64[D]")  # UTC days (tz-aware values are UTC)
+    bounds = np.r_[np.flatnonzero(np.r_[True, day[1:] != day[:-1]]), len(df)]
+
+    def write_day(a: int, b: int) -> list[Path]:
         part = df.iloc[a:b]
+        out: list[Path] = []
         for fmt in formats:
-            name = f"events_{day:%Y-%m-%d}.{fmt}"
+            name = f"events_{day[a]}.{fmt}"
             dst = f"{out_s.rstrip('/')}/{name}" if is_url else Path(out_s) / name
             if fmt == "csv":
-                _write_atomic(format_rees46_csv(part, line_terminator=line_terminator), dst)
+                _write_atomic([_csv_header(line_terminator), _csv_body(part, line_terminator)], dst)
             else:
                 import pyarrow.parquet as pq
 
                 table = _arrow_table(part)
                 _write_atomic(None, dst, writer=lambda p, t=table: pq.write_table(t, p, compression="zstd"))
-            written.append(dst if is_url else Path(dst))  # type: ignore[arg-type]
-        progress.advance(int(b - a))
+            out.append(dst)  # type: ignore[arg-type]
+        return out
+
+    progress = Progress("writing daily files", total=len(df), unit="events")
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+    n_workers = max(1, min(workers or min(os.cpu_count() or 1, 4), len(spans)))
+    written: list[Path] = []
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="write-day") as pool:
+        futures = [pool.submit(write_day, a, b) for a, b in spans]
+        for (a, b), fut in zip(spans, futures, strict=True):
+            written += fut.result()
+            progress.advance(b - a)
     progress.finish()
     return written
 

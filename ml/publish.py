@@ -346,8 +346,9 @@ def _record_flip(conn: sa.Connection, ks: KeySpace, from_version: int | None, to
 
 # --- publish --------------------------------------------------------------------------------------------------------
 def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterator[tuple]:
-    """Stream the day's hot pairs (user_id, product_id, probability, tier, reason_codes, reason_texts), grouped by
-    user, strongest first, over one binary COPY (psycopg 3)."""
+    """Stream the day's hot pairs, one row per user in ascending user_id: (user_id, product_ids, probabilities,
+    tiers, reason codes joined by U+001F per pair, reason texts joined likewise), arrays strongest first, over one
+    binary COPY (psycopg 3)."""
     import psycopg
 
     sql = read_sql("publish/hot_pairs.sql")
@@ -357,7 +358,7 @@ def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterato
             f"copy ({sql}) to stdout (format binary)",
             {"score_date": day, "min_probability": floor, "top_n": top_n},
         ) as copy:
-            copy.set_types(["int8", "int8", "float8", "text", "text[]", "text[]"])
+            copy.set_types(["int8", "int8[]", "float8[]", "text[]", "text[]", "text[]"])
             try:
                 yield from copy.rows()
             except GeneratorExit:  # the consumer stopped early (Redis failed): stop the server, don't drain it
@@ -365,44 +366,43 @@ def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterato
                 raise
 
 
+_SEP = "\x1f"
+
+
 def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, version: int, chunk_pairs: int,
                    heartbeat: _Heartbeat, progress: Progress) -> tuple[int, int, dict[tuple[str, str], int]]:
-    """Write one zset + one hash per user under version ``version``; returns (users, pairs, reason dictionary)."""
+    """Write one zset + one hash per user under version ``version`` from :func:`_hot_rows` rows, pipelined in
+    chunks of about ``chunk_pairs`` pairs, then the reason dictionary. Returns (users, pairs, reason dictionary).
+    Raises :class:`PublishError` when a pair's reason codes and texts do not pair up."""
     reason_ids: dict[tuple[str, str], int] = {}
     pipe = redis_client.pipeline(transaction=False)
     users = pairs = pending = 0
-    user: int | None = None
-    zmap: dict[int, float] = {}
-    hmap: dict[int, str] = {}
-
-    def flush_user() -> None:
-        pipe.zadd(ks.recs(version, user), zmap)  # type: ignore[arg-type]
-        pipe.hset(ks.details(version, user), mapping=hmap)  # type: ignore[arg-type]
-
-    for user_id, product_id, probability, tier, codes, texts in rows:
-        if user_id != user:
-            if user is not None:
-                flush_user()
-                users += 1
-                if pending >= chunk_pairs:
-                    pipe.execute()
-                    heartbeat.check()
-                    progress.advance(pending)
-                    pending = 0
-            user, zmap, hmap = user_id, {}, {}
-        rids = []
-        for pair in zip(codes, texts):
-            rid = reason_ids.get(pair)
-            if rid is None:
-                rid = reason_ids[pair] = len(reason_ids) + 1
-            rids.append(rid)
-        zmap[product_id] = probability
-        hmap[product_id] = encode_details(tier, rids)
-        pairs += 1
-        pending += 1
-    if user is not None:
-        flush_user()
+    for user_id, product_ids, probabilities, tiers, codes, texts in rows:
+        payloads = []
+        for tier, c, t in zip(tiers, codes, texts, strict=True):
+            if not c:
+                payloads.append(tier + "|")
+                continue
+            cs, ts = c.split(_SEP), t.split(_SEP)
+            if len(cs) != len(ts):
+                raise PublishError(f"user {user_id}: {len(cs)} reason codes but {len(ts)} reason texts in a pair")
+            rids = []
+            for pair in zip(cs, ts):
+                rid = reason_ids.get(pair)
+                if rid is None:
+                    rid = reason_ids[pair] = len(reason_ids) + 1
+                rids.append(str(rid))
+            payloads.append(tier + "|" + ",".join(rids))
+        pipe.zadd(ks.recs(version, user_id), dict(zip(product_ids, probabilities, strict=True)))
+        pipe.hset(ks.details(version, user_id), mapping=dict(zip(product_ids, payloads, strict=True)))
         users += 1
+        pairs += len(product_ids)
+        pending += len(product_ids)
+        if pending >= chunk_pairs:
+            pipe.execute()
+            heartbeat.check()
+            progress.advance(pending)
+            pending = 0
     pipe.execute()
     progress.advance(pending)
     items = [(rid, json.dumps(list(pair), ensure_ascii=False, separators=(",", ":"))) for pair, rid in reason_ids.items()]

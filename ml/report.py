@@ -104,7 +104,7 @@ def _curves_figures(y: np.ndarray, w: np.ndarray, scores: dict[str, np.ndarray],
     return "<div class='grid'>" + "".join(out) + "</div>"
 
 
-def _shap_figures(ensemble: Ensemble, X: pd.DataFrame, method: str = "auto") -> tuple[str, pd.DataFrame]:
+def _shap_figures(ensemble: Ensemble, X: pd.DataFrame, method: str = "native") -> tuple[str, pd.DataFrame]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -62,6 +62,8 @@ SCORE_COLUMNS: tuple[str, ...] = (
 )
 _RUN_ID_RE = re.compile(r"^[0-9]{8}_[0-9a-f]{12}$")
 _STAGE_PREFIX = "scores_stage_"
+_STAGE_ORDER = ("plan", "load_model", "features", "predict", "explain", "insights", "encode", "copy", "total", "check",
+                "swap")
 _SWAP_LOCK_NS = 7_262_040  # pg_advisory_xact_lock(namespace, day): one swap of a given day at a time
 
 
@@ -168,7 +170,10 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         """Human-readable summary lines (the end of the task log / CLI output)."""
-        stage_s = ", ".join(f"{k} {v:,.1f}s" for k, v in self.timings.items())
+        order = {k: i for i, k in enumerate(_STAGE_ORDER)}
+        stage_s = ", ".join(
+            f"{k} {int(v)}" if k.endswith("_blocks") else f"{k} {v:,.1f}s"
+            for k, v in sorted(self.timings.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
         tiers = ", ".join(f"{k} {v:,}" for k, v in self.tiers.items())
         top = ", ".join(f"{k} {v:,}" for k, v in list(self.reasons.items())[:6])
         return [
@@ -385,6 +390,14 @@ class ScoredBlock:
         return len(self.user_id)
 
 
+def _max_residual(phi: np.ndarray, base: np.ndarray, z: np.ndarray) -> float:
+    """max |sum(float32-rounded contributions) + base - logit| (what scoring.scores.contributions will hold)."""
+    if not len(z):
+        return 0.0
+    stored = phi.astype(np.float32).astype(np.float64)
+    return float(np.max(np.abs(stored.sum(axis=1) + base - z)))
+
+
 def score_block(
     ensemble: Ensemble,
     user_id: np.ndarray,
@@ -395,7 +408,8 @@ def score_block(
 ) -> ScoredBlock:
     """Predict, explain and derive insights for n rows of features ``X`` (n, f) in ``ensemble.feature_names`` order.
 
-    ``timings`` (optional) accumulates seconds under ``predict``, ``explain`` and ``insights``.
+    ``timings`` (optional) accumulates seconds under ``predict``, ``explain`` and ``insights`` (and counts blocks
+    that fell back to the libraries' native TreeSHAP under ``native_fallback_blocks``).
     """
     from ml.ensemble import sigmoid
 
@@ -406,9 +420,17 @@ def score_block(
     t1 = time.perf_counter()
     phi, base = ensemble.explain(X)
     base = np.broadcast_to(np.asarray(base, dtype=np.float64), (len(z),))
+    residual = _max_residual(phi, base, z)
+    if residual > settings.score_additivity_tolerance:
+        # The fast explainer disagreed with the model on this block: the libraries' own TreeSHAP is exact (slower);
+        # use it for the block and say so loudly. If even that does not add up, the caller raises.
+        log.warning("fast SHAP residual %.3g > %g on a block of %d rows: recomputing it with native TreeSHAP",
+                    residual, settings.score_additivity_tolerance, len(z))
+        phi, base = ensemble.explain(X, method="native")
+        base = np.broadcast_to(np.asarray(base, dtype=np.float64), (len(z),))
+        residual = _max_residual(phi, base, z)
+        timings["native_fallback_blocks"] = timings.get("native_fallback_blocks", 0.0) + 1.0
     t2 = time.perf_counter()
-    stored = phi.astype(np.float32).astype(np.float64)  # what scoring.scores.contributions (real[]) will hold
-    residual = float(np.max(np.abs(stored.sum(axis=1) + base - z))) if len(z) else 0.0
     insights = derive_insights(
         X, phi, p, ensemble.feature_names, bands=settings.tier_bands, top_k=settings.top_k_contributions,
         top_features=settings.reason_top_features, max_reasons=settings.max_reasons,
@@ -778,7 +800,10 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
             f" from {_q('scoring', stage)} as s tablesample bernoulli (:pct) repeatable (0)"), {"pct": pct})
         sampled = conn.execute(sa.text(f"select count(*) from {_q('scoring', sample)}")).scalar_one()
     try:
+        import warnings
+
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
         ctx = gx.get_context(mode="ephemeral")
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         ds = ctx.data_sources.add_sql("scoring", connection_string=engine.url.render_as_string(hide_password=False))
@@ -818,9 +843,8 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
             for rule, exp in rules:
                 r = by_type[exp.expectation_type].pop(0)
                 observed = r.result.get("observed_value", r.result.get("unexpected_count"))
-                expected = json.dumps({k: v for k, v in exp.model_dump(mode="json").items()
-                                       if k in ("value", "min_value", "max_value", "value_set", "column")},
-                                      default=str)
+                expected = json.dumps({k: v for k, v in exp.configuration.kwargs.items()
+                                       if k in ("value", "min_value", "max_value", "value_set")}, default=str)
                 checks.append(CheckResult(rule, bool(r.success), _jsonable(observed), expected))
                 raw.append({"rule": rule, "success": bool(r.success), "observed": _jsonable(observed),
                             "expected": expected, "result": _jsonable(r.result)})

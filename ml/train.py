@@ -551,6 +551,7 @@ class TrainingRun:
     report_uri: str | None
     metrics: dict[str, Any]
     timings: dict[str, float]
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_training(
@@ -586,7 +587,8 @@ def run_training(
         report_uri = write_version_report(engine, settings, reg.version)
     timings = {**timings, **result.timings, "total_s": time.perf_counter() - t0}
     log.info("model %s registered as %s (%s); report %s", reg.version, reg.status, reg.decision.reason, report_uri)
-    return TrainingRun(reg.version, reg.status, reg.decision, reg.artifact_uri, report_uri, result.metrics, timings)
+    return TrainingRun(reg.version, reg.status, reg.decision, reg.artifact_uri, report_uri, result.metrics, timings,
+                       result.tuning)
 
 
 def _json_default(o: Any) -> Any:

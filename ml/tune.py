@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,10 +133,15 @@ def optuna_storage_url(postgres_url: str, schema: str = "experiments") -> str:
     return u.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
 
 
+_STORAGES: dict[str, Any] = {}
+
+
 def open_storage(postgres_url: str) -> Any:
     """An ``optuna.storages.RDBStorage`` on the ``experiments`` schema (tables created on first use, under an
     advisory lock so parallel member tasks do not race). Heartbeats mark trials of a crashed run as failed when a
-    later run resumes the study."""
+    later run resumes the study. One storage per URL and process (opening one checks Optuna's schema version)."""
+    if postgres_url in _STORAGES:
+        return _STORAGES[postgres_url]
     import optuna
     import sqlalchemy as sa
 
@@ -146,17 +152,20 @@ def open_storage(postgres_url: str) -> Any:
         with eng.connect() as conn:
             conn.execute(sa.text("select pg_advisory_lock(:k)"), {"k": _STORAGE_LOCK_KEY})
             try:
-                storage = optuna.storages.RDBStorage(
-                    optuna_storage_url(postgres_url),
-                    engine_kwargs={"pool_pre_ping": True},
-                    heartbeat_interval=60,
-                    grace_period=180,
-                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
+                    storage = optuna.storages.RDBStorage(
+                        optuna_storage_url(postgres_url),
+                        engine_kwargs={"pool_pre_ping": True},
+                        heartbeat_interval=60,
+                        grace_period=180,
+                    )
             finally:
                 conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": _STORAGE_LOCK_KEY})
                 conn.commit()
     finally:
         eng.dispose()
+    _STORAGES[postgres_url] = storage
     return storage
 
 

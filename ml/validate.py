@@ -475,19 +475,16 @@ def _split_records(data: bytes, n_cols: int) -> tuple[pa.Table | None, np.ndarra
         )
     ]
     good_lines = rec_lines[~bad]
-    if bad.any():
-        # keep the header and the good records only (a byte mask built from record spans, no per-row loop)
-        spans = np.zeros(len(a) + 1, dtype=np.int64)
-        keep = np.concatenate([[True], ~bad])
-        span_end = np.concatenate([ends[:-1] + 1, [len(a)]])
-        np.add.at(spans, starts[keep], 1)
-        np.add.at(spans, span_end[keep], -1)
-        mask = np.cumsum(spans[:-1]) > 0
-        body = a[mask].tobytes()
-        if body and not body.endswith(b"\n"):
-            body += b"\n"
-    else:
-        body = data
+    # keep the header and the good records only (a byte mask built from record spans, no per-row loop); this also
+    # drops the ignored blank lines at the end
+    spans = np.zeros(len(a) + 1, dtype=np.int64)
+    keep = np.concatenate([[True], ~bad])
+    span_end = np.minimum(ends + 1, len(a))
+    np.add.at(spans, starts[keep], 1)
+    np.add.at(spans, span_end[keep], -1)
+    body = a[np.cumsum(spans[:-1]) > 0].tobytes()
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
     try:
         table, skipped = _arrow_csv(body, n_cols, quoted=has_quotes, use_threads=True)
     except pa.ArrowInvalid as e:
@@ -567,12 +564,9 @@ def parse_event_time(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
     ok = pc.is_valid(vals)
     iso = pc.and_(pc.invert(ok), pc.fill_null(pc.match_substring_regex(s, _ISO_TIME_RE), False))
     if pc.any(iso).as_py():
-        idx = np.flatnonzero(iso.to_numpy(zero_copy_only=False))
-        parsed = pd.to_datetime(pd.Series(s.take(pa.array(idx)).to_pylist()), format="ISO8601", utc=True,
-                                errors="coerce").astype("datetime64[us, UTC]")
-        np_vals = vals.to_numpy(zero_copy_only=False).copy()
-        np_vals[idx] = parsed.to_numpy().astype("datetime64[us]")
-        vals = pa.array(np_vals, type=pa.timestamp("us")).cast(utc)
+        subset = pc.filter(s, iso).to_pylist()
+        parsed = pd.to_datetime(pd.Series(subset, dtype=object), format="ISO8601", utc=True, errors="coerce")
+        vals = pc.replace_with_mask(vals, iso, pa.array(parsed.astype("datetime64[us, UTC]"), type=utc))
         ok = pc.is_valid(vals)
     return vals, ok
 

@@ -43,6 +43,8 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
     good = _head(rees46_sample, landing / "events_2019-10-01_a.csv", 3000)
     corrupt_file(good, landing / "events_2019-10-01_bad.csv", "unknown_event_type", seed=3)
     run = dag.test()
+    for ti in run.get_task_instances():
+        print("TI", ti.task_id, ti.map_index, ti.state, ti.start_date, ti.end_date)
     states = _states(run)
     assert run.state == "failed", states
     assert sorted(states["validate_and_load"]) == ["failed", "success"]

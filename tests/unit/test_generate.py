@@ -155,6 +155,29 @@ def test_parquet_schema_and_round_trip(events: pd.DataFrame, tmp_path: Path) -> 
     assert back["category_code"].isna().sum() == first_day["category_code"].isna().sum() > 0
 
 
+def test_read_rees46_csv_accepts_the_real_sample(rees46_sample: Path) -> None:
+    real = read_rees46_csv(rees46_sample)  # CRLF line ends, as published
+    assert len(real) == 17_434
+    assert real["category_code"].isna().sum() == 5_746 and real["brand"].isna().sum() == 2_477
+    assert real["user_session"].notna().all()
+    assert real["event_time"].min() == pd.Timestamp("2019-10-01", tz="UTC")
+    assert format_rees46_csv(real, line_terminator="\r\n") == rees46_sample.read_bytes()  # byte-identical
+
+
+def test_write_to_an_fsspec_url(events: pd.DataFrame) -> None:
+    import fsspec
+
+    day = events[events["event_time"] < pd.Timestamp("2019-10-02", tz="UTC")]
+    urls = write_daily_files(day, "memory://gen-test/landing", formats=("csv", "parquet"))
+    assert [str(u) for u in urls] == ["memory://gen-test/landing/events_2019-10-01.csv",
+                                      "memory://gen-test/landing/events_2019-10-01.parquet"]
+    fs = fsspec.filesystem("memory")
+    assert sorted(fs.ls("/gen-test/landing", detail=False)) == ["/gen-test/landing/events_2019-10-01.csv",
+                                                                "/gen-test/landing/events_2019-10-01.parquet"]
+    assert fs.cat("/gen-test/landing/events_2019-10-01.csv") == format_rees46_csv(day)
+    fs.rm("/gen-test", recursive=True)
+
+
 def test_write_rejects_unknown_format(events: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown file format"):
         write_daily_files(events.head(5), tmp_path, formats=("json",))

@@ -1,0 +1,212 @@
+"""
+### score_active_pairs
+
+Nightly batch scoring of every active (user, product) pair, **03:00 UTC**. Emits the Asset `scores` when the new
+score date is live in Postgres.
+
+1. **plan**: resolves the model (param `model_version`, default: the registry's champion), drops stage tables of
+   failed or superseded runs, counts the active pairs per user_id hash bucket, records a `scoring.runs` row and
+   creates the run's stage table. XCom carries only bucket descriptors `{run_id, score_date, bucket, n_buckets,
+   model_version}`.
+2. **score_bucket** (mapped, one per bucket, pool `propensity_db_writers`): features -> ensemble probability ->
+   exact SHAP for every row -> reason codes / insights -> binary COPY into the stage. Progress lines (pairs done,
+   pairs/s, ETA) in each task log. A retry replaces the bucket's rows.
+3. **finalize**: Great Expectations checks on the output (row count = planned pairs, probabilities in [0, 1], no
+   null/NaN contribution, max additivity residual on a sample <= 1e-4), then swaps the score date's partition of
+   `scoring.scores` in one transaction. Readers never see a partial date; a re-run replaces the date. The run
+   summary is in this task's log and in `scoring.runs.summary`.
+4. **publish**: the top products per user to Redis as a new version, then one pointer flip (`ml.publish`).
+5. **drift**: PSI of the scores and the features against the previous score date -> `monitoring.metrics`.
+
+If a batch or finalize fails, **mark_failed** records the run as failed; the previous partition and the Redis
+version being served stay untouched.
+
+**Manual runs** (Trigger DAG w/ config): `score_date` (YYYY-MM-DD, default: the run's logical date, UTC; features
+use events strictly before that date), `model_version`, `buckets` (mapped tasks, default `PROPENSITY_SCORE_BUCKETS`
+= 8). `rollback_redis=true` skips scoring and flips Redis back to the previously published version.
+
+**Pool**: create it once: `airflow pools set propensity_db_writers 4 "scoring COPY writers"` (the name comes from
+`PROPENSITY_SCORE_DB_POOL`; set it to `default_pool` to do without). A missing pool leaves the mapped tasks queued.
+CLI equivalent of a run: `propensity score --score-date YYYY-MM-DD`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from pipeline_common import DEFAULT_ARGS, SCORES, TAGS, pipeline_settings
+
+log = logging.getLogger(__name__)
+
+
+def _db_pool() -> str:
+    """The pool of the COPY-writing tasks, from settings (environment only: no I/O at parse time)."""
+    from ml.settings import get_settings
+
+    try:
+        return get_settings().score_db_pool
+    except Exception:  # noqa: BLE001 - a bad env var must not break parsing
+        return "propensity_db_writers"
+
+
+def _engine(s: Any) -> Any:
+    from ml.db import make_engine
+
+    return make_engine(s.postgres_url)
+
+
+@dag(
+    dag_id="score_active_pairs",
+    schedule="0 3 * * *",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "scoring"],
+    doc_md=__doc__,
+    params={
+        "score_date": Param(None, type=["null", "string"], format="date",
+                            description="Score date YYYY-MM-DD (UTC); features use events before it. "
+                            "Null: the run's logical date."),
+        "model_version": Param(None, type=["null", "string"],
+                               description="Model version from ml.model_versions; null: the champion."),
+        "buckets": Param(None, type=["null", "integer"], minimum=1, maximum=512,
+                         description="user_id hash buckets = mapped score tasks; null: settings.score_buckets."),
+        "rollback_redis": Param(False, type="boolean",
+                                description="Skip scoring; flip Redis back to the previously published version."),
+    },
+)
+def score_active_pairs() -> None:
+    @task.branch
+    def choose_path(params: dict[str, Any] | None = None) -> str:
+        """Scoring path, or only the Redis rollback."""
+        return "rollback_redis" if (params or {}).get("rollback_redis") else "plan"
+
+    @task
+    def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Plan the run; returns one descriptor per bucket (no data in XCom). Also pushes XCom `run_id`."""
+        from ml.score import plan_run
+
+        ctx = get_current_context()
+        score_date = params.get("score_date") or ctx.get("logical_date") or ctx["dag_run"].run_after
+        s = pipeline_settings()
+        engine = _engine(s)
+        try:
+            p = plan_run(engine, s, score_date, model_version=params.get("model_version"),
+                         n_buckets=params.get("buckets"), orchestrator_run_id=str(ctx["run_id"]))
+        finally:
+            engine.dispose()
+        ctx["ti"].xcom_push(key="run_id", value=p.run_id)
+        return [b.as_dict() for b in p.batches]
+
+    @task(pool=_db_pool(), map_index_template="bucket {{ bucket }}")
+    def score_bucket(batch: dict[str, Any]) -> dict[str, Any]:
+        """Features -> probability -> exact SHAP -> insights -> COPY into the stage, for one bucket."""
+        from ml.score import score_batch
+
+        ctx = get_current_context()
+        ctx["bucket"] = batch["bucket"]  # type: ignore[typeddict-unknown-key] - rendered by map_index_template
+        s = pipeline_settings()
+        engine = _engine(s)
+        try:
+            return score_batch(engine, s, batch).as_dict()
+        finally:
+            engine.dispose()
+
+    @task(outlets=[SCORES])
+    def finalize(planned: list[dict[str, Any]]) -> dict[str, Any]:
+        """Output checks, then the atomic partition swap; emits Asset `scores`."""
+        from ml.score import finalize_run
+
+        ctx = get_current_context()
+        run_id = planned[0]["run_id"]
+        s = pipeline_settings()
+        engine = _engine(s)
+        try:
+            summary = finalize_run(engine, s, run_id)
+        finally:
+            engine.dispose()
+        ctx["outlet_events"][SCORES].extra = {"score_date": summary.score_date.isoformat(), "run_id": run_id,
+                                              "model_version": summary.model_version,
+                                              "scored_pairs": summary.scored_pairs}
+        return summary.as_dict()
+
+    @task
+    def publish(summary: dict[str, Any]) -> dict[str, Any]:
+        """Hot scores of the date to Redis as a new version, then the pointer flip."""
+        import redis
+
+        from ml.publish import publish_version
+
+        s = pipeline_settings()
+        engine = _engine(s)
+        client = redis.Redis.from_url(s.redis_url)
+        try:
+            return publish_version(engine, client, s, summary["score_date"]).as_dict()
+        finally:
+            client.close()
+            engine.dispose()
+
+    @task
+    def drift(summary: dict[str, Any]) -> dict[str, float | None]:
+        """PSI of scores and features vs the previous score date -> monitoring.metrics."""
+        from ml.drift import record_drift
+
+        s = pipeline_settings()
+        engine = _engine(s)
+        try:
+            metrics = record_drift(engine, s, summary["score_date"])
+        finally:
+            engine.dispose()
+        return {f"{m.kind}:{m.name}": m.value for m in metrics}
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def mark_failed() -> None:
+        """A batch or finalize failed: record the run as failed (the live partition is untouched)."""
+        from ml.score import fail_run
+
+        ctx = get_current_context()
+        run_id = ctx["ti"].xcom_pull(task_ids="plan", key="run_id")
+        if not run_id:
+            log.warning("no scoring run was planned; nothing to mark")
+            return
+        s = pipeline_settings()
+        engine = _engine(s)
+        try:
+            fail_run(engine, run_id, f"a task of DAG run {ctx['run_id']} failed; see its task logs")
+        finally:
+            engine.dispose()
+
+    @task
+    def rollback_redis() -> dict[str, Any]:
+        """Flip the Redis pointer back to the version served before the current one."""
+        import redis
+
+        from ml.publish import rollback_version
+
+        s = pipeline_settings()
+        engine = _engine(s)
+        client = redis.Redis.from_url(s.redis_url)
+        try:
+            result = rollback_version(client, s, engine=engine)
+        finally:
+            client.close()
+            engine.dispose()
+        log.warning("Redis rolled back: version %s -> %s (score_date %s)", result.from_version, result.to_version,
+                    result.score_date)
+        return result.as_dict()
+
+    path = choose_path()
+    planned = plan()
+    batches = score_bucket.expand(batch=planned)
+    summary = finalize(planned)
+    batches >> summary
+    publish(summary) >> drift(summary)
+    [batches, summary] >> mark_failed()
+    path >> [planned, rollback_redis()]
+
+
+score_active_pairs()

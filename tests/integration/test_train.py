@@ -1,0 +1,290 @@
+"""The weekly training job on generated events in a real PostgreSQL: it learns, registers, gates, explains, reports.
+
+One private database per module holds generated REES46 events (the product/category statistics read every user's
+events, so sharing the session database with other tests would change the features). The job runs once
+(``run_training``, the CLI's path: Optuna studies in Postgres, artifacts, registry, gate, report) with a tiny budget;
+each test checks one promise on that run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from ml.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+EVENT_COLUMNS = ["event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price",
+                 "user_id", "user_session"]
+GENERATED = {"start": dt.date(2019, 10, 1), "days": 42, "n_users": 500, "n_products": 350, "seed": 3}
+
+
+# --- helpers shared with tests/dags/test_train_dag.py ---------------------------------------------------------------
+def create_database(server_pg_url: str, prefix: str) -> str:
+    """A fresh, migrated database on the test server; returns its URL."""
+    from ml.db import make_engine, migrate
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'create database "{name}"'))
+    admin.dispose()
+    url = sa.engine.make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
+    eng = make_engine(url)
+    migrate(eng)
+    eng.dispose()
+    return url
+
+
+def drop_database(server_pg_url: str, url: str) -> None:
+    from ml.db import make_engine
+
+    name = sa.engine.make_url(url).database
+    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity where datname = :d "
+                          "and pid <> pg_backend_pid()"), {"d": name})
+        c.execute(sa.text(f'drop database if exists "{name}"'))
+    admin.dispose()
+
+
+def load_generated_events(url: str, **config: object) -> pd.DataFrame:
+    """Generate events (ml.generate) and COPY them into raw.events (daily partitions first); return them."""
+    import psycopg
+
+    from ml.db import libpq_url
+    from ml.generate import GeneratorConfig, generate_events
+
+    events = generate_events(GeneratorConfig(**{**GENERATED, **config}))
+    days = sorted({t.date() for t in pd.to_datetime(events["event_time"], utc=True).dt.floor("D")})
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        for d in days:
+            conn.execute("select raw.ensure_event_partition(%s)", (d,))
+        with conn.cursor() as cur, cur.copy(
+            f"copy raw.events ({', '.join(EVENT_COLUMNS)}, file_id, line_no) from stdin"
+        ) as copy:
+            for i, row in enumerate(events[EVENT_COLUMNS].itertuples(index=False)):
+                values = [None if v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v for v in row]
+                copy.write_row([*values, 1, i + 1])
+    return events
+
+
+def chance_auc_bound(n_pos: int, n_neg: int, z: float = 4.0) -> float:
+    """0.5 + z standard deviations of the ROC-AUC of an uninformative score (Mann-Whitney U under H0:
+    var(AUC) = (n_pos + n_neg + 1) / (12 n_pos n_neg)); z = 4 is a one-sided p of about 3e-5."""
+    return 0.5 + z * math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gen_url(server_pg_url: str) -> Iterator[str]:
+    url = create_database(server_pg_url, "train")
+    load_generated_events(url)
+    yield url
+    drop_database(server_pg_url, url)
+
+
+@pytest.fixture(scope="module")
+def gen_engine(gen_url: str) -> Iterator[sa.Engine]:
+    from ml.db import make_engine
+
+    eng = make_engine(gen_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def gen_settings(gen_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(postgres_url=gen_url, state_dir=tmp_path_factory.mktemp("train-state"), train_threads=1,
+                    report_shap_rows=200)
+
+
+@pytest.fixture(scope="module")
+def trained(gen_engine: sa.Engine, gen_settings: Settings) -> dict:
+    """The weekly job once, with a tiny budget (1 trial per member), plus its data split for later checks."""
+    from ml.train import prepare_training_data, run_training, split_training_data
+
+    data = prepare_training_data(gen_engine, gen_settings)
+    run = run_training(gen_engine, gen_settings, n_trials=1, timeout=60, data=data, dag_run_id="test-train")
+    return {"run": run, "data": data, "prepared": split_training_data(data, gen_settings)}
+
+
+# --- tests ------------------------------------------------------------------------------------------------------------
+def test_learns_something_beyond_chance(trained: dict) -> None:
+    """Holdout ROC-AUC above 0.5 + 4 sd of a random score's AUC for this holdout's class counts."""
+    m = trained["run"].metrics["ensemble"]
+    n_pos, n = m["positives"], m["n"]
+    assert n_pos >= 20, "the holdout needs positives for the bound to mean something"
+    bound = chance_auc_bound(n_pos, n - n_pos)
+    assert m["roc_auc"] > bound, f"ROC-AUC {m['roc_auc']:.3f} not above chance bound {bound:.3f}"
+    assert m["pr_auc"] > n_pos / n, "PR-AUC above the base rate (chance level for PR-AUC)"
+    for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "f1", "precision", "recall", "hit_rate_at_10"):
+        assert m[name] is not None and np.isfinite(m[name]), name
+
+
+def test_first_version_is_registered_with_everything(trained: dict, gen_engine: sa.Engine) -> None:
+    from ml import registry
+
+    run = trained["run"]
+    row = registry.get_version(gen_engine, run.version)
+    assert row.status == "champion" == run.status  # no earlier champion in this database
+    assert registry.champion(gen_engine).version == run.version
+    assert set(row.members) == {"catboost", "xgboost", "lightgbm", "random_forest"}
+    assert sum(row.weights.values()) == pytest.approx(1.0) and min(row.weights.values()) >= 0
+    assert set(row.calibration) == {"a", "b"} and row.threshold is not None
+    from ml.features import FEATURE_COLUMNS
+
+    assert row.features == FEATURE_COLUMNS
+    assert row.data_fingerprint == trained["data"].fingerprint
+    assert row.training_window["holdout"].startswith(str(trained["prepared"].split.holdout_times[0])[:10])
+    assert {"catboost", "xgboost", "lightgbm", "optuna"} <= set(row.library_versions)
+    assert set(row.metrics) >= {"ensemble", "equal_weights", "members", "validation"}
+    assert set(row.metrics["members"]) == set(row.members)
+    assert all(row.params[m] for m in row.members)
+    decisions = registry.gate_decisions(gen_engine, run.version)
+    assert decisions[0]["action"] == "promote" and decisions[0]["champion_version"] is None
+
+
+def test_artifacts_round_trip_bit_identical(trained: dict, gen_engine: sa.Engine, gen_settings: Settings) -> None:
+    from ml import registry
+
+    run, prepared = trained["run"], trained["prepared"]
+    manifest = json.loads((Path(run.artifact_uri) / "manifest.json").read_text())
+    assert {f["file"] for f in manifest["members"].values()} == {"catboost.cbm", "xgboost.ubj", "lightgbm.txt",
+                                                                  "random_forest.txt"}
+    X = prepared.data.frame.iloc[prepared.split.holdout]
+    _, first = registry.load_version(gen_engine, gen_settings, run.version)
+    _, second = registry.load_version(gen_engine, gen_settings)  # the champion = this version
+    p = first.predict_proba(X)
+    np.testing.assert_array_equal(second.predict_proba(X), p)
+    # the registry's metrics are reproduced from the loaded artifacts
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(prepared.y["holdout"], p, sample_weight=prepared.w["holdout"]) == pytest.approx(
+        run.metrics["ensemble"]["roc_auc"], abs=1e-12)
+
+
+def test_contributions_add_up_to_the_logit_on_the_trained_ensemble(trained: dict, gen_engine: sa.Engine,
+                                                                    gen_settings: Settings) -> None:
+    from ml import registry
+
+    prepared = trained["prepared"]
+    _, ens = registry.load_version(gen_engine, gen_settings, trained["run"].version)
+    X = prepared.data.frame.iloc[prepared.split.holdout]
+    logit = ens.predict_logit(X)
+    for method in ("native", "auto"):
+        contrib, base = ens.explain(X, method=method)
+        err = np.abs(contrib.sum(axis=1) + base - logit)
+        assert err.max() <= 1e-4, f"{method}: max additivity error {err.max():.2e}"
+
+
+def test_more_recent_carts_never_lower_a_score_on_generated_data(trained: dict, gen_engine: sa.Engine,
+                                                                   gen_settings: Settings) -> None:
+    """The behaviour property (tests/model) on the model fitted to generated events, for every holdout pair."""
+    from ml import registry
+    from tests.model.test_ensemble_behaviour import with_one_more_recent_cart
+
+    prepared = trained["prepared"]
+    _, ens = registry.load_version(gen_engine, gen_settings, trained["run"].version)
+    X = prepared.data.frame.iloc[prepared.split.holdout]
+    before, after = ens.predict_proba(X), ens.predict_proba(with_one_more_recent_cart(X))
+    assert np.min(after - before) >= 0.0
+
+
+def test_report_is_self_contained_html(trained: dict, gen_engine: sa.Engine) -> None:
+    from ml import registry
+
+    run = trained["run"]
+    assert run.report_uri and registry.get_version(gen_engine, run.version).report_uri == run.report_uri
+    page = Path(run.report_uri).read_text()
+    assert page.startswith("<!doctype html>")
+    assert page.count("data:image/png;base64,") >= 5  # ROC+PR, calibration, beeswarm, bar, Optuna history
+    assert "src=\"http" not in page and "<script src" not in page and "<link" not in page
+    for text in ("Holdout metrics", "SHAP", "Optuna history", "equal weights", "catboost alone", run.version):
+        assert text in page
+
+
+def test_optuna_studies_live_in_postgres_and_dashboard_reads_them(trained: dict, gen_settings: Settings) -> None:
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna
+    import optuna_dashboard
+
+    from ml.tune import optuna_storage_url
+
+    url = optuna_storage_url(gen_settings.postgres_url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage=url)}
+    assert {t["study_name"] for t in trained["run"].tuning.values()} <= names
+    assert all(n.startswith("member-") for n in names)
+    eng = sa.create_engine(url)
+    with eng.connect() as c:
+        tables = set(c.execute(sa.text("select table_name from information_schema.tables "
+                                       "where table_schema = 'experiments'")).scalars())
+    eng.dispose()
+    assert {"studies", "trials", "trial_values"} <= tables
+    app = optuna_dashboard.wsgi(url)
+    environ: dict = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+    assert status[0].startswith("200")
+    assert {s["study_name"] for s in json.loads(body)["study_summaries"]} == names
+
+
+def test_resumed_study_runs_no_extra_trials(trained: dict, gen_settings: Settings) -> None:
+    """Same window, same data: the study already holds its budget, so a re-run adds no trial and refits the best."""
+    from ml.train import fit_member
+
+    res = fit_member(trained["prepared"], "lightgbm", gen_settings, n_trials=1, postgres_url=gen_settings.postgres_url)
+    assert res.n_new_trials == 0 and res.n_complete + res.n_pruned == 1
+    assert res.study_name.startswith("member-lightgbm-")
+
+
+def test_gate_refuses_a_worse_model_then_manual_promote_and_rollback(trained: dict, gen_engine: sa.Engine,
+                                                                    gen_settings: Settings) -> None:
+    """A model trained on shuffled labels is worse on the same holdout: refused, with both metric sets recorded.
+    Then a manual promotion overrides the gate and a rollback restores the previous champion."""
+    import dataclasses
+
+    from ml import registry
+    from ml.train import register_result, train_prepared
+
+    champion = trained["run"].version
+    prepared = trained["prepared"]
+    rng = np.random.default_rng(0)
+    shuffled = dataclasses.replace(prepared, y={**prepared.y, "train": rng.permutation(prepared.y["train"]),
+                                                "validation": rng.permutation(prepared.y["validation"])})
+    worse = train_prepared(shuffled, gen_settings, n_trials=0, members=["lightgbm"])
+    reg = register_result(gen_engine, gen_settings, worse, shuffled, dag_run_id="test-gate")
+    assert reg.status == "rejected" and not reg.decision.promote
+    assert "PR-AUC" in reg.decision.reason
+    assert registry.champion(gen_engine).version == champion
+    d = registry.gate_decisions(gen_engine, reg.version)[0]
+    assert d["action"] == "reject" and d["champion_version"] == champion and not d["manual"]
+    assert d["challenger_metrics"]["pr_auc"] < d["champion_metrics"]["pr_auc"]
+    # the champion was re-measured on the same holdout: its figures equal its own registered holdout metrics
+    assert d["champion_metrics"]["pr_auc"] == pytest.approx(trained["run"].metrics["ensemble"]["pr_auc"], abs=1e-12)
+
+    promoted = registry.promote_version(gen_engine, reg.version, reason="test override", decided_by="pytest")
+    assert promoted.status == "champion" and registry.get_version(gen_engine, champion).status == "retired"
+    d = registry.gate_decisions(gen_engine, reg.version)[0]
+    assert d["manual"] and d["reason"].startswith("manual") and d["action"] == "promote"
+
+    restored = registry.rollback_champion(gen_engine, reason="test", decided_by="pytest")
+    assert restored.version == champion and restored.status == "champion"
+    assert registry.get_version(gen_engine, reg.version).status == "rolled_back"
+    d = registry.gate_decisions(gen_engine, champion)[0]
+    assert d["action"] == "rollback" and d["manual"] and d["champion_version"] == reg.version
+    with pytest.raises(Exception, match="nothing to roll back to|no champion"):
+        registry.rollback_champion(gen_engine)
