@@ -209,4 +209,4 @@ def score_active_pairs() -> None:
     path >> [planned, rollback_redis()]
 
 
-score_active_pairs()
+score_active_pairs_dag = score_active_pairs()

@@ -99,8 +99,8 @@ def show_settings() -> None:
 
 @app.command()
 def generate(
-    days: Annotated[int, typer.Option(help="Number of days to generate.")] = 70,
-    users: Annotated[int, typer.Option(help="Number of users.")] = 4_000,
+    days: Annotated[int, typer.Option(help="Number of days to generate.")] = 84,  # GeneratorConfig's demo defaults
+    users: Annotated[int, typer.Option(help="Number of users.")] = 3_500,
     products: Annotated[int, typer.Option(help="Number of products (at least one per leaf category).")] = 2_000,
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = "2019-10-01",
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 42,
@@ -119,16 +119,19 @@ def generate(
     formats = {"csv": ("csv",), "parquet": ("parquet",), "both": ("csv", "parquet")}.get(fmt)
     if formats is None:
         raise typer.BadParameter(f"--format must be csv, parquet or both, not {fmt!r}")
-    config = GeneratorConfig(
-        start=_dt.date.fromisoformat(start), days=days, n_users=users, n_products=products, seed=seed,
-        drift_from=_dt.date.fromisoformat(drift_from) if drift_from else None,
-    )
+    try:
+        config = GeneratorConfig(
+            start=_dt.date.fromisoformat(start), days=days, n_users=users, n_products=products, seed=seed,
+            drift_from=_dt.date.fromisoformat(drift_from) if drift_from else None,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
     df = generate_events(config)
-    counts = df["event_time"].dt.floor("D").value_counts().sort_index()
+    per_day = df["event_time"].dt.date.value_counts()
     paths = write_daily_files(df, out or settings().location("landing"), formats=formats)
     for p in paths:
         day = _dt.date.fromisoformat(str(p).rsplit("events_", 1)[1][:10])
-        typer.echo(f"{p}\t{int(counts[counts.index.date == day].iloc[0]):,} rows")
+        typer.echo(f"{p}\t{int(per_day[day]):,} rows")
     by_type = ", ".join(f"{k} {v:,}" for k, v in df["event_type"].value_counts().items())
     typer.echo(f"wrote {len(paths)} file(s), {len(df):,} events ({by_type})")
 

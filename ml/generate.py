@@ -254,19 +254,16 @@ class Catalog:
     """Products (index = product number) with their categories, brands, prices and latent appeal."""
 
     product_id: np.ndarray  # int64, 7-8 digits
-    leaf: np.ndarray  # int index into CATEGORY_TREE
-    category_id: np.ndarray  # int64, 19 digits
-    code_idx: np.ndarray  # index into codes, -1 = empty category_code
-    brand_idx: np.ndarray  # index into brands, -1 = empty brand
-    base_cents: np.ndarray  # int64 price in cents before promotions/drift
-    appeal: np.ndarray  # float, drives cart/purchase odds
-    popularity: np.ndarray  # float weight, drives how often a product is picked
+    leaf: np.ndarray  # index into CATEGORY_TREE (products sorted by it)
+    code_idx: np.ndarray  # index into codes of the leaf's category_code, -1 for code-less leaves
+    category_ids: np.ndarray  # (n, 2) int64, 19 digits: the leaf's id with its code, and its code-less twin's id
+    brand_idx: np.ndarray  # index into brands
+    base_cents: np.ndarray  # int64 price in cents before promotions and drift
+    appeal: np.ndarray  # float, raises cart and purchase odds
+    popularity: np.ndarray  # float weight: how often the product is picked within its leaf
+    behaviour: np.ndarray  # index into BEHAVIOURS
     codes: list[str]
     brands: list[str]
-    behaviour: np.ndarray  # int index into BEHAVIOURS per product
-    code_idx_leaf: np.ndarray  # the leaf's code index, -1 for code-less leaves
-    category_id_pair: np.ndarray  # (n, 2) int64: the category id with a code, and the leaf's code-less twin id
-    brand_idx_leaf: np.ndarray  # the product's brand when it has one
 
 
 # --- small vectorised helpers -----------------------------------------------------------------------------------------
@@ -304,6 +301,17 @@ def _sample_grouped(group: np.ndarray, weights: np.ndarray, group_of_item: np.nd
     # guard against float round-off at a group's upper edge
     last = starts + np.bincount(group_of_item, minlength=n_groups) - 1
     return np.minimum(idx, last[group])
+
+
+def _sample_rows(cum: np.ndarray, rows: np.ndarray, u: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """For each draw i, the column picked from row ``rows[i]`` of the row-wise cumulative weights ``cum`` (rows
+    summing to 1) by the uniform ``u[i]``. Cheaper than one global ``searchsorted`` when rows are short."""
+    out = np.empty(rows.size, dtype=np.int64)
+    last = cum.shape[1] - 1
+    for a in range(0, rows.size, chunk):
+        b = min(a + chunk, rows.size)
+        out[a:b] = np.minimum((cum[rows[a:b]] <= u[a:b, None]).sum(axis=1), last)
+    return out
 
 
 def _unique_ints(rng: np.random.Generator, low: int, high: int, n: int) -> np.ndarray:
@@ -410,9 +418,8 @@ def _hour_profile(weekend: bool) -> np.ndarray:
 def build_catalog(config: GeneratorConfig) -> Catalog:
     """Products for ``config.n_products`` and ``config.seed`` (independent of days and users).
 
-    Every leaf category gets at least one product. ``code_idx``/``brand_idx`` here spread empty values over the
-    popularity ranks (a prior); :func:`generate_events` re-assigns them from the realised event counts so the
-    event-level empty rates hit the configured targets."""
+    Every leaf category gets at least one product, products are grouped by leaf. Which products have an empty
+    category_code or brand is decided later, by :func:`generate_events`, from the realised event counts."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
     n = config.n_products
     leaves = CATEGORY_TREE
@@ -425,30 +432,11 @@ def build_catalog(config: GeneratorConfig) -> Catalog:
     sig = np.array([lf.price_sigma for lf in leaves])[leaf]
     base_cents = np.maximum(np.round(med * np.exp(sig * rng.normal(0.0, 1.0, n)) * 100), 1).astype(np.int64)
 
-    # event share of each product ~ its popularity share within its leaf times the leaf's weight
-    # (behaviours differ in events per session: more products browsed, more views per product)
-    leaf_beh = np.array([BEHAVIOURS.index(_TOP_BEHAVIOUR.get(lf.top, "other")) for lf in leaves])
-    ev_w = w * ((1 + _SLOTS_LAMBDA) * (1 + _VIEWS_LAMBDA))[leaf_beh]
-    leaf_pop = np.bincount(leaf, weights=popularity, minlength=len(leaves))
-    share = popularity / leaf_pop[leaf] * (ev_w / ev_w.sum())[leaf]
-    order = np.argsort(-share, kind="stable")
-    rank_u = np.empty(n)
-    rank_u[order] = (np.arange(n) * 0.6180339887498949 + rng.random()) % 1.0
-    rank_v = np.empty(n)
-    rank_v[order] = (np.arange(n) * 0.41421356237309515 + rng.random()) % 1.0
-
-    coded = np.array([lf.code is not None for lf in leaves])[leaf]
-    uncoded_share = share[~coded].sum()
-    p_null = float(np.clip((config.null_category_code_rate - uncoded_share) / max(1 - uncoded_share, 1e-9), 0, 1))
-    code_null = ~coded | (rank_u < p_null)
     codes = sorted({lf.code for lf in leaves if lf.code is not None})
     code_of_leaf = np.array([codes.index(lf.code) if lf.code is not None else -1 for lf in leaves])
-    code_idx = np.where(code_null, -1, code_of_leaf[leaf])
-
-    # category ids: one 19-digit id per coded leaf and one per "uncoded twin" (REES46 keeps ids without a code)
+    # category ids: one 19-digit id per leaf with its code and one per code-less twin (REES46 has ids without codes)
     cat_ids = _unique_ints(rng, 2_053_013_550_000_000_000, 2_053_013_570_000_000_000, 2 * len(leaves))
-    category_id_pair = np.stack([cat_ids[leaf], cat_ids[len(leaves) + leaf]], axis=1).astype(np.int64)
-    category_id = np.where(code_null, category_id_pair[:, 1], category_id_pair[:, 0])
+    category_ids = np.stack([cat_ids[leaf], cat_ids[len(leaves) + leaf]], axis=1).astype(np.int64)
 
     brands = sorted({b for lf in leaves for b in lf.brands})
     brand_idx = np.empty(n, dtype=np.int64)
@@ -457,40 +445,43 @@ def build_catalog(config: GeneratorConfig) -> Catalog:
         bw = 1.0 / np.arange(1, len(lf.brands) + 1) ** 0.9  # first brands are the big ones
         pick = rng.choice(len(lf.brands), size=int(m.sum()), p=bw / bw.sum())
         brand_idx[m] = np.array([brands.index(b) for b in lf.brands])[pick]
-    brand_idx_leaf = brand_idx.copy()
-    brand_idx[rank_v < config.null_brand_rate] = -1
 
     behaviour = np.array([BEHAVIOURS.index(_TOP_BEHAVIOUR.get(lf.top, "other")) for lf in leaves])[leaf]
     product_id = _unique_ints(rng, 1_000_000, 1_000_000 + max(60_000_000, 4 * n), n)
-    return Catalog(product_id, leaf, category_id, code_idx, brand_idx, base_cents, appeal, popularity, codes, brands,
-                   behaviour, code_of_leaf[leaf], category_id_pair, brand_idx_leaf)
+    return Catalog(product_id, leaf, code_of_leaf[leaf], category_ids, brand_idx, base_cents, appeal, popularity,
+                   behaviour, codes, brands)
 
 
 def _prefix_until(counts: np.ndarray, order: np.ndarray, eligible: np.ndarray, needed: float) -> np.ndarray:
-    """Mark eligible items, taken in ``order``, while their cumulative count stays within ``needed``."""
+    """Mark eligible items, taken in ``order``, while their cumulative count stays within ``needed``; an item that
+    would overshoot is skipped and the walk goes on with the rest (a few vectorised passes), so one very popular
+    product cannot throw the total far off."""
     mask = np.zeros(counts.size, bool)
     items = order[eligible[order]]
-    csum = np.cumsum(counts[items])
-    take = csum <= needed
-    # take the item that crosses ``needed`` too when that lands closer to it
-    k = int(take.sum())
-    if k < items.size and abs(csum[k] - needed) < abs(needed - (csum[k - 1] if k else 0)):
-        take[k] = True
-    mask[items[take]] = True
+    budget = float(needed)
+    for _ in range(16):
+        if items.size == 0 or budget <= 0:
+            break
+        csum = np.cumsum(counts[items])
+        k = int(np.searchsorted(csum, budget, side="right"))  # items[:k] fit
+        mask[items[:k]] = True
+        budget -= float(csum[k - 1]) if k else 0.0
+        items = items[k + 1 :]  # items[k] would overshoot: skip it
     return mask
 
 
 def _calibrate_nulls(cat: Catalog, counts: np.ndarray, config: GeneratorConfig) -> tuple[np.ndarray, ...]:
-    """Per-product (code_idx, category_id, brand_idx) whose empty shares over ``counts`` events hit the targets."""
+    """Per-product (code_idx, category_id, brand_idx), -1 = empty, whose empty shares over ``counts`` events hit the
+    configured targets. Products of code-less leaves are always empty; others are taken in a seeded random order."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 3]))
     n, total = counts.size, float(counts.sum())
-    codeless = cat.code_idx_leaf == -1
+    codeless = cat.code_idx == -1
     code_null = codeless | _prefix_until(counts, rng.permutation(n), ~codeless,
                                          config.null_category_code_rate * total - counts[codeless].sum())
-    code_idx = np.where(code_null, -1, cat.code_idx_leaf)
-    category_id = np.where(code_null, cat.category_id_pair[:, 1], cat.category_id_pair[:, 0])
+    code_idx = np.where(code_null, -1, cat.code_idx)
+    category_id = np.where(code_null, cat.category_ids[:, 1], cat.category_ids[:, 0])
     brand_null = _prefix_until(counts, rng.permutation(n), np.ones(n, bool), config.null_brand_rate * total)
-    brand_idx = np.where(brand_null, -1, cat.brand_idx_leaf)
+    brand_idx = np.where(brand_null, -1, cat.brand_idx)
     return code_idx, category_id, brand_idx
 
 
@@ -576,8 +567,7 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
 
     # each session has a focus leaf: a top from the user's preferences (or, after drift_from, sometimes the drift
     # mix), then a leaf in that top by weight
-    ut = np.repeat(np.arange(U), len(tops))
-    s_top = _sample_grouped(s_user, pref.ravel(), ut, U, rs("session_top").random(n_sess)) % len(tops)
+    s_top = _sample_rows(np.cumsum(pref, axis=1), s_user, rs("session_top").random(n_sess))
     u_shift, u_dtop = rs("drift_shift").random(n_sess), rs("drift_top").random(n_sess)  # drawn with or without drift
     if drift_day is not None:
         dmix = np.array([_DRIFT_TOPS.get(t, 0.0) for t in tops])
@@ -593,45 +583,33 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     # product slots: 1 + Poisson(lambda[behaviour]) per session; a new product from the focus leaf (sometimes
     # another leaf of the focus top), or a revisit of one of the user's earlier slots (recent ones more likely)
     k = 1 + rs("slots_per_session").poisson(_SLOTS_LAMBDA[s_beh])
-    lap("sub0")
     n_slots = int(k.sum())
     sl_sess = np.repeat(np.arange(n_sess), k)
     sl_user = s_user[sl_sess]
-    lap("sub1")
     other_leaf = leaf_by_top[_sample_grouped(s_top[sl_sess], leaf_w[leaf_by_top], top_of_leaf[leaf_by_top],
                                              len(tops), rs("slot_other_leaf").random(n_slots))]
-    lap("sub2")
     sl_leaf = np.where(rs("slot_use_focus").random(n_slots) < 0.8, s_leaf[sl_sess], other_leaf)
-    lap("sub3")
     new_product = _sample_grouped(sl_leaf, cat.popularity, cat.leaf, n_leaves, rs("slot_product").random(n_slots))
-    lap("sub4")
     back = np.floor(rs("revisit_back").exponential(10.0, n_slots)).astype(np.int64)
-    lap("sub5")
     wants_revisit = rs("revisit").random(n_slots) < _REVISIT_P[s_beh[sl_sess]]
     del other_leaf, sl_leaf
     # revisit references live in user-major order: (user, time) is a stable sort of the time-ordered slots
-    lap("sub6")
     perm = _stable_argsort(sl_user)
     inv = np.empty(n_slots, dtype=np.int64)
     inv[perm] = np.arange(n_slots)
-    lap("sub7")
     u_sess_first = inv[_segment_starts(k)][sl_sess]  # user-order index of the first slot of this slot's session
     u_user_first = _segment_starts(np.bincount(sl_user, minlength=U))[sl_user]  # ... and of the user's first slot
-    lap("sub8")
     avail = u_sess_first - u_user_first  # how many earlier slots this user has
     ref = u_sess_first - 1 - back
     far = ref < u_user_first
     ref[far] = u_user_first[far] + (back[far] % np.maximum(avail[far], 1))
     revisit = wants_revisit & (avail > 0)
-    lap("sub9")
     root = np.where(revisit, perm[np.minimum(ref, n_slots - 1)], np.arange(n_slots))  # back to time order
-    lap("sub10")
     while True:  # follow revisit chains to the slot that introduced the product (pointer jumping)
         nxt = root[root]
         if np.array_equal(nxt, root):
             break
         root = nxt
-    lap("sub11")
     sl_prod = new_product[root]
     del new_product, back, wants_revisit, perm, inv, u_sess_first, u_user_first, avail, ref, far, revisit, root
     lap("slots+revisits")
@@ -836,17 +814,17 @@ def _fixed_width_strings(chars: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(typ, n, [None, offsets, pa.py_buffer(np.ascontiguousarray(chars))])
 
 
-_TWO_DIGITS = np.array([[ord(f"{i:02d}"[0]), ord(f"{i:02d}"[1])] for i in range(60)], dtype=np.uint8)
+_TWO_DIGITS = np.array([[ord(f"{i:02d}"[0]), ord(f"{i:02d}"[1])] for i in range(100)], dtype=np.uint8)
 
 
-def _format_event_times(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """``YYYY-MM-DD HH:MM:SS UTC`` for a UTC timestamp column (fractions of a second truncated), built from integer
-    fields with lookup tables: about 10x faster than ``pyarrow.compute.strftime``. Nulls are not allowed."""
-    secs = pc.cast(col, pa.timestamp("s", tz="UTC")).cast(pa.int64())
-    secs = secs.combine_chunks() if isinstance(secs, pa.ChunkedArray) else secs
-    if secs.null_count:
+def _format_event_times(col: pd.Series) -> pa.Array:
+    """``YYYY-MM-DD HH:MM:SS UTC`` for a datetime column (tz-aware in any zone, or naive = UTC; fractions of a
+    second truncated), built from integer fields with lookup tables: about 10x faster than Arrow's ``strftime``.
+    Raises ``ValueError`` on nulls."""
+    if col.isna().any():
         raise ValueError("event_time holds nulls")
-    s = secs.to_numpy(zero_copy_only=False)
+    t = col.dt.tz_convert("UTC").dt.tz_localize(None) if col.dt.tz is not None else col
+    s = t.to_numpy().astype("datetime64[s]").astype(np.int64)
     n = s.size
     day, tod = np.divmod(s, _DAY_S)
     d0, d1 = int(day.min()), int(day.max())
@@ -866,29 +844,61 @@ def _format_event_times(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return _fixed_width_strings(out)
 
 
+def _format_prices(col: pd.Series) -> pa.Array:
+    """Prices with exactly two decimals (``33.20``, ``-1.00``), rounded to cents; nulls stay null."""
+    v = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    null = np.isnan(v)
+    cents = np.rint(np.where(null, 0.0, v) * 100).astype(np.int64)
+    whole, frac = np.divmod(np.abs(cents), 100)
+    dot_frac = np.empty((v.size, 3), dtype=np.uint8)  # ".dd" as a fixed-width column
+    dot_frac[:, 0] = ord(".")
+    dot_frac[:, 1:] = _TWO_DIGITS[frac]
+    sign = pa.array(np.where(cents < 0, "-", ""), pa.string()) if (cents < 0).any() else pa.scalar("", pa.string())
+    out = pc.binary_join_element_wise(sign, pc.cast(pa.array(whole), pa.string()), _fixed_width_strings(dot_frac), "")
+    return pc.if_else(pa.array(null), pa.scalar(None, pa.string()), out) if null.any() else out
+
+
+def _format_strings(col: pd.Series) -> pa.Array:
+    """A string column as Arrow strings, quoted where needed, nulls as nulls. A categorical is quoted per category
+    and then expanded when it has fewer categories than rows (brands, codes), else expanded first (the session
+    uuids of a one-day slice of a big frame)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = pc.cast(pa.array(col.cat.categories.array), pa.string())
+        codes = col.cat.codes.to_numpy()
+        indices = pa.array(codes, mask=codes < 0)
+        if len(cats) <= len(col):
+            return pc.take(_csv_quote(cats), indices)
+        return _csv_quote(pc.take(cats, indices))
+    return _csv_quote(pc.cast(pa.array(col.astype("str"), from_pandas=True), pa.string()))
+
+
 def _csv_header(line_terminator: str) -> bytes:
     return (",".join(REES46_COLUMNS) + line_terminator).encode()
 
 
 def _csv_body(df: pd.DataFrame, line_terminator: str) -> pa.Buffer:
     """The data lines of :func:`format_rees46_csv` as one Arrow buffer (no copy into Python bytes)."""
+    missing = [c for c in REES46_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"frame lacks REES46 column(s): {', '.join(missing)}")
     if len(df) == 0:
         return pa.py_buffer(b"")
-    t = _arrow_table(df)
-    parts = [_format_event_times(t.column("event_time"))]
-    parts.append(t.column("event_type"))
-    parts += [pc.cast(t.column(c), pa.string()) for c in ("product_id", "category_id")]
-    parts += [_csv_quote(t.column(c)) for c in ("category_code", "brand")]
-    cents = pc.cast(pc.round(pc.multiply(t.column("price"), 100.0)), pa.int64())
-    sign = pc.if_else(pc.less(cents, 0), "-", "")
-    acents = pc.abs(cents)
-    whole = pc.divide(acents, 100)
-    frac = pc.utf8_lpad(pc.cast(pc.subtract(acents, pc.multiply(whole, 100)), pa.string()), 2, "0")
-    parts.append(pc.binary_join_element_wise(sign, pc.cast(whole, pa.string()), ".", frac, ""))
-    parts.append(pc.cast(t.column("user_id"), pa.string()))
-    # the last field carries the line terminator: joining [value, ""] with it as the separator appends it
-    parts.append(pc.binary_join_element_wise(pc.fill_null(_csv_quote(t.column("user_session")), ""), "",
-                                             line_terminator))
+
+    def ints(c: str) -> pa.Array:
+        return pc.cast(pa.array(df[c].to_numpy(dtype=np.int64)), pa.string())
+
+    parts = [
+        _format_event_times(df["event_time"]),
+        _format_strings(df["event_type"]),
+        ints("product_id"),
+        ints("category_id"),
+        _format_strings(df["category_code"]),
+        _format_strings(df["brand"]),
+        _format_prices(df["price"]),
+        ints("user_id"),
+        # the last field carries the line terminator: joining [value, ""] with it as the separator appends it
+        pc.binary_join_element_wise(pc.fill_null(_format_strings(df["user_session"]), ""), "", line_terminator),
+    ]
     # one string type for all (large_string once a column passes 2 GiB of text)
     typ = pa.large_string() if any(pa.types.is_large_string(p.type) for p in parts) else pa.string()
     parts = [p.cast(typ) if p.type != typ else p for p in parts]

@@ -118,6 +118,7 @@ class IngestResult:
     archived_uri: str | None = None
     days: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: read, validate, load, move
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,9 +240,10 @@ def _write_text(uri: str, text: str) -> None:
 
 
 def data_docs_dir(settings: Settings) -> str | None:
-    """The local directory of the GX Data Docs site: ``<reports>/data_docs`` (None if reports is a remote URL)."""
+    """The local directory of the GX Data Docs site: ``<reports>/data_docs``; None when settings.data_docs_enabled
+    is off or reports is a remote URL (GX's filesystem site needs a local directory)."""
     reports = settings.location("reports")
-    if "://" in reports:
+    if not settings.data_docs_enabled or "://" in reports:
         return None
     path = Path(reports) / "data_docs"
     path.mkdir(parents=True, exist_ok=True)
@@ -554,6 +556,7 @@ def ingest_file(
     checksum = hashlib.sha256(raw).hexdigest()
     in_landing = _is_under(uri, settings.location("landing"))
     result = IngestResult(file_name=name, source_uri=uri, status="duplicate", checksum_sha256=checksum)
+    result.timings["read"] = time.perf_counter() - started
 
     existing = find_ingested(engine, checksum)
     if existing is not None:
@@ -565,6 +568,7 @@ def ingest_file(
         result.seconds = time.perf_counter() - started
         return result
 
+    mark = time.perf_counter()
     mean, n_files = row_count_history(engine, settings)
     report, parsed = validate_bytes(
         raw,
@@ -578,6 +582,7 @@ def ingest_file(
         row_count_bounds=bounds_of(mean, n_files, settings),
         runner=runner or GxRunner(data_docs_dir(settings)),
     )
+    result.timings["validate"] = time.perf_counter() - mark
     result.row_count = report.row_count
     result.data_docs_uri = report.data_docs_uri
     if report.data_docs_uri:
@@ -602,6 +607,7 @@ def ingest_file(
         result.seconds = time.perf_counter() - started
         return result
 
+    mark = time.perf_counter()
     result.validation_id = record_validation(engine, report, dag_run_id=dag_run_id)
     table = _events_only(parsed)
     days = event_days(table)
@@ -620,11 +626,14 @@ def ingest_file(
             "validation_id": result.validation_id,
         },
     )
+    result.timings["load"] = time.perf_counter() - mark
     result.file_id, result.rows_loaded = file_id, rows
     result.days = [d.isoformat() for d in days]
     result.status = "loaded" if rows else "duplicate"
     if in_landing:
+        mark = time.perf_counter()
         result.archived_uri = _archive(uri, raw, checksum, settings)
+        result.timings["move"] = time.perf_counter() - mark
     result.seconds = time.perf_counter() - started
     result.message = (
         f"{name}: loaded {rows:,} rows as file_id {file_id} in {result.seconds:.1f}s"

@@ -303,6 +303,16 @@ def _partition_facts(engine: Engine, day: dt.date, floor: float) -> tuple[int, i
     return scored, above, model_version, run_id
 
 
+def _max_recorded_version(engine: Engine, ks: KeySpace) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("select coalesce(max(version), 0) from scoring.publications where redis_prefix = :p"),
+                {"p": ks.prefix},
+            ).scalar_one()
+        )
+
+
 def _record_start(engine: Engine, ks: KeySpace, version: int, day: dt.date, top_n: int, floor: float,
                   model_version: str, run_id: str, scored: int) -> None:
     with engine.begin() as conn:
@@ -451,8 +461,12 @@ def publish_version(
     except redis.RedisError as e:
         raise PublishError(f"publish of {day}: Redis unreachable ({e}); the served version is unchanged") from e
     try:
+        recorded = _max_recorded_version(engine, ks)
         try:
             version = int(redis_client.incr(ks.seq()))
+            if version <= recorded:  # a wiped or replaced Redis restarts the counter: never reuse a recorded id
+                version = recorded + 1
+                redis_client.set(ks.seq(), version)
             previous = _int_or_none(redis_client.get(ks.current()))
         except redis.RedisError as e:
             raise PublishError(f"publish of {day}: Redis failed ({e}); the served version is unchanged") from e

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
+from numba import njit, prange
 from sqlalchemy.engine import Engine
 
 from ml.db import libpq_url
@@ -172,7 +173,7 @@ class RunSummary:
         """Human-readable summary lines (the end of the task log / CLI output)."""
         order = {k: i for i, k in enumerate(_STAGE_ORDER)}
         stage_s = ", ".join(
-            f"{k} {int(v)}" if k.endswith("_blocks") else f"{k} {v:,.1f}s"
+            f"{k} {int(v):,}" if k.endswith("_rows") else f"{k} {v:,.1f}s"
             for k, v in sorted(self.timings.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
         tiers = ", ".join(f"{k} {v:,}" for k, v in self.tiers.items())
         top = ", ".join(f"{k} {v:,}" for k, v in list(self.reasons.items())[:6])
@@ -390,12 +391,10 @@ class ScoredBlock:
         return len(self.user_id)
 
 
-def _max_residual(phi: np.ndarray, base: np.ndarray, z: np.ndarray) -> float:
-    """max |sum(float32-rounded contributions) + base - logit| (what scoring.scores.contributions will hold)."""
-    if not len(z):
-        return 0.0
+def _residuals(phi: np.ndarray, base: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """|sum(float32-rounded contributions) + base - logit| per row (what scoring.scores.contributions will hold)."""
     stored = phi.astype(np.float32).astype(np.float64)
-    return float(np.max(np.abs(stored.sum(axis=1) + base - z)))
+    return np.abs(stored.sum(axis=1) + base - z)
 
 
 def score_block(
@@ -409,7 +408,7 @@ def score_block(
     """Predict, explain and derive insights for n rows of features ``X`` (n, f) in ``ensemble.feature_names`` order.
 
     ``timings`` (optional) accumulates seconds under ``predict``, ``explain`` and ``insights`` (and counts blocks
-    that fell back to the libraries' native TreeSHAP under ``native_fallback_blocks``).
+    that fell back to the libraries' native TreeSHAP under ``native_fallback_rows``).
     """
     from ml.ensemble import sigmoid
 
@@ -419,17 +418,22 @@ def score_block(
     p = sigmoid(z)
     t1 = time.perf_counter()
     phi, base = ensemble.explain(X)
-    base = np.broadcast_to(np.asarray(base, dtype=np.float64), (len(z),))
-    residual = _max_residual(phi, base, z)
-    if residual > settings.score_additivity_tolerance:
-        # The fast explainer disagreed with the model on this block: the libraries' own TreeSHAP is exact (slower);
-        # use it for the block and say so loudly. If even that does not add up, the caller raises.
-        log.warning("fast SHAP residual %.3g > %g on a block of %d rows: recomputing it with native TreeSHAP",
-                    residual, settings.score_additivity_tolerance, len(z))
-        phi, base = ensemble.explain(X, method="native")
-        base = np.broadcast_to(np.asarray(base, dtype=np.float64), (len(z),))
-        residual = _max_residual(phi, base, z)
-        timings["native_fallback_blocks"] = timings.get("native_fallback_blocks", 0.0) + 1.0
+    base = np.array(np.broadcast_to(np.asarray(base, dtype=np.float64), (len(z),)))
+    residual = _residuals(phi, base, z)
+    bad = residual > settings.score_additivity_tolerance
+    if bad.any():
+        # The fast explainer disagrees with the model on these rows: the libraries' own TreeSHAP is exact (slower);
+        # use it for exactly those rows (a per-row decision, so the output does not depend on blocking) and say so.
+        log.warning("fast SHAP residual up to %.3g > %g on %d of %d rows: recomputing them with native TreeSHAP",
+                    float(residual.max()), settings.score_additivity_tolerance, int(bad.sum()), len(z))
+        phi_n, base_n = ensemble.explain(X[bad], method="native")
+        phi = phi.copy()
+        phi[bad] = phi_n
+        base = base.copy()
+        base[bad] = np.broadcast_to(np.asarray(base_n, dtype=np.float64), (int(bad.sum()),))
+        residual = _residuals(phi, base, z)
+        timings["native_fallback_rows"] = timings.get("native_fallback_rows", 0.0) + float(bad.sum())
+    max_residual = float(residual.max()) if len(residual) else 0.0
     t2 = time.perf_counter()
     insights = derive_insights(
         X, phi, p, ensemble.feature_names, bands=settings.tier_bands, top_k=settings.top_k_contributions,
@@ -440,110 +444,196 @@ def score_block(
     for key, seconds in (("predict", t1 - t), ("explain", t2 - t1), ("insights", t3 - t2)):
         timings[key] = timings.get(key, 0.0) + seconds
     return ScoredBlock(np.asarray(user_id, np.int64), np.asarray(product_id, np.int64), z, p, phi, base, insights,
-                       residual)
+                       max_residual)
 
 
-# --- PostgreSQL binary COPY, built vectorised ----------------------------------------------------------------------
+# --- PostgreSQL binary COPY, built in one compiled pass ------------------------------------------------------------
 # The COPY BINARY row format is: int16 field count, then per field int32 byte length + the value in network order.
-# Fixed-width fields (date, bigint, double, the real[] of a fixed length, constant texts) are laid out with numpy
-# structured dtypes; variable-width ones (tier, text[] reasons, jsonb) are built as pyarrow binary columns from
-# small dictionaries; one binary_join_element_wise per block concatenates every row, and its data buffer is the COPY
-# payload. No per-row Python.
+# Fixed-width fields (date, bigint, double, constant texts; base_value and the real[] of a fixed length) are laid out
+# per row with numpy structured dtypes; variable-width ones (tier, the two text[] of reasons, the jsonb of top
+# contributions) come from small dictionaries of pre-encoded bytes indexed per row, plus numbers formatted in the
+# kernel. One numba pass (rows split over threads) writes every row; there is no per-row Python.
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
 _PG_EPOCH = dt.date(2000, 1, 1)
 _TEXT_OID = 25
 _FLOAT4_OID = 700
-
-
-def _fixed_piece(arr: np.ndarray) -> pa.Array:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = np.ascontiguousarray(arr)
-    fsb = pa.FixedSizeBinaryArray.from_buffers(pa.binary(arr.dtype.itemsize), len(arr),
-                                               [None, pa.py_buffer(arr.view(np.uint8))])
-    return pc.cast(fsb, pa.binary())
-
-
-def _dict_piece(idx: np.ndarray, items: Sequence[bytes]) -> pa.Array:
-    """Per row ``items[idx]``, or b'' where ``idx < 0``."""
-    import pyarrow as pa
-
-    table = pa.array([*items, b""], pa.binary())
-    return table.take(pa.array(np.where(idx >= 0, idx, len(items)).astype(np.int32)))
-
-
-def _len_prefixed(value: bytes) -> bytes:
-    return struct.pack(">i", len(value)) + value
+_NUM_MAX = 32  # bytes of the longest number the kernel writes ("-" + 19 digits + "." + 6 digits)
+_ENCODE_CHUNK = 4096  # rows per parallel work item of the encoder
 
 
 def _array_header_dtype() -> list[tuple[str, str]]:
     return [("len", ">i4"), ("ndim", ">i4"), ("flags", ">i4"), ("oid", ">u4"), ("dim", ">i4"), ("lb", ">i4")]
 
 
-def _text_array_pieces(idx: np.ndarray, items: Sequence[str]) -> list[pa.Array]:
-    """A text[] field per row holding ``items[idx[i, j]]`` for the slots j with ``idx >= 0`` (filled from the left)."""
-    elems = [_len_prefixed(s.encode()) for s in items]
-    sizes = np.array([len(e) for e in elems] + [0], dtype=np.int64)
-    safe = np.where(idx >= 0, idx, len(elems))
-    hdr = np.zeros(len(idx), dtype=_array_header_dtype())
-    hdr["len"] = 20 + sizes[safe].sum(axis=1)
-    hdr["ndim"] = 1  # one dimension of length 0 is the empty array, as array_recv reads it
-    hdr["oid"] = _TEXT_OID
-    hdr["dim"] = (idx >= 0).sum(axis=1)
-    hdr["lb"] = 1
-    return [_fixed_piece(hdr)] + [_dict_piece(idx[:, j], elems) for j in range(idx.shape[1])]
+def _dictionary(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated bytes and offsets (len + 1) of ``items``."""
+    off = np.zeros(len(items) + 1, dtype=np.int64)
+    off[1:] = np.cumsum([len(b) for b in items])
+    data = np.frombuffer(b"".join(items), dtype=np.uint8) if off[-1] else np.zeros(1, dtype=np.uint8)
+    return data, off
 
 
-def _number_strings(x: np.ndarray, present: np.ndarray) -> pa.Array:
-    """JSON numbers (rounded to 6 decimals; ``null`` for NaN/inf) where ``present``, else b''."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    r = np.round(np.asarray(x, dtype=np.float64), 6)
-    finite = np.isfinite(r)
-    s = pc.cast(pa.array(np.where(finite, r, 0.0)), pa.string())
-    s = pc.if_else(pa.array(finite), s, pa.scalar("null"))
-    s = pc.if_else(pa.array(present), s, pa.scalar(""))
-    return pc.cast(s, pa.binary())
+def _len_prefixed(value: bytes) -> bytes:
+    return struct.pack(">i", len(value)) + value
 
 
-def _jsonb_pieces(ins: Insights) -> list[pa.Array]:
-    """The jsonb field ``top_contributions``: ``[{"feature": .., "value": .., "shap": ..}, ...]``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    heads = [('{"feature": ' + json.dumps(name) + ', "value": ').encode() for name in ins.feature_names]
-    empty = pa.scalar(b"", pa.binary())
-    parts: list[Any] = [pa.scalar(b"\x01[", pa.binary())]  # jsonb binary format version 1, then the JSON text
-    for j in range(ins.top_feature.shape[1]):
-        idx = ins.top_feature[:, j]
-        present = idx >= 0
-        parts.append(_dict_piece(idx, [(b", " if j else b"") + h for h in heads]))
-        parts.append(_number_strings(ins.top_value[:, j], present))
-        parts.append(_dict_piece(np.where(present, 0, -1), [b', "shap": ']))
-        parts.append(_number_strings(ins.top_shap[:, j], present))
-        parts.append(_dict_piece(np.where(present, 0, -1), [b"}"]))
-    parts.append(pa.scalar(b"]", pa.binary()))
-    body = pc.binary_join_element_wise(*parts, empty)
-    lengths = np.asarray(pc.binary_length(body).to_numpy(zero_copy_only=False), dtype=">i4")
-    return [_fixed_piece(lengths), body]
+@njit(cache=True, inline="always")
+def _put_i32(buf, pos, v):  # noqa: ANN001, ANN202
+    buf[pos] = (v >> 24) & 255
+    buf[pos + 1] = (v >> 16) & 255
+    buf[pos + 2] = (v >> 8) & 255
+    buf[pos + 3] = v & 255
 
 
-def _join_rows(pieces: list[pa.Array]) -> memoryview:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+@njit(cache=True, inline="always")
+def _put_bytes(buf, pos, data, a, b):  # noqa: ANN001, ANN202
+    for q in range(b - a):
+        buf[pos + q] = data[a + q]
+    return pos + b - a
 
-    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.binary()))
-    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32, count=len(rows) + 1, offset=rows.offset * 4)
-    return memoryview(rows.buffers()[2])[offsets[0] : offsets[-1]]
+
+@njit(cache=True)
+def _put_number(buf, pos, x):  # noqa: ANN001, ANN202
+    """JSON number of x rounded to 6 decimals (trailing zeros dropped); null for NaN, inf, |x| >= 9.2e18."""
+    if not np.isfinite(x) or abs(x) >= 9.2e18:
+        buf[pos] = 110  # n
+        buf[pos + 1] = 117  # u
+        buf[pos + 2] = 108  # l
+        buf[pos + 3] = 108  # l
+        return pos + 4
+    ax = abs(x)
+    if ax < 9.2e12:
+        v = np.int64(ax * 1e6 + 0.5)
+        ip = v // 1000000
+        frac = v % 1000000
+    else:
+        ip = np.int64(ax + 0.5)
+        frac = np.int64(0)
+    if x < 0 and (ip > 0 or frac > 0):
+        buf[pos] = 45  # -
+        pos += 1
+    nd = 1
+    t = ip // 10
+    while t > 0:
+        nd += 1
+        t //= 10
+    for q in range(nd - 1, -1, -1):
+        buf[pos + q] = 48 + ip % 10
+        ip //= 10
+    pos += nd
+    if frac > 0:
+        buf[pos] = 46  # .
+        pos += 1
+        width = 6
+        while frac % 10 == 0:
+            frac //= 10
+            width -= 1
+        for q in range(width - 1, -1, -1):
+            buf[pos + q] = 48 + frac % 10
+            frac //= 10
+        pos += width
+    return pos
+
+
+@njit(cache=True)
+def _put_text_array(buf, pos, idx, i, data, off):  # noqa: ANN001, ANN202
+    """A text[] field (length, 20-byte header, elements) of the dictionary entries idx[i, :] (until the first -1)."""
+    at = pos
+    pos += 24
+    count = 0
+    for j in range(idx.shape[1]):
+        c = idx[i, j]
+        if c < 0:
+            break
+        pos = _put_bytes(buf, pos, data, off[c], off[c + 1])
+        count += 1
+    _put_i32(buf, at, pos - at - 4)
+    _put_i32(buf, at + 4, 1)  # ndim (one dimension of length 0 is the empty array, as array_recv reads it)
+    _put_i32(buf, at + 8, 0)  # flags: no nulls
+    _put_i32(buf, at + 12, _TEXT_OID)
+    _put_i32(buf, at + 16, count)
+    _put_i32(buf, at + 20, 1)  # lower bound
+    return pos
+
+
+@njit(cache=True)
+def _write_rows(buf, start, row0, row1, head, tail, tier, tier_d, tier_o, code, code_d, code_o, text, text_d,
+                text_o, feat, feat_d, feat_o, tvalue, tshap, shap_key):  # noqa: ANN001, ANN202
+    pos = start
+    k = feat.shape[1]
+    wh, wt = head.shape[1], tail.shape[1]
+    for i in range(row0, row1):
+        for q in range(wh):
+            buf[pos + q] = head[i, q]
+        pos += wh
+        t = tier[i]
+        pos = _put_bytes(buf, pos, tier_d, tier_o[t], tier_o[t + 1])
+        pos = _put_text_array(buf, pos, code, i, code_d, code_o)
+        pos = _put_text_array(buf, pos, text, i, text_d, text_o)
+        at = pos
+        pos += 4
+        buf[pos] = 1  # jsonb binary format version, then the JSON text
+        buf[pos + 1] = 91  # [
+        pos += 2
+        for j in range(k):
+            f = feat[i, j]
+            if f < 0:
+                break
+            if j > 0:
+                buf[pos] = 44  # ,
+                buf[pos + 1] = 32
+                pos += 2
+            pos = _put_bytes(buf, pos, feat_d, feat_o[f], feat_o[f + 1])
+            pos = _put_number(buf, pos, tvalue[i, j])
+            pos = _put_bytes(buf, pos, shap_key, 0, shap_key.shape[0])
+            pos = _put_number(buf, pos, tshap[i, j])
+            buf[pos] = 125  # }
+            pos += 1
+        buf[pos] = 93  # ]
+        pos += 1
+        _put_i32(buf, at, pos - at - 4)
+        for q in range(wt):
+            buf[pos + q] = tail[i, q]
+        pos += wt
+    return pos
+
+
+@njit(cache=True, parallel=True)
+def _encode_kernel(bound, chunk, head, tail, tier, tier_d, tier_o, code, code_d, code_o, text, text_d, text_o,
+                   feat, feat_d, feat_o, tvalue, tshap, shap_key):  # noqa: ANN001, ANN202
+    """Every row into one buffer: chunks of rows are written in parallel into regions of ``bound`` bytes per row,
+    then compacted in order."""
+    n = head.shape[0]
+    n_chunks = (n + chunk - 1) // chunk
+    buf = np.empty(max(n * bound, 1), dtype=np.uint8)
+    ends = np.zeros(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        row0 = c * chunk
+        row1 = min(n, row0 + chunk)
+        ends[c] = _write_rows(buf, row0 * bound, row0, row1, head, tail, tier, tier_d, tier_o, code, code_d,
+                              code_o, text, text_d, text_o, feat, feat_d, feat_o, tvalue, tshap, shap_key)
+    total = 0
+    for c in range(n_chunks):
+        total += ends[c] - c * chunk * bound
+    out = np.empty(total, dtype=np.uint8)
+    pos = 0
+    for c in range(n_chunks):
+        a = c * chunk * bound
+        size = ends[c] - a
+        out[pos : pos + size] = buf[a : ends[c]]
+        pos += size
+    return out
 
 
 def encode_score_rows(block: ScoredBlock, score_date: dt.date, model_version: str, run_id: str) -> memoryview:
-    """The COPY BINARY rows (no header/trailer) of ``block`` for the columns :data:`SCORE_COLUMNS`."""
+    """The COPY BINARY rows (no header/trailer) of ``block`` for the columns :data:`SCORE_COLUMNS`.
+
+    ``top_contributions`` numbers are rounded to 6 decimals (``null`` for a missing feature value); contributions
+    are stored as float32 (real[]), the full vector in the model's feature order."""
     n = len(block)
     f = block.contributions.shape[1]
+    ins = block.insights
     mv, rid = model_version.encode(), run_id.encode()
     head = np.zeros(n, dtype=[
         ("nf", ">i2"), ("l_date", ">i4"), ("date", ">i4"), ("l_user", ">i4"), ("user", ">i8"), ("l_prod", ">i4"),
@@ -563,16 +653,22 @@ def encode_score_rows(block: ScoredBlock, score_date: dt.date, model_version: st
     tail["len"], tail["ndim"], tail["oid"], tail["dim"], tail["lb"] = 20 + 8 * f, 1, _FLOAT4_OID, f, 1
     tail["el"]["l"] = 4
     tail["el"]["v"] = block.contributions.astype(np.float32)
-    ins = block.insights
-    pieces = [
-        _fixed_piece(head),
-        _dict_piece(ins.tier.astype(np.int64), [_len_prefixed(t.encode()) for t in ins.tiers]),
-        *_text_array_pieces(ins.reason_code, ins.codes),
-        *_text_array_pieces(ins.reason_text, ins.texts),
-        *_jsonb_pieces(ins),
-        _fixed_piece(tail),
-    ]
-    return _join_rows(pieces)
+    tiers = [_len_prefixed(t.encode()) for t in ins.tiers]
+    codes = [_len_prefixed(c.encode()) for c in ins.codes]
+    texts = [_len_prefixed(t.encode()) for t in ins.texts]
+    heads = [('{"feature": ' + json.dumps(name) + ', "value": ').encode() for name in ins.feature_names]
+    shap_key = np.frombuffer(b', "shap": ', dtype=np.uint8)
+    r, k = ins.reason_code.shape[1], ins.top_feature.shape[1]
+    bound = (head.dtype.itemsize + tail.dtype.itemsize + max(map(len, tiers), default=0) + 2 * 24
+             + r * (max(map(len, codes), default=0) + max(map(len, texts), default=0))
+             + 7 + k * (2 + max(map(len, heads), default=0) + 2 * _NUM_MAX + len(shap_key) + 1))
+    out = _encode_kernel(
+        bound, _ENCODE_CHUNK, head.view(np.uint8).reshape(n, -1), tail.view(np.uint8).reshape(n, -1),
+        ins.tier.astype(np.int64), *_dictionary(tiers), np.ascontiguousarray(ins.reason_code), *_dictionary(codes),
+        np.ascontiguousarray(ins.reason_text), *_dictionary(texts), np.ascontiguousarray(ins.top_feature),
+        *_dictionary(heads), np.ascontiguousarray(ins.top_value, dtype=np.float64),
+        np.ascontiguousarray(ins.top_shap, dtype=np.float64), shap_key)
+    return memoryview(out)
 
 
 def encode_sample_rows(
@@ -624,6 +720,7 @@ def _feature_blocks(
 
     day = as_date(spec.score_date)
     batches = iter_pair_feature_batches(engine, as_of_of(day), settings, spec.bucket, spec.n_buckets)
+    size = max(1, int(settings.score_block_rows))
     pending: list[Any] = []
     rows = 0
     t = time.perf_counter()
@@ -631,18 +728,19 @@ def _feature_blocks(
     while not done:
         try:
             rb = next(batches)
-            pending.append(rb)
+            pending.append(pa.Table.from_batches([rb]))
             rows += rb.num_rows
         except StopIteration:
             done = True
-        if pending and (done or rows >= settings.score_block_rows):
-            table = pa.Table.from_batches(pending)
-            pending, rows = [], 0
-            uid = table.column("user_id").to_numpy()
-            pid = table.column("product_id").to_numpy()
-            X = np.empty((table.num_rows, len(feature_names)), dtype=np.float64)
+        while pending and (rows >= size or done):
+            table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+            block, rest = table.slice(0, size), table.slice(size)
+            pending, rows = ([rest] if rest.num_rows else []), rest.num_rows
+            uid = block.column("user_id").to_numpy()
+            pid = block.column("product_id").to_numpy()
+            X = np.empty((block.num_rows, len(feature_names)), dtype=np.float64)
             for j, name in enumerate(feature_names):
-                X[:, j] = table.column(name).to_numpy(zero_copy_only=False)
+                X[:, j] = block.column(name).to_numpy(zero_copy_only=False)
             timings["features"] = timings.get("features", 0.0) + time.perf_counter() - t
             yield uid, pid, X
             t = time.perf_counter()
@@ -706,7 +804,9 @@ def score_batch(
                             (spec.run_id, spec.bucket))
             with cur.copy(copy_scores) as copy:
                 copy.write(COPY_HEADER)
-                for uid, pid, X in _feature_blocks(engine, settings, spec, ens.feature_names, timings):
+                blocks = (_feature_blocks(engine, settings, spec, ens.feature_names, timings)
+                          if prev.planned_pairs else iter(()))  # an empty bucket reads nothing
+                for uid, pid, X in blocks:
                     block = score_block(ens, uid, pid, X, settings, timings)
                     if block.max_residual > settings.score_additivity_tolerance:
                         raise ScoringError(

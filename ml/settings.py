@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         "critical", description="critical: a file outside the row-count band is quarantined; warning: only reported."
     )
     ingest_schedule: str = Field("@hourly", description="Schedule (cron or preset) of the ingest_events DAG.")
+    data_docs_enabled: bool = Field(
+        True, description="Build Great Expectations Data Docs (HTML, under reports/data_docs) for every validation."
+    )
     ingest_max_files_per_run: int = Field(
         200, description="Most landing files one ingest_events run maps (the rest wait for the next run; < 1024)."
     )

@@ -32,7 +32,18 @@ from ml.explain._forest import ParsedForest, parse_model
 
 __all__ = ["Contributions", "TreeExplainer", "combine_contributions", "contributions"]
 
-DEFAULT_BLOCK_ROWS = 1024
+# Rows per block: the block's feature-major accumulator and inputs (2 x 8 B x features x rows) should stay within
+# about 1 MiB of L2; 2,048 rows measured fastest for 36 features (docs/explain.md).
+MAX_BLOCK_ROWS = 2048
+MIN_BLOCK_ROWS = 256
+
+
+def default_block_rows(n_features: int) -> int:
+    """Largest power of two <= 98,304 / n_features, clamped to [256, 2048]."""
+    rows = MAX_BLOCK_ROWS
+    while rows > MIN_BLOCK_ROWS and rows * max(n_features, 1) > 98_304:
+        rows //= 2
+    return rows
 _THREADS_LOCK = threading.Lock()
 
 
@@ -43,25 +54,26 @@ class TreeExplainer:
     Results are deterministic: a row's contributions do not depend on the batch, block size or thread count.
     """
 
-    def __init__(self, forest: ParsedForest, compiled: CompiledForest, block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+    def __init__(self, forest: ParsedForest, compiled: CompiledForest, block_rows: int | None = None) -> None:
         self.library = forest.library
         self.n_features = forest.n_features
         self.feature_names = forest.feature_names
         self.input_dtype = forest.input_dtype
         self.details = forest.details
         self.compiled = compiled
-        self.block_rows = int(block_rows)
+        self.block_rows = int(block_rows) if block_rows else default_block_rows(forest.n_features)
 
     @classmethod
     def from_model(
-        cls, model: Any, *, max_bits: int = 8, max_unique: int = 10, block_rows: int = DEFAULT_BLOCK_ROWS
+        cls, model: Any, *, max_bits: int = 8, max_unique: int = 10, block_rows: int | None = None
     ) -> TreeExplainer:
         """Parse ``model`` and build its tables.
 
         ``model``: ``lightgbm.LGBMModel``/``Booster``, ``xgboost.XGBModel``/``Booster`` (gbtree) or a CatBoost model
         with symmetric trees; numeric splits only. ``max_bits``: largest number of condition bits indexing one
         table (tables have 2^max_bits rows per feature). ``max_unique``: paths with more unique features than this
-        that fit no group use the per-row fallback. Raises :class:`ml.errors.ModelError` for unsupported models.
+        that fit no group use the per-row fallback. ``block_rows``: rows per parallel block (default: by feature
+        count, see :func:`default_block_rows`). Raises :class:`ml.errors.ModelError` for unsupported models.
         """
         forest = parse_model(model)
         return cls(forest, compile_forest(forest, max_bits, max_unique), block_rows)
@@ -224,7 +236,12 @@ def combine_contributions(members: Sequence[tuple[float, np.ndarray, float]], a:
 
 
 def contributions(
-    members: Sequence[tuple[float, TreeExplainer]], X: Any, a: float = 1.0, b: float = 0.0, *, n_threads: int | None = None
+    members: Sequence[tuple[float, TreeExplainer]],
+    X: Any,
+    a: float = 1.0,
+    b: float = 0.0,
+    *,
+    n_threads: int | None = None,
 ) -> Contributions:
     """Contributions of a margin-blended, Platt-calibrated ensemble for the rows of ``X``.
 

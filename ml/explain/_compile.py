@@ -65,7 +65,21 @@ class _Leaf:
     terms: list[list[tuple[int, int]]]  # per feature: (tree-local condition, want_left)
 
 
-def _leaves_of(tree: ParsedTree) -> tuple[dict[int, list[tuple[int, int]]], dict[int, float]]:
+class _Lists:
+    """A tree's arrays as Python lists: scalar indexing of lists is ~10x cheaper than of numpy arrays."""
+
+    def __init__(self, tree: ParsedTree) -> None:
+        self.root = tree.root
+        self.cond_feat = tree.cond_feat.tolist()
+        self.node_cond = tree.node_cond.tolist()
+        self.node_left = tree.node_left.tolist()
+        self.node_right = tree.node_right.tolist()
+        self.node_cover = tree.node_cover.tolist()
+        self.leaf_cover = tree.leaf_cover.tolist()
+        self.leaf_value = tree.leaf_value.tolist()
+
+
+def _leaves_of(tree: _Lists) -> tuple[dict[int, list[tuple[int, int]]], dict[int, float]]:
     """Per leaf: its path [(node, went_left)] and the product of cover ratios along it (0 if any cover is 0)."""
     paths: dict[int, list[tuple[int, int]]] = {}
     ratio: dict[int, float] = {}
@@ -79,11 +93,11 @@ def _leaves_of(tree: ParsedTree) -> tuple[dict[int, list[tuple[int, int]]], dict
         cov = tree.node_cover[ref]
         for child, left in ((tree.node_left[ref], 1), (tree.node_right[ref], 0)):
             ccov = tree.leaf_cover[~child] if child < 0 else tree.node_cover[child]
-            stack.append((int(child), path + [(ref, left)], pr * (ccov / cov) if cov > 0 else 0.0))
+            stack.append((child, path + [(ref, left)], pr * (ccov / cov) if cov > 0 else 0.0))
     return paths, ratio
 
 
-def _leaf_info(tree: ParsedTree, leaf: int, path: list[tuple[int, int]]) -> _Leaf | None:
+def _leaf_info(tree: _Lists, leaf: int, path: list[tuple[int, int]]) -> _Leaf | None:
     """Unique features of the path with zero fractions (products of cover ratios, root to leaf, as TreeSHAP does)
     and their terms. None for a leaf with zero cover: CatBoost skips zero-weight subtrees, and such a leaf carries
     no weight in the expectation either."""
@@ -97,8 +111,8 @@ def _leaf_info(tree: ParsedTree, leaf: int, path: list[tuple[int, int]]) -> _Lea
         cov = tree.node_cover[node]
         if cov <= 0 or ccov <= 0:
             return None
-        cond = int(tree.node_cond[node])
-        f = int(tree.cond_feat[cond])
+        cond = tree.node_cond[node]
+        f = tree.cond_feat[cond]
         if f not in pos:
             pos[f] = len(feats)
             feats.append(f)
@@ -107,7 +121,7 @@ def _leaf_info(tree: ParsedTree, leaf: int, path: list[tuple[int, int]]) -> _Lea
         j = pos[f]
         z[j] *= ccov / cov
         terms[j].append((cond, left))
-    return _Leaf(float(tree.leaf_value[leaf]), feats, z, terms)
+    return _Leaf(tree.leaf_value[leaf], feats, z, terms)
 
 
 class _Builder:
@@ -150,7 +164,9 @@ class _Builder:
             self.term_flip.append(1 - want)
         self.bit_term_start.append(len(self.term_cond))
 
-    def add_group(self, bits: list[list[tuple[int, int]]], leaves: list[_Leaf], leaf_terms: list[list[list[tuple[int, int]]]]) -> None:
+    def add_group(
+        self, bits: list[list[tuple[int, int]]], leaves: list[_Leaf], leaf_terms: list[list[list[tuple[int, int]]]]
+    ) -> None:
         """``bits``: per bit, its condition terms; ``leaf_terms[l][j]``: (bit position, want) terms of leaf l's
         feature j."""
         nb = len(bits)
@@ -192,7 +208,7 @@ class _Builder:
         self.fb_feat_start.append(len(self.fbf_feat))
 
 
-def _subtree_conds(tree: ParsedTree) -> dict[int, frozenset[int]]:
+def _subtree_conds(tree: _Lists) -> dict[int, frozenset[int]]:
     """Distinct conditions used inside each internal node's subtree (the node included)."""
     out: dict[int, frozenset[int]] = {}
     order: list[int] = []
@@ -202,17 +218,17 @@ def _subtree_conds(tree: ParsedTree) -> dict[int, frozenset[int]]:
         order.append(n)
         for c in (tree.node_left[n], tree.node_right[n]):
             if c >= 0:
-                stack.append(int(c))
+                stack.append(c)
     for n in reversed(order):
-        s = {int(tree.node_cond[n])}
+        s = {tree.node_cond[n]}
         for c in (tree.node_left[n], tree.node_right[n]):
             if c >= 0:
-                s |= out[int(c)]
+                s |= out[c]
         out[n] = frozenset(s)
     return out
 
 
-def _leaves_under(tree: ParsedTree, ref: int) -> list[int]:
+def _leaves_under(tree: _Lists, ref: int) -> list[int]:
     out: list[int] = []
     stack = [ref]
     while stack:
@@ -220,11 +236,11 @@ def _leaves_under(tree: ParsedTree, ref: int) -> list[int]:
         if r < 0:
             out.append(~r)
         else:
-            stack += [int(tree.node_right[r]), int(tree.node_left[r])]
+            stack += [tree.node_right[r], tree.node_left[r]]
     return out
 
 
-def _group_tree(tree: ParsedTree, infos: dict[int, _Leaf | None], bld: _Builder, max_bits: int, max_unique: int) -> int:
+def _group_tree(tree: _Lists, infos: dict[int, _Leaf | None], bld: _Builder, max_bits: int, max_unique: int) -> int:
     """Partition the tree's leaves into groups / single-leaf tables / fallback leaves. Returns fallback count."""
     sub = _subtree_conds(tree)
     n_fb = 0
@@ -233,8 +249,8 @@ def _group_tree(tree: ParsedTree, infos: dict[int, _Leaf | None], bld: _Builder,
         # ancestor feature bits: feature -> terms, in first-appearance order
         anc_feat: dict[int, list[tuple[int, int]]] = {}
         for node, left in anc:
-            cond = int(tree.node_cond[node])
-            anc_feat.setdefault(int(tree.cond_feat[cond]), []).append((cond, left))
+            cond = tree.node_cond[node]
+            anc_feat.setdefault(tree.cond_feat[cond], []).append((cond, left))
         sub_conds = sorted(sub[ref]) if ref >= 0 else []
         bits = [terms for terms in anc_feat.values()] + [[(c, 1)] for c in sub_conds]
         apos = {f: i for i, f in enumerate(anc_feat)}
@@ -262,7 +278,7 @@ def _group_tree(tree: ParsedTree, infos: dict[int, _Leaf | None], bld: _Builder,
 
     def visit(ref: int, anc: list[tuple[int, int]]) -> None:
         nonlocal n_fb
-        anc_feats = {int(tree.cond_feat[tree.node_cond[n]]) for n, _ in anc}
+        anc_feats = {tree.cond_feat[tree.node_cond[n]] for n, _ in anc}
         k = len(anc_feats) + (len(sub[ref]) if ref >= 0 else 0)
         if k <= max_bits:
             emit(ref, anc)
@@ -277,8 +293,8 @@ def _group_tree(tree: ParsedTree, infos: dict[int, _Leaf | None], bld: _Builder,
                 bld.add_fallback(lf)
                 n_fb += 1
             return
-        visit(int(tree.node_left[ref]), anc + [(ref, 1)])
-        visit(int(tree.node_right[ref]), anc + [(ref, 0)])
+        visit(tree.node_left[ref], anc + [(ref, 1)])
+        visit(tree.node_right[ref], anc + [(ref, 0)])
 
     visit(tree.root, [])
     return n_fb
@@ -306,15 +322,16 @@ def compile_forest(forest: ParsedForest, max_bits: int = 8, max_unique: int = 10
     n_skipped = 0
     max_conds = 1
     for tree in forest.trees:
-        paths, ratio = _leaves_of(tree)
-        infos = {li: _leaf_info(tree, li, p) for li, p in paths.items()} if tree.root >= 0 else {}
+        lt = _Lists(tree)
+        paths, ratio = _leaves_of(lt)
+        infos = {li: _leaf_info(lt, li, p) for li, p in paths.items()} if tree.root >= 0 else {}
         n_skipped += sum(1 for v in infos.values() if v is None)
         if tree.root < 0:
             expected += float(tree.leaf_value[0])
         else:
             # sum_l v_l * prod(cover ratios): the expectation TreeSHAP's zero fractions imply (additivity).
-            expected += float(sum(tree.leaf_value[li] * ratio[li] for li in sorted(ratio)))
-            n_fb += _group_tree(tree, infos, bld, max_bits, max_unique)
+            expected += float(sum(lt.leaf_value[li] * ratio[li] for li in sorted(ratio)))
+            n_fb += _group_tree(lt, infos, bld, max_bits, max_unique)
         tree_group_start.append(len(bld.group_nbits))
         tree_fb_start.append(len(bld.fb_value))
         cond_feat += tree.cond_feat.tolist()

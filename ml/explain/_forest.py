@@ -132,14 +132,18 @@ def parse_lightgbm(booster: Any) -> ParsedForest:
     """
     dump = booster.dump_model()
     if dump.get("num_tree_per_iteration", 1) != 1 or dump.get("num_class", 1) != 1:
-        raise ModelError("LightGBM model has more than one tree per iteration (multiclass); only one output is supported")
+        raise ModelError(
+            "LightGBM model has more than one tree per iteration (multiclass); only one output is supported"
+        )
     infos = dump["tree_info"]
     # boosting_type="rf" (average_output): the dumped leaf values already carry the 1/n_trees factor
     # (checked: raw_score == sum of dumped leaf values), so no scaling here.
     trees = []
     for info in infos:
         if info.get("num_cat", 0):
-            raise ModelError(f"LightGBM tree {info.get('tree_index')} has categorical splits; encode categoricals numerically")
+            raise ModelError(
+                f"LightGBM tree {info.get('tree_index')} has categorical splits; encode categoricals numerically"
+            )
         b = _TreeBuilder()
         root = info["tree_structure"]
         # Iterative walk: (dump node, parent node id, is_left) - LightGBM leaf-wise trees can be deep.
@@ -337,7 +341,8 @@ def parse_catboost(model: Any) -> ParsedForest:
 
         grow(d - 1, 0)
         trees.append(b.build(float(scale)))
-    names = [f.get("feature_id") or f"f{f['flat_feature_index']}" for f in sorted(floats, key=lambda f: f["flat_feature_index"])]
+    ordered = sorted(floats, key=lambda f: f["flat_feature_index"])
+    names = [f.get("feature_id") or f"f{f['flat_feature_index']}" for f in ordered]
     return ParsedForest(
         library="catboost",
         trees=trees,
@@ -366,7 +371,9 @@ def parse_model(model: Any) -> ParsedForest:
         return parse_xgboost(model)
     if mod == "catboost":
         return parse_catboost(model)
-    raise ModelError(f"cannot explain a {type(model).__module__}.{type(model).__name__}: not a LightGBM, XGBoost or CatBoost model")
+    raise ModelError(
+        f"cannot explain a {type(model).__module__}.{type(model).__name__}: not a LightGBM, XGBoost or CatBoost model"
+    )
 
 
 def _xgb_has_best(model: Any) -> bool:

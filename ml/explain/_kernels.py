@@ -8,7 +8,8 @@ Notation: a leaf's path has ``u`` unique features with zero fractions ``z_j`` (p
 on feature j along the path) and one-bits ``o_j`` (1 iff the row satisfies every split on j along the path). The
 path-dependent TreeSHAP contribution of that leaf (value ``v``) to feature ``i`` is
 
-    phi_i = v * sum_{S subset of U\\{i}} |S|!(u-|S|-1)!/u! * (o_i - z_i) * prod_{j in S} o_j * prod_{j not in S, j != i} z_j
+    phi_i = v * sum_{S subset of U\\{i}} |S|!(u-|S|-1)!/u! * (o_i - z_i)
+                * prod_{j in S} o_j * prod_{j not in S, j != i} z_j
 
 Because ``o`` is binary this depends on the set ``O`` of satisfied features only. Writing ``Zbar(O) = prod_{j not in
 O} z_j`` and ``G(A) = sum_s w(s) [t^s] prod_{j in A} (z_j + t)`` with ``w(s) = s!(u-1-s)!/u!``:

@@ -2,45 +2,26 @@
 -- only one bucket's, so a product's features do not depend on how users are bucketed): popularity, conversion,
 -- price against the category median, and numeric encodings of the product's category and brand.
 -- Rates are smoothed toward the global view->purchase rate with a prior worth 20 views. A missing brand is its own
--- level ('' = unbranded). A product's price is the one of its latest event before :as_of; its category and brand
--- are fixed per product in REES46 (if they ever differ, the greatest value is taken, deterministically).
+-- level ('' = unbranded). A product's price is the one of its latest event before :as_of (cent precision); its
+-- category and brand are fixed per product in REES46 (should they differ, the greatest is taken, deterministically).
 with
-item_events as (
-    select e.product_id, e.user_id, e.event_type, e.event_time, e.price, e.category_id, coalesce(e.brand, '') as brand
+item_products as (
+    select
+        e.product_id,
+        count(distinct e.user_id) filter (where e.event_type = 'view') as viewers,  -- per-product sorts: cheap
+        count(*) filter (where e.event_type = 'view') as views,
+        count(*) filter (where e.event_type = 'cart') as carts,
+        count(*) filter (where e.event_type = 'purchase') as purchases,
+        count(*) as events,
+        -- latest (time, price) packed in one bigint (see pair_features.sql): a by-value max, no array per row
+        (max(floor(date_part('epoch', e.event_time - cast(:since as timestamptz)))::bigint * 68719476736
+             + least(round(e.price * 100), 68719476735)::bigint) % 68719476736)::float8 / 100 as price,
+        max(e.category_id) as category_id,
+        max(coalesce(e.brand, '') collate "C") as brand
     from raw.events as e
     where e.event_time >= :since
       and e.event_time < :as_of
-),
-
--- one row per (product, user): distinct viewers become a plain count at the next step
-item_product_users as (
-    select
-        product_id,
-        user_id,
-        count(*) as events,
-        count(*) filter (where event_type = 'view') as views,
-        count(*) filter (where event_type = 'cart') as carts,
-        count(*) filter (where event_type = 'purchase') as purchases,
-        max(array[date_part('epoch', event_time), price]) as latest,  -- [epoch seconds, price] of the latest event
-        max(category_id) as category_id,
-        max(brand) as brand
-    from item_events
-    group by product_id, user_id
-),
-
-item_products as (
-    select
-        product_id,
-        count(*) filter (where views > 0) as viewers,
-        sum(views) as views,
-        sum(carts) as carts,
-        sum(purchases) as purchases,
-        sum(events) as events,
-        (max(latest))[2] as price,
-        max(category_id) as category_id,
-        max(brand) as brand
-    from item_product_users
-    group by product_id
+    group by e.product_id
 ),
 
 item_totals as (
@@ -69,13 +50,15 @@ item_brands as (
 
 select
     p.product_id,
+    p.category_id,
+    p.brand,
     -- product
     p.viewers::float8 as product_viewers,
     p.views::float8 as product_views,
     p.carts::float8 as product_carts,
     p.purchases::float8 as product_purchases,
     (p.purchases + 20 * t.purchase_rate) / (p.views + 20) as product_view_to_purchase,
-    p.price as product_price,
+    p.price::float8 as product_price,
     p.price / nullif(c.median_price, 0) as product_price_vs_category_median,
     -- brand and category encodings (frequency and smoothed purchase rate)
     b.events / t.events as brand_popularity,

@@ -9,6 +9,12 @@
 --   with_labels boolean;  negative_rate float8 in (0, 1];  sample_salt bigint (seeds the negative subsample)
 -- Double-brace placeholders below are replaced by the static text of the SQL file of that name (ml.features.render_sql),
 -- so "active", "label" and the item statistics each have one definition.
+--
+-- Shape (see docs/features.md, "Where the time goes"): the bucket filter and the active-user semi-join sit in the
+-- scan of raw.events, before any aggregation; each aggregate reads its own scan (cheaper than materialising the
+-- events); aggregate states are by-value (counts, timestamps, one packed bigint) so hash tables stay small.
+-- Price at a view is carried as a packed key: (whole seconds since :since) * 2^36 + price in cents, so min/max of
+-- one bigint gives the first/last view's price (ties within a second: lowest/highest price).
 with
 active_pairs as (
     {{ active_pairs }}
@@ -19,7 +25,7 @@ active_users as (
 ),
 
 -- stg: every lookback event of the bucket's active users ----------------------------------------------------------
-stg_events as (
+stg_events as not materialized (
     select
         e.user_id,
         e.product_id,
@@ -28,7 +34,7 @@ stg_events as (
         e.price,
         e.user_session,
         e.category_id,
-        coalesce(e.brand, '') as brand
+        e.brand
     from raw.events as e
     where e.event_time >= :since
       and e.event_time < :as_of
@@ -37,125 +43,74 @@ stg_events as (
       and e.user_id in (select user_id from active_users)
 ),
 
--- one row per (user, product, session, UTC day): the finest grain; everything below rolls up from it
-stg_pair_session_days as (
-    select
-        user_id,
-        product_id,
-        user_session,
-        (event_time at time zone 'UTC')::date as day,
-        count(*) as events,
-        count(*) filter (where event_type = 'view') as views,
-        count(*) filter (where event_type = 'cart') as carts,
-        count(*) filter (where event_type = 'remove_from_cart') as removes,
-        count(*) filter (where event_type = 'purchase') as purchases,
-        count(*) filter (where event_type = 'view' and event_time >= :since_24h) as views_24h,
-        count(*) filter (where event_type = 'view' and event_time >= :since_7d) as views_7d,
-        count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18) as evening_events,
-        min(event_time) as first_at,
-        max(event_time) as last_at,
-        max(event_time) filter (where event_type = 'cart') as last_cart_at,
-        max(event_time) filter (where event_type = 'purchase') as last_purchase_at,
-        -- [epoch seconds, price] of the first and last view: min/max of arrays compare the time first
-        min(array[date_part('epoch', event_time), price]) filter (where event_type = 'view') as first_view,
-        max(array[date_part('epoch', event_time), price]) filter (where event_type = 'view') as last_view,
-        max(category_id) as category_id,
-        max(brand) as brand
-    from stg_events
-    group by user_id, product_id, user_session, day
-),
-
--- one row per (user, product, session)
-stg_pair_sessions as (
-    select
-        user_id,
-        product_id,
-        user_session,
-        sum(events) as events,
-        sum(views) as views,
-        sum(carts) as carts,
-        sum(removes) as removes,
-        sum(purchases) as purchases,
-        sum(views_24h) as views_24h,
-        sum(views_7d) as views_7d,
-        sum(evening_events) as evening_events,
-        sum(events) filter (where extract(isodow from day) >= 6) as weekend_events,
-        min(first_at) as first_at,
-        max(last_at) as last_at,
-        max(last_cart_at) as last_cart_at,
-        max(last_purchase_at) as last_purchase_at,
-        min(first_view) as first_view,
-        max(last_view) as last_view,
-        max(category_id) as category_id,
-        max(brand) as brand
-    from stg_pair_session_days
-    group by user_id, product_id, user_session
-),
-
--- one row per (user, product) of the active users, active or not (the user features need them all)
-stg_pairs as (
-    select
-        user_id,
-        product_id,
-        sum(events) as events,
-        sum(views) as views,
-        sum(carts) as carts,
-        sum(removes) as removes,
-        sum(purchases) as purchases,
-        count(user_session) as sessions,  -- one row per session here; a missing session id is not a session
-        sum(views_24h) as views_24h,
-        sum(views_7d) as views_7d,
-        sum(evening_events) as evening_events,
-        coalesce(sum(weekend_events), 0) as weekend_events,
-        max(last_at) as last_at,
-        max(last_cart_at) as last_cart_at,
-        max(last_purchase_at) as last_purchase_at,
-        min(first_view) as first_view,
-        max(last_view) as last_view,
-        max(category_id) as category_id,
-        max(brand) as brand
-    from stg_pair_sessions
-    group by user_id, product_id
-),
-
 -- user level ----------------------------------------------------------------------------------------------------
+-- one pass sorted by user: each distinct count is a per-user sort of a few hundred values
+feat_users as (
+    select
+        user_id,
+        count(*) as events,
+        count(distinct product_id) as products,
+        count(distinct category_id) as categories,
+        count(distinct brand) as brands,  -- a missing brand is not a brand
+        count(*) filter (where event_type = 'cart') as carts,
+        count(*) filter (where event_type = 'purchase') as purchases,
+        count(distinct product_id) filter (where event_type = 'cart') as carted_products,
+        -- |carted and purchased| = |carted| + |purchased| - |carted or purchased|
+        count(distinct product_id) filter (where event_type = 'cart')
+            + count(distinct product_id) filter (where event_type = 'purchase')
+            - count(distinct product_id) filter (where event_type in ('cart', 'purchase')) as carted_purchased_products,
+        count(distinct (event_time at time zone 'UTC')::date) as days_active,
+        count(*) filter (where date_part('isodow', event_time at time zone 'UTC') >= 6) as weekend_events,
+        count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18) as evening_events,
+        max(event_time) as last_at
+    from stg_events
+    group by user_id
+),
+
+-- sessions: one row per (user, session id); events without a session id belong to no session
 feat_user_sessions as (
     select
         user_id,
         count(*) as sessions,
-        avg(date_part('epoch', last_at - first_at) / 60.0) as mean_session_minutes,
+        avg(date_part('epoch', last_at - first_at) / 60) as mean_session_minutes,
         avg(events) as events_per_session
     from (
-        select user_id, user_session, min(first_at) as first_at, max(last_at) as last_at, sum(events) as events
-        from stg_pair_sessions
+        select user_id, user_session, min(event_time) as first_at, max(event_time) as last_at, count(*) as events
+        from stg_events
         where user_session is not null
         group by user_id, user_session
     ) as sessions
     group by user_id
 ),
 
-feat_user_days as (
-    select user_id, count(*) as days_active
-    from (select distinct user_id, day from stg_pair_session_days) as user_days
-    group by user_id
-),
-
-feat_users as (
+-- pair level: the active pairs' own events only ---------------------------------------------------------------
+feat_pair_events as (
     select
         user_id,
-        sum(events) as events,
-        count(*) as products,
-        count(distinct category_id) as categories,
-        count(distinct brand) filter (where brand <> '') as brands,
-        sum(carts) as carts,
-        sum(purchases) as purchases,
-        count(*) filter (where carts > 0) as carted_products,
-        count(*) filter (where carts > 0 and purchases > 0) as carted_purchased_products,
-        sum(weekend_events) as weekend_events,
-        sum(evening_events) as evening_events,
-        max(last_at) as last_at
-    from stg_pairs
-    group by user_id
+        product_id,
+        count(*) filter (where event_type = 'view') as views,
+        count(*) filter (where event_type = 'cart') as carts,
+        count(*) filter (where event_type = 'remove_from_cart') as removes,
+        count(*) filter (where event_type = 'purchase') as purchases,
+        count(distinct user_session) as sessions,
+        count(*) filter (where event_type = 'view' and event_time >= :since_24h) as views_24h,
+        count(*) filter (where event_type = 'view' and event_time >= :since_7d) as views_7d,
+        min(event_time) filter (where event_type = 'view') as first_view_at,
+        max(event_time) filter (where event_type = 'view') as last_view_at,
+        max(event_time) filter (where event_type = 'cart') as last_cart_at,
+        max(event_time) filter (where event_type = 'purchase') as last_purchase_at,
+        max(event_time) as last_at,
+        min(price_key) filter (where event_type = 'view') % 68719476736 / 100.0 as first_view_price,
+        max(price_key) filter (where event_type = 'view') % 68719476736 / 100.0 as last_view_price
+    from (
+        select
+            s.*,
+            floor(date_part('epoch', s.event_time - cast(:since as timestamptz)))::bigint * 68719476736
+                + least(round(s.price * 100), 68719476735)::bigint as price_key
+        from stg_events as s
+        where (s.user_id, s.product_id) in (select user_id, product_id from active_pairs)
+    ) as pair_events
+    group by user_id, product_id
 ),
 
 -- product, category and brand level (every user's events) -------------------------------------------------------
@@ -182,12 +137,12 @@ feat_pairs as (
         p.removes::float8 as pair_removes,
         p.purchases::float8 as pair_purchases,
         p.sessions::float8 as pair_sessions,
-        (t.as_of_epoch - p.first_view[1]) / 3600.0 as pair_hours_since_first_view,
-        (t.as_of_epoch - p.last_view[1]) / 3600.0 as pair_hours_since_last_view,
-        (t.as_of_epoch - date_part('epoch', p.last_cart_at)) / 3600.0 as pair_hours_since_last_cart,
+        date_part('epoch', t.as_of - p.first_view_at) / 3600 as pair_hours_since_first_view,
+        date_part('epoch', t.as_of - p.last_view_at) / 3600 as pair_hours_since_last_view,
+        date_part('epoch', t.as_of - p.last_cart_at) / 3600 as pair_hours_since_last_cart,
         p.views_24h::float8 as pair_views_24h,
         p.views_7d::float8 as pair_views_7d,
-        (p.last_view[2] - p.first_view[2]) / nullif(p.first_view[2], 0) as pair_price_change,
+        ((p.last_view_price - p.first_view_price) / nullif(p.first_view_price, 0))::float8 as pair_price_change,
         (p.last_cart_at is not null and (p.last_purchase_at is null or p.last_purchase_at < p.last_cart_at))::int::float8
             as pair_cart_without_purchase,
         -- user --------------------------------------------------------------------------------------------------
@@ -201,10 +156,10 @@ feat_pairs as (
         u.carts::float8 as user_carts,
         u.purchases::float8 as user_purchases,
         u.carted_purchased_products::float8 / nullif(u.carted_products, 0) as user_cart_to_purchase,
-        d.days_active::float8 as user_days_active,
+        u.days_active::float8 as user_days_active,
         u.weekend_events::float8 / u.events as user_weekend_share,
         u.evening_events::float8 / u.events as user_evening_share,
-        (t.as_of_epoch - date_part('epoch', u.last_at)) / 3600.0 as user_hours_since_last_event,
+        date_part('epoch', t.as_of - u.last_at) / 3600 as user_hours_since_last_event,
         -- product, brand, category ------------------------------------------------------------------------------
         i.product_viewers,
         i.product_views,
@@ -223,14 +178,12 @@ feat_pairs as (
         (date_part('isodow', p.last_at at time zone 'UTC') >= 6)::int::float8 as last_is_weekend,
         -- label (training only) ---------------------------------------------------------------------------------
         case when cast(:with_labels as boolean) then (l.user_id is not null)::int end as label
-    from active_pairs as a
-    join stg_pairs as p on p.user_id = a.user_id and p.product_id = a.product_id
-    join feat_users as u on u.user_id = a.user_id
-    join feat_user_days as d on d.user_id = a.user_id
-    left join feat_user_sessions as s on s.user_id = a.user_id
-    join feat_items as i on i.product_id = a.product_id
-    left join labels as l on l.user_id = a.user_id and l.product_id = a.product_id
-    cross join (select date_part('epoch', cast(:as_of as timestamptz)) as as_of_epoch) as t
+    from feat_pair_events as p
+    join feat_users as u on u.user_id = p.user_id
+    left join feat_user_sessions as s on s.user_id = p.user_id
+    join feat_items as i on i.product_id = p.product_id
+    left join labels as l on l.user_id = p.user_id and l.product_id = p.product_id
+    cross join (select cast(:as_of as timestamptz) as as_of) as t
 )
 
 select

@@ -21,6 +21,7 @@ def _head(src: Path, dst: Path, rows: int) -> Path:
 @pytest.fixture
 def landing(airflow_conns, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PROPENSITY_ROW_COUNT_MIN_HISTORY", "1000")  # the session DB's history is other tests'
+    monkeypatch.setenv("PROPENSITY_DATA_DOCS_ENABLED", "false")  # covered by tests/integration/test_ingest.py
     path = Path(airflow_conns.location("landing"))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -43,13 +44,15 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
     good = _head(rees46_sample, landing / "events_2019-10-01_a.csv", 3000)
     corrupt_file(good, landing / "events_2019-10-01_bad.csv", "unknown_event_type", seed=3)
     run = dag.test()
-    for ti in run.get_task_instances():
-        print("TI", ti.task_id, ti.map_index, ti.state, ti.start_date, ti.end_date)
     states = _states(run)
     assert run.state == "failed", states
     assert sorted(states["validate_and_load"]) == ["failed", "success"]
     assert states["emit_events"] == ["success"]
     assert states["summarize"] == ["failed"]
+    events = _asset_events(run.run_id)
+    assert [(e["source_task_id"], e["extra"]["rows"], e["extra"]["files"]) for e in events] == [
+        ("emit_events", 3000, ["events_2019-10-01_a.csv"])
+    ]
 
     with engine.connect() as c:
         files = c.execute(
@@ -78,4 +81,14 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
     states2 = _states(run2)
     assert run2.state == "success", states2
     assert states2["emit_events"] == ["skipped"]
+    assert _asset_events(run2.run_id) == []
+
+
+def _asset_events(run_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(AssetEvent).filter(AssetEvent.source_run_id == run_id).all()
+        return [{"source_task_id": e.source_task_id, "extra": dict(e.extra or {})} for e in rows]
 

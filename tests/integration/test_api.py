@@ -4,6 +4,8 @@ validation, rate limits, health, metrics, rollback visibility, and a schemathesi
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import threading
 import time
 
 import jwt
@@ -15,7 +17,7 @@ from hypothesis import settings as hypothesis_settings
 
 from ml.api import create_app
 from ml.api_auth import new_api_key
-from ml.publish import publish_version, read_hot_items, rollback_version
+from ml.publish import KeySpace, publish_version, read_hot_items, rollback_version
 from tests.integration.test_publish import as_items, expected_hot, fresh_day, insert_scores, make_rows
 
 pytestmark = pytest.mark.integration
@@ -199,6 +201,46 @@ def test_rollback_is_visible_to_the_api(engine, client, published, redis_client)
     ]
 
 
+def test_every_response_comes_from_one_version_while_the_pointer_flips(engine, client, published, redis_client) -> None:
+    s, rows1, first = published
+    day2 = fresh_day(dt.date(2032, 1, 1))
+    rows2 = make_rows(USERS, per_user=6, seed=9, product_base=8000)  # disjoint products: a mix would show
+    insert_scores(s.postgres_url, day2, rows2, model_version="m-api-3")
+    second = publish_version(engine, redis_client, s, day2)
+    want = {first.version: expected_hot(rows1, 20, 0.05), second.version: expected_hot(rows2, 20, 0.05)}
+    stop = threading.Event()
+    flips = [0]
+
+    def flipper() -> None:  # the pointer SET that publish and rollback end with, as fast as Redis allows
+        targets = itertools.cycle([first.version, second.version])
+        while not stop.is_set():
+            redis_client.set(KeySpace(s.redis_prefix).current(), next(targets))
+            flips[0] += 1
+
+    thread = threading.Thread(target=flipper)
+    thread.start()
+    seen = set()
+    try:
+        for i in range(300):
+            user = USERS[i % len(USERS)]
+            body = client.get(f"/v1/users/{user}/recommendations", headers=AUTH).json()
+            assert item_tuples(body["items"]) == as_items(want[body["version"]][user])
+            pair = body["items"][0]["product_id"]
+            one = client.get(f"/v1/users/{user}/products/{pair}", headers=AUTH)
+            if one.status_code == 200:  # the pointer may have moved to the other version in between
+                got = one.json()
+                assert (got["product_id"], got["probability"]) in {
+                    (r[1], r[2]) for r in want[got["version"]][user]
+                }
+            else:
+                assert one.status_code == 404 and "not among" in one.json()["detail"]
+            seen.add(body["version"])
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == {first.version, second.version} and flips[0] > 10
+
+
 def test_openapi_is_served(client) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/v1/users/{user_id}/recommendations", "/v1/users/{user_id}/products/{product_id}", "/healthz",
@@ -230,7 +272,7 @@ def test_fuzzed_requests_never_get_a_5xx(published, mode) -> None:
 def test_an_unexpected_error_is_a_json_500_without_trace(published, monkeypatch) -> None:
     import ml.api
 
-    async def broken(self, version, user_id, limit):  # noqa: ANN001, ANN202 - an injected bug
+    async def broken(self, user_id, limit):  # noqa: ANN001, ANN202 - an injected bug
         raise RuntimeError("secret internals /etc/passwd")
 
     monkeypatch.setattr(ml.api.ScoreReader, "recommendations", broken)

@@ -253,8 +253,8 @@ def test_past_events_do_change_features(feat_engine, feat_url, fs, generated) ->
     """The point-in-time test above can fail: an event one second before as_of is a feature."""
     as_of = generated["as_of"] + dt.timedelta(days=1)  # a private as_of (features only read before it)
     before = F.build_pair_features(feat_engine, as_of, fs).set_index(["user_id", "product_id"])
-    user, product = before.index[0]
     meta = generated["frame"].drop_duplicates("product_id").set_index("product_id")
+    user, product = next(pair for pair in before.index if pair[1] in meta.index)
     brand = meta.loc[product, "brand"]
     insert_events(
         feat_url,

@@ -43,8 +43,9 @@ EXPECTED_RULES: dict[str, set[str] | None] = {
 
 @pytest.fixture
 def cfg(settings):
-    """Test settings; the trailing-average check is off (the session database holds other tests' files)."""
-    return settings.model_copy(update={"row_count_min_history": 10**6})
+    """Test settings; the trailing-average check is off (the session database holds other tests' files) and so are
+    Data Docs except where a test turns them on (they cost about a second per file on this machine)."""
+    return settings.model_copy(update={"row_count_min_history": 10**6, "data_docs_enabled": False})
 
 
 def _landing(cfg) -> Path:
@@ -68,6 +69,7 @@ def _file_rows(engine, file_id: int) -> int:
 
 
 def test_real_sample_loads_exactly_and_rerun_is_a_noop(cfg, engine, rees46_sample: Path) -> None:
+    cfg = cfg.model_copy(update={"data_docs_enabled": True})
     landing = _landing(cfg)
     shutil.copy(rees46_sample, landing / rees46_sample.name)
     assert discover_files(cfg) == [str(landing / rees46_sample.name)]
@@ -122,6 +124,7 @@ def test_real_sample_loads_exactly_and_rerun_is_a_noop(cfg, engine, rees46_sampl
 
 def test_bad_files_quarantined_good_files_still_load(cfg, engine, rees46_sample: Path, tmp_path: Path) -> None:
     from ml.generate import CORRUPTION_KINDS, SQL_INJECTION_TEXT, corrupt_file
+
 
     assert set(CORRUPTION_KINDS) == set(EXPECTED_RULES)
     landing = _landing(cfg)
@@ -216,49 +219,88 @@ def test_quarantine_keeps_original_bytes_and_requeue_revalidates(cfg, engine, re
     assert still_bad.status == "quarantined"
 
 
-def test_crash_between_validation_and_commit_leaves_nothing(cfg, engine, rees46_sample: Path, tmp_path) -> None:
-    """A real crash (the process exits) after every row was sent by COPY but before the commit."""
+def _counts(engine) -> tuple[int, int]:
+    with engine.connect() as c:
+        return (
+            c.execute(sa.text("select count(*) from raw.events")).scalar_one(),
+            c.execute(sa.text("select count(*) from raw.ingested_files")).scalar_one(),
+        )
+
+
+def test_crash_between_validation_and_commit_leaves_nothing(
+    cfg, engine, rees46_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load fails after validation, half-way through the COPY: no rows, no file record, the file stays in landing
+    (validation is recorded), and the next run loads it exactly once."""
+    import ml.ingest as ingest
+
     landing = _landing(cfg)
     path = _variant(rees46_sample, landing / "crash.csv", 2000, f"c{uuid.uuid4().hex[:8]}")
+    before = _counts(engine)
+    real = ingest.encode_events_binary
+
+    def failing(table, file_id, chunk_rows=ingest.COPY_CHUNK_ROWS):
+        for i, chunk in enumerate(real(table, file_id, chunk_rows=500)):
+            if i == 3:  # header + two chunks of rows already sent
+                raise RuntimeError("injected crash")
+            yield chunk
+
+    monkeypatch.setattr(ingest, "encode_events_binary", failing)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        ingest_file(path, cfg, engine)
+    assert _counts(engine) == before
     with engine.connect() as c:
-        before = c.execute(sa.text("select count(*) from raw.events")).scalar_one()
-        files_before = c.execute(sa.text("select count(*) from raw.ingested_files")).scalar_one()
+        validated = c.execute(
+            sa.text("select count(*) from quality.validation_runs where file_name = 'crash.csv' and success")
+        ).scalar_one()
+    assert validated == 1 and path.exists()
+
+    monkeypatch.setattr(ingest, "encode_events_binary", real)
+    result = ingest_file(path, cfg, engine)
+    assert result.status == "loaded" and result.rows_loaded == 2000
+    assert _file_rows(engine, result.file_id) == 2000
+    assert _counts(engine) == (before[0] + 2000, before[1] + 1)
+    assert not path.exists()
+
+
+def test_killed_process_mid_copy_leaves_nothing(cfg, engine, rees46_sample: Path, tmp_path: Path) -> None:
+    """A real crash: the loading process exits after every row went over the wire, before COMMIT."""
+    from ml.ingest import ensure_partitions, event_days
+    from ml.validate import read_events
+
+    path = _variant(rees46_sample, tmp_path / "killed.csv", 1500, f"k{uuid.uuid4().hex[:8]}")
+    ensure_partitions(engine, event_days(read_events(path.read_bytes(), "csv", cfg).table))
+    before = _counts(engine)
     script = textwrap.dedent(
         f"""
-        import os, sys
+        import os
+        from pathlib import Path
         import ml.ingest as ingest
         from ml.db import make_engine
         from ml.settings import Settings
+        from ml.validate import read_events
 
         real = ingest.encode_events_binary
 
         def crashing(table, file_id, chunk_rows=ingest.COPY_CHUNK_ROWS):
             yield from real(table, file_id, chunk_rows=500)  # every row is on the wire ...
-            sys.stdout.flush()
             os._exit(3)                                      # ... and the process dies before COMMIT
 
         ingest.encode_events_binary = crashing
-        s = Settings.model_validate_json({cfg.model_dump_json()!r})
-        ingest.ingest_file({str(path)!r}, s, make_engine(s.postgres_url))
+        s = Settings()
+        parsed = read_events(Path({str(path)!r}).read_bytes(), "csv", s)
+        table = parsed.table.select([*ingest.COPY_COLUMNS[:5], "event_type", "category_code", "brand",
+                                     "user_session", "line_no"])
+        record = dict(file_name="killed.csv", file_uri="killed.csv", checksum_sha256={uuid.uuid4().hex!r},
+                      file_format="csv", row_count=table.num_rows, min_event_time=None, max_event_time=None,
+                      validation_id=None)
+        ingest.load_events_table(make_engine({cfg.postgres_url!r}), table, file_record=record)
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr[-3000:]
-    with engine.connect() as c:
-        assert c.execute(sa.text("select count(*) from raw.events")).scalar_one() == before
-        assert c.execute(sa.text("select count(*) from raw.ingested_files")).scalar_one() == files_before
-        validated = c.execute(
-            sa.text("select count(*) from quality.validation_runs where file_name = 'crash.csv' and success")
-        ).scalar_one()
-    assert validated == 1  # the validation itself was recorded
-    assert path.exists()  # still in landing: the next run retries it
-
-    result = ingest_file(path, cfg, engine)
-    assert result.status == "loaded" and result.rows_loaded == 2000
-    assert _file_rows(engine, result.file_id) == 2000
-    with engine.connect() as c:
-        assert c.execute(sa.text("select count(*) from raw.events")).scalar_one() == before + 2000
+    assert _counts(engine) == before
 
 
 def test_parquet_and_gzip_files_load(cfg, engine, tmp_path: Path) -> None:

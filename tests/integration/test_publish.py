@@ -377,3 +377,21 @@ def test_publish_lock_refuses_a_concurrent_publisher(engine, settings, redis_cli
         held.release()
     assert current_version(redis_client, settings) is None
 
+
+
+def test_a_wiped_redis_never_reuses_a_recorded_version_id(engine, settings, redis_client) -> None:
+    day = fresh_day()
+    rows = make_rows(range(1, 11), 3, seed=9)
+    insert_scores(settings.postgres_url, day, rows)
+    first = publish_version(engine, redis_client, settings, day)
+    for key in redis_client.scan_iter(match=f"{settings.redis_prefix}:*"):  # Redis lost everything
+        redis_client.delete(key)
+    second = publish_version(engine, redis_client, settings, day)
+    assert second.version == first.version + 1 and second.previous_version is None
+    assert got_items(read_hot_items(redis_client, settings, 4)[1]) == as_items(expected_hot(rows, 20)[4])
+    with engine.connect() as c:
+        versions = c.execute(
+            sa.text("select version, status from scoring.publications where redis_prefix = :p order by version"),
+            {"p": settings.redis_prefix},
+        ).all()
+    assert [tuple(v) for v in versions] == [(first.version, "published"), (second.version, "published")]

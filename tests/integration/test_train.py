@@ -85,13 +85,25 @@ def chance_auc_bound(n_pos: int, n_neg: int, z: float = 4.0) -> float:
     return 0.5 + z * math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
 
 
+_GENERATED_DB = pytest.StashKey[str]()
+
+
+def generated_database(request: pytest.FixtureRequest, server_pg_url: str) -> str:
+    """One database of generated events per test session, shared by this module and the DAG test (creating and
+    loading it is a fixed cost); dropped when the session ends. Users must not assume an empty registry."""
+    url = request.config.stash.get(_GENERATED_DB, None)
+    if url is None:
+        url = create_database(server_pg_url, "train")
+        load_generated_events(url)
+        request.config.stash[_GENERATED_DB] = url
+        request.config.add_cleanup(lambda: drop_database(server_pg_url, url))
+    return url
+
+
 # --- fixtures ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gen_url(server_pg_url: str) -> Iterator[str]:
-    url = create_database(server_pg_url, "train")
-    load_generated_events(url)
-    yield url
-    drop_database(server_pg_url, url)
+def gen_url(request: pytest.FixtureRequest, server_pg_url: str) -> str:
+    return generated_database(request, server_pg_url)
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +123,25 @@ def gen_settings(gen_url: str, tmp_path_factory: pytest.TempPathFactory) -> Sett
 
 @pytest.fixture(scope="module")
 def trained(gen_engine: sa.Engine, gen_settings: Settings) -> dict:
-    """The weekly job once, with a tiny budget (1 trial per member), plus its data split for later checks."""
-    from ml.train import prepare_training_data, run_training, split_training_data
+    """The weekly job once, with a tiny budget (1 trial per member), plus its data split for later checks.
 
-    data = prepare_training_data(gen_engine, gen_settings)
+    The snapshots are the features' SQL frames (``build_snapshot_frame``) without the Great Expectations checks and
+    Parquet copies of ``build_training_snapshots``, which the DAG test (tests/dags/test_train_dag.py) runs in full."""
+    import datetime as _dt
+
+    from ml import features as F
+    from ml.train import TrainingData, run_training, split_training_data
+
+    dates = F.snapshot_dates(gen_engine, gen_settings)
+    frame = pd.concat([F.build_snapshot_frame(gen_engine, d, gen_settings) for d in dates], ignore_index=True)
+    data = TrainingData(frame, list(F.FEATURE_COLUMNS), F.frame_fingerprint(frame),
+                        label_horizon=_dt.timedelta(days=gen_settings.label_horizon_days))
+    from ml.registry import champion
+
+    before = champion(gen_engine)
     run = run_training(gen_engine, gen_settings, n_trials=1, timeout=60, data=data, dag_run_id="test-train")
-    return {"run": run, "data": data, "prepared": split_training_data(data, gen_settings)}
+    return {"run": run, "data": data, "prepared": split_training_data(data, gen_settings),
+            "champion_before": before.version if before else None}
 
 
 # --- tests ------------------------------------------------------------------------------------------------------------
@@ -137,8 +162,9 @@ def test_first_version_is_registered_with_everything(trained: dict, gen_engine: 
 
     run = trained["run"]
     row = registry.get_version(gen_engine, run.version)
-    assert row.status == "champion" == run.status  # no earlier champion in this database
-    assert registry.champion(gen_engine).version == run.version
+    assert row.status == run.status and row.dag_run_id == "test-train"
+    if trained["champion_before"] is None:
+        assert row.status == "champion" and registry.champion(gen_engine).version == run.version
     assert set(row.members) == {"catboost", "xgboost", "lightgbm", "random_forest"}
     assert sum(row.weights.values()) == pytest.approx(1.0) and min(row.weights.values()) >= 0
     assert set(row.calibration) == {"a", "b"} and row.threshold is not None
@@ -152,7 +178,8 @@ def test_first_version_is_registered_with_everything(trained: dict, gen_engine: 
     assert set(row.metrics["members"]) == set(row.members)
     assert all(row.params[m] for m in row.members)
     decisions = registry.gate_decisions(gen_engine, run.version)
-    assert decisions[0]["action"] == "promote" and decisions[0]["champion_version"] is None
+    assert decisions[0]["champion_version"] == trained["champion_before"]
+    assert decisions[0]["action"] == ("promote" if run.status == "champion" else "reject")
 
 
 def test_artifacts_round_trip_bit_identical(trained: dict, gen_engine: sa.Engine, gen_settings: Settings) -> None:
@@ -164,7 +191,7 @@ def test_artifacts_round_trip_bit_identical(trained: dict, gen_engine: sa.Engine
                                                                   "random_forest.txt"}
     X = prepared.data.frame.iloc[prepared.split.holdout]
     _, first = registry.load_version(gen_engine, gen_settings, run.version)
-    _, second = registry.load_version(gen_engine, gen_settings)  # the champion = this version
+    _, second = registry.load_version(gen_engine, gen_settings, run.version)  # a second, independent load
     p = first.predict_proba(X)
     np.testing.assert_array_equal(second.predict_proba(X), p)
     # the registry's metrics are reproduced from the loaded artifacts
@@ -261,6 +288,8 @@ def test_gate_refuses_a_worse_model_then_manual_promote_and_rollback(trained: di
     from ml.train import register_result, train_prepared
 
     champion = trained["run"].version
+    if registry.champion(gen_engine).version != champion:
+        registry.promote_version(gen_engine, champion, reason="test setup")
     prepared = trained["prepared"]
     rng = np.random.default_rng(0)
     shuffled = dataclasses.replace(prepared, y={**prepared.y, "train": rng.permutation(prepared.y["train"]),
@@ -286,5 +315,3 @@ def test_gate_refuses_a_worse_model_then_manual_promote_and_rollback(trained: di
     assert registry.get_version(gen_engine, reg.version).status == "rolled_back"
     d = registry.gate_decisions(gen_engine, champion)[0]
     assert d["action"] == "rollback" and d["manual"] and d["champion_version"] == reg.version
-    with pytest.raises(Exception, match="nothing to roll back to|no champion"):
-        registry.rollback_champion(gen_engine)

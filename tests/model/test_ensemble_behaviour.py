@@ -31,7 +31,7 @@ def with_one_more_recent_cart(frame: pd.DataFrame, hours_ago: float = 0.5) -> pd
     return out
 
 
-def _snapshots(n_per_week: int = 1500, weeks: int = 4, seed: int = 0) -> pd.DataFrame:
+def _snapshots(n_per_week: int = 1200, weeks: int = 4, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for w in range(weeks):

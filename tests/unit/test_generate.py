@@ -125,8 +125,9 @@ def test_values_needing_quotes_are_quoted_rfc4180(events: pd.DataFrame) -> None:
     assert list(csv.reader(io.StringIO(lines[1])))[0][5] == 'a,"b"'
 
 
-def test_csv_equals_pandas_to_csv(events: pd.DataFrame) -> None:
-    part = events.head(3000)
+@pytest.mark.parametrize("rows", [3000, None], ids=["slice", "whole"])  # categoricals expanded / quoted per category
+def test_csv_equals_pandas_to_csv(events: pd.DataFrame, rows: int | None) -> None:
+    part = events.head(rows) if rows else events
     ref = part.to_csv(index=False, date_format="%Y-%m-%d %H:%M:%S UTC", float_format="%.2f", lineterminator="\n")
     assert format_rees46_csv(part) == ref.encode()
 
@@ -233,6 +234,9 @@ def test_null_rates_match_the_real_sample(events: pd.DataFrame, rees46_sample: P
     for col, tol in (("category_code", 0.02), ("brand", 0.02)):
         assert abs(events[col].isna().mean() - (real[col] == "").mean()) < tol, col
     assert events["user_session"].isna().mean() < 0.001
+    # calibrated on the run's own event counts: on target, not just near it
+    assert events["category_code"].isna().mean() == pytest.approx(SMALL.null_category_code_rate, abs=0.003)
+    assert events["brand"].isna().mean() == pytest.approx(SMALL.null_brand_rate, abs=0.003)
 
 
 def test_weekend_and_evening_effects(events: pd.DataFrame) -> None:
@@ -449,3 +453,23 @@ def test_corruption_keeps_crlf_and_is_seeded(rees46_sample: Path, tmp_path: Path
     assert a == b != c
     assert a.count(b"\r\n") == rees46_sample.read_bytes().count(b"\r\n")
     assert len(a) - len(rees46_sample.read_bytes()) == 175  # ceil(1 % of 17,434) rows got a leading "-"
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+def test_cli_generate_writes_daily_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    res = CliRunner().invoke(app, ["generate", "--days", "3", "--users", "80", "--products", "100", "--seed", "4",
+                                   "--out", str(tmp_path), "--format", "both", "--drift-from", "2019-10-02"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"events_2019-10-0{d}.{ext}" for d in (1, 2, 3) for ext in ("csv", "parquet")]
+    out = [ln for ln in res.stdout.splitlines() if ln.startswith(str(tmp_path)) or ln.startswith("wrote")]
+    first = read_rees46_csv(tmp_path / "events_2019-10-01.csv")
+    assert out[0] == f"{tmp_path / 'events_2019-10-01.csv'}\t{len(first):,} rows"
+    n_rows = sum(len(read_rees46_csv(tmp_path / f"events_2019-10-0{d}.csv")) for d in (1, 2, 3))
+    assert len(out) == 7 and out[-1].startswith(f"wrote 6 file(s), {n_rows:,} events (")
+    bad = CliRunner().invoke(app, ["generate", "--format", "xml", "--out", str(tmp_path)])
+    assert bad.exit_code != 0

@@ -1,0 +1,331 @@
+"""Benchmark: the lookup API under a bounded loopback load, against a bare FastAPI route and raw Redis GETs.
+
+Starts a private Redis under ``--state-dir`` and publishes a synthetic version into it (no Postgres needed), then, for
+1 and 2 uvicorn workers, runs the same closed-loop load (``--connections`` keep-alive connections, ``--requests``
+requests or ``--seconds``, whichever ends first) against:
+
+- ``GET /v1/users/{id}/recommendations`` and ``GET /v1/users/{id}/products/{pid}`` of ``propensity api`` (auth and
+  rate limiting on, as deployed; the limit is set high enough not to trigger);
+- a bare FastAPI route with no Redis call, under the same uvicorn settings (the framework's ceiling);
+- raw Redis ``GET`` of a small key over the same socket the API uses (the store's ceiling).
+
+The load generator is a small asyncio (uvloop) client with pre-encoded requests, running on the same 2 cores as the
+servers: every figure includes that competition, which is why ratios matter more than absolute numbers. Servers bind
+127.0.0.1 only and are stopped at the end. Run: ``.venv/bin/python bench/bench_api.py`` (about two minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._report import md_table, write_section  # noqa: E402
+
+PREFIX = "benchapi"
+
+
+def create_bare_app():  # noqa: ANN201 - FastAPI; imported lazily by uvicorn --factory
+    """A FastAPI app with one route that touches nothing: the framework + server ceiling."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/bare/{user_id}")
+    async def bare(user_id: int) -> dict[str, int]:
+        return {"user_id": user_id}
+
+    return app
+
+
+# --- data ---------------------------------------------------------------------------------------------------------------
+def publish_synthetic(redis_url: str, users: int, per_user: int, seed: int = 3) -> list[tuple[int, int]]:
+    """Write one complete version (zset + hash per user, reasons, meta) and flip the pointer to it. Returns
+    (user_id, a hot product_id) per user."""
+    import redis
+
+    from ml.observe import Progress
+    from ml.publish import KeySpace, _Heartbeat, _write_version
+
+    class _NoLock:
+        def reacquire(self) -> None:
+            pass
+
+    rng = random.Random(seed)
+    rows, pairs = [], []
+    for u in range(users):
+        uid = 700_000_000 + u
+        pids = rng.sample(range(1_000_000, 3_000_000), per_user)
+        probs = sorted((rng.random() for _ in pids), reverse=True)
+        codes = ["REPEAT_VIEWS\x1fPRICE_DROP" if k % 3 == 0 else "" for k in range(per_user)]
+        texts = [f"viewed it {k + 1} times in the last 7 days\x1fprice dropped 5% since they first viewed it"
+                 if k % 3 == 0 else "" for k in range(per_user)]
+        rows.append((uid, pids, probs, ["hot"] * per_user, codes, texts))
+        pairs.append((uid, pids[0]))
+    client = redis.Redis.from_url(redis_url)
+    ks = KeySpace(PREFIX)
+    for key in client.scan_iter(match=f"{PREFIX}:*"):
+        client.delete(key)
+    with _Heartbeat(_NoLock(), 60) as hb:
+        _write_version(iter(rows), client, ks, 1, 20_000, hb, Progress("bench", every_s=1e9))
+    client.hset(ks.meta(1), mapping={"version": 1, "score_date": "2019-12-01", "model_version": "bench",
+                                     "published_at": "2019-12-02T00:00:00+00:00", "previous": ""})
+    client.zadd(ks.versions(), {1: 1})
+    client.set(ks.current(), 1)
+    client.set(f"{PREFIX}:raw", json.dumps({"user_id": 1, "probability": 0.5}))
+    client.close()
+    return pairs
+
+
+# --- load generator -----------------------------------------------------------------------------------------------------
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    errors: int
+    latencies: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        return statistics.quantiles(self.latencies, n=1000)[int(q * 1000) - 1] * 1000 if self.latencies else 0.0
+
+
+async def _open(target: tuple) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if target[0] == "unix":
+        return await asyncio.open_unix_connection(target[1])
+    return await asyncio.open_connection(target[1], target[2])
+
+
+async def _http_worker(target: tuple, requests: list[bytes], budget: list[int], deadline: float,
+                       lat: list[float], errors: list[int]) -> None:
+    reader, writer = await _open(target)
+    i = random.randrange(len(requests))
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            i = (i + 1) % len(requests)
+            t = time.perf_counter()
+            writer.write(requests[i])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            lat.append(time.perf_counter() - t)
+            if head[9:12] != b"200":
+                errors[0] += 1
+    finally:
+        writer.close()
+
+
+async def _redis_worker(target: tuple, command: bytes, budget: list[int], deadline: float,
+                        lat: list[float], errors: list[int]) -> None:
+    reader, writer = await _open(target)
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            t = time.perf_counter()
+            writer.write(command)
+            head = await reader.readuntil(b"\r\n")
+            if head[:1] == b"$" and head[1:3] != b"-1":
+                await reader.readexactly(int(head[1:-2]) + 2)
+            else:
+                errors[0] += 1
+            lat.append(time.perf_counter() - t)
+    finally:
+        writer.close()
+
+
+def run_load(kind: str, target: tuple, payloads: list[bytes], connections: int, n_requests: int,
+             seconds: float, warmup: int = 300) -> LoadResult:
+    """Closed-loop load: ``connections`` concurrent keep-alive connections, each sending the next request as soon as
+    the previous answer is read, until ``n_requests`` were sent or ``seconds`` passed."""
+    import uvloop
+
+    async def go(n: int, secs: float) -> LoadResult:
+        lat: list[float] = []
+        errors = [0]
+        budget = [n]
+        deadline = time.perf_counter() + secs
+        t = time.perf_counter()
+        if kind == "http":
+            tasks = [_http_worker(target, payloads, budget, deadline, lat, errors) for _ in range(connections)]
+        else:
+            tasks = [_redis_worker(target, payloads[0], budget, deadline, lat, errors) for _ in range(connections)]
+        await asyncio.gather(*tasks)
+        return LoadResult(len(lat), time.perf_counter() - t, errors[0], lat)
+
+    uvloop.run(go(warmup, 10.0))
+    return uvloop.run(go(n_requests, seconds))
+
+
+def http_requests(paths: list[str], headers: dict[str, str]) -> list[bytes]:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode() for p in paths]
+
+
+# --- servers ------------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], env: dict[str, str], port: int, ready_path: str) -> subprocess.Popen:
+    """Start a server in its own process group and wait until ``ready_path`` answers (30 s at most)."""
+    import httpx
+
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code < 500:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError(f"{cmd} did not become ready on port {port}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop the process group this script started (uvicorn's parent and its workers)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=20_000, help="users in the published version (default 20,000)")
+    ap.add_argument("--per-user", type=int, default=20, help="hot pairs per user (default 20)")
+    ap.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
+    ap.add_argument("--requests", type=int, default=20_000, help="requests per scenario (default 20,000)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time cap per scenario, seconds (default 20)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts (default 1 2)")
+    ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "bench-api", help="private Redis location")
+    ap.add_argument("--no-write", action="store_true", help="print the table, do not touch docs/BENCHMARKS.md")
+    args = ap.parse_args()
+
+    from ml.api_auth import new_api_key
+    from ml.services import redis_uri, start_redis, stop_redis
+
+    state = args.state_dir.absolute()
+    redis_was_up = redis_uri(state) is not None
+    redis_url = start_redis(state)
+    procs: list[subprocess.Popen] = []
+    rows: list[list[object]] = []
+    try:
+        pairs = publish_synthetic(redis_url, args.users, args.per_user)
+        rng = random.Random(5)
+        sample = [pairs[rng.randrange(len(pairs))] for _ in range(2_000)]
+        key, digest = new_api_key()
+        auth = {"Authorization": f"Bearer {key}"}
+        env = {**os.environ, "PROPENSITY_REDIS_URL": redis_url, "PROPENSITY_REDIS_PREFIX": PREFIX,
+               "PROPENSITY_API_KEY_HASHES": json.dumps([digest]), "PROPENSITY_API_RATE_LIMIT": "100000000/minute",
+               "PROPENSITY_STATE_DIR": str(state), "PROPENSITY_LOG_LEVEL": "WARNING"}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        py = sys.executable
+
+        # raw Redis GET over the API's own socket
+        u = urlsplit(redis_url)
+        target = ("unix", u.path) if u.scheme == "unix" else ("tcp", u.hostname, u.port or 6379)
+        raw_key = f"{PREFIX}:raw".encode()
+        get = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(raw_key), raw_key)
+        raw = run_load("redis", target, [get], args.connections, args.requests * 2, args.seconds)
+        rows.append(["raw Redis GET (same socket as the API)", "-", raw.requests, raw.rps, raw.pct(0.5),
+                     raw.pct(0.99), raw.errors])
+        print(rows[-1], flush=True)
+
+        for workers in args.workers:
+            port = free_port()
+            bare = start_server([py, "-m", "uvicorn", "bench.bench_api:create_bare_app", "--factory", "--host",
+                                 "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
+                                 "--log-level", "warning"], env, port, "/bare/1")
+            procs.append(bare)
+            res = run_load("http", ("tcp", "127.0.0.1", port),
+                           http_requests([f"/bare/{uid}" for uid, _ in sample], {}), args.connections,
+                           args.requests, args.seconds)
+            stop_server(bare)
+            rows.append([f"bare FastAPI route, no Redis", workers, res.requests, res.rps, res.pct(0.5),
+                         res.pct(0.99), res.errors])
+            print(rows[-1], flush=True)
+
+            port = free_port()
+            api = start_server([py, "-m", "ml", "--log-level", "WARNING", "api", "--host", "127.0.0.1", "--port",
+                                str(port), "--workers", str(workers), "--no-access-log"], env, port, "/healthz")
+            procs.append(api)
+            for name, paths in [
+                ("API /v1/users/{id}/recommendations", [f"/v1/users/{uid}/recommendations" for uid, _ in sample]),
+                ("API /v1/users/{id}/products/{pid}", [f"/v1/users/{uid}/products/{pid}" for uid, pid in sample]),
+            ]:
+                res = run_load("http", ("tcp", "127.0.0.1", port), http_requests(paths, auth), args.connections,
+                               args.requests, args.seconds)
+                rows.append([name, workers, res.requests, res.rps, res.pct(0.5), res.pct(0.99), res.errors])
+                print(rows[-1], flush=True)
+            import httpx
+
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            hits = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("propensity_api_lookups_total") and 'result="hit"' in line)
+            print(f"workers={workers}: /metrics counts {hits:,.0f} hits across workers", flush=True)
+            stop_server(api)
+    finally:
+        for p in procs:
+            stop_server(p)
+        if not redis_was_up:
+            stop_redis(state)
+
+    table = md_table(["target", "workers", "requests", "req/s", "p50 ms", "p99 ms", "non-2xx"], rows)
+    by = {(r[0], r[1]): r[3] for r in rows}
+    ratios = []
+    for w in args.workers:
+        api_rps = by.get(("API /v1/users/{id}/recommendations", w))
+        bare_rps = by.get(("bare FastAPI route, no Redis", w))
+        if api_rps and bare_rps:
+            ratios.append(f"{w} worker(s): recommendations at {api_rps / bare_rps:.0%} of the bare route, "
+                          f"{api_rps / raw.rps:.0%} of raw Redis GET")
+    body = f"""
+Closed-loop loopback load: {args.connections} keep-alive connections, {args.requests:,} requests per scenario (or
+{args.seconds:.0f} s), after 300 warm-up requests; requests rotate over 2,000 random published users
+({args.users:,} users x {args.per_user} hot pairs in Redis). The API runs as deployed (`propensity api`: bearer
+auth, rate limiter, Prometheus metrics, uvicorn with uvloop + httptools, access log off); every lookup does the
+pointer GET plus one pipelined round trip to Redis. The load generator (asyncio + uvloop, pre-encoded requests)
+shares the 2 cores with the servers.
+
+{table}
+
+{chr(10).join('- ' + r for r in ratios)}
+"""
+    print(body)
+    if not args.no_write:
+        print("wrote", write_section("api", "Lookup API throughput and latency", body))
+
+
+if __name__ == "__main__":
+    main()
