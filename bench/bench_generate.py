@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import shutil
 import sys
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--no-report", action="store_true", help="print only; do not update docs/BENCHMARKS.md")
     args = ap.parse_args()
 
+    load_start = os.getloadavg()[0]
+
     # --- generation: vectorised vs naive loop ------------------------------------------------------------------
     t, c = time.perf_counter(), time.process_time()
     naive = naive_generate(args.baseline_sessions, n_users=5_000, n_products=args.products)
@@ -127,8 +130,8 @@ def main() -> None:
             pd_wall, pd_cpu = time.perf_counter() - t, time.process_time() - c
             pd_rate = len(sub) / pd_wall
             pd_cpu_rate = len(sub) / pd_cpu
-            wrows.append(["DataFrame.to_csv, REES46 formats, str columns (baseline)", f"{len(sub):,}", pd_wall, pd_cpu, pd_rate,
-                          1.0, 1.0, (out / "pandas.csv").stat().st_size / 2**20])
+            wrows.append(["DataFrame.to_csv, REES46 formats, str columns (baseline)", f"{len(sub):,}", pd_wall,
+                          pd_cpu, pd_rate, 1.0, 1.0, (out / "pandas.csv").stat().st_size / 2**20])
             for workers in (1, 2):
                 d = out / f"csv{workers}"
                 t, c = time.perf_counter(), time.process_time()
@@ -154,7 +157,9 @@ def main() -> None:
         f"Config: {cfg.days} days, {cfg.n_users:,} users, {cfg.n_products:,} products, seed {cfg.seed} "
         f"-> {n:,} events ({', '.join(f'{k} {v:.1%}' for k, v in vc.items())}). Frame in memory: "
         f"{frame_mib:,.0f} MiB (string columns are categoricals); peak RSS after generation {gen_rss:.2f} GiB "
-        f"(before: {rss0:.2f} GiB).\n\n"
+        f"(before: {rss0:.2f} GiB). Load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores: with other jobs running, wall times stretch and the CPU columns are the "
+        "better comparison.\n\n"
         "**Generation** (events/s on wall time; CPU seconds are less sensitive to other jobs on the machine):\n\n"
         + md_table(["generator", "events", "wall s", "CPU s", "events/s", "events/CPU-s", "speed-up (wall)",
                     "speed-up (CPU)"], rows)

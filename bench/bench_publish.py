@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -138,6 +139,7 @@ def main() -> None:
     from ml.services import redis_uri, start_postgres, start_redis, stop_postgres, stop_redis
     from ml.settings import Settings
 
+    load_start = os.getloadavg()[0]
     state = args.state_dir.absolute()
     redis_was_up = redis_uri(state) is not None
     from ml.services import postgres_uri
@@ -277,6 +279,8 @@ Synthetic partition: {args.users:,} users x {args.per_user} scored pairs, top {a
 Redis {server['redis_version']} (allocator {server.get('mem_allocator', '?')}) and PostgreSQL under --state-dir;
 chunk {args.chunk_pairs:,} pairs per round trip; best of {args.repeat} for the Redis-only rows. bytes/pair is the
 INFO used_memory delta over the pairs written (key names, dict entries and encodings included).
+1-minute load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs shared
+the machine; compare rows within this table, not across runs).
 
 {table}
 

@@ -25,7 +25,6 @@ import datetime as dt
 import gc
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -145,7 +144,7 @@ def train_model(engine: Any, settings: Any, as_ofs: list[dt.datetime], trees: in
                 params[key] = size
         kind = member_kind(m)
         data = kind.prepare(Xt, yt, np.ones(len(yt)), Xv, yv, np.ones(len(yv)), names)
-        fitted = kind.fit(params, data, feature_names=names, seed=7, threads=0, early_stopping_rounds=size + 1)
+        fitted = kind.fit(params, data, feature_names=names, seed=7, threads=0, early_stopping_rounds=None)
         models[m] = fitted.model
         info[m] = {"trees": kind.n_trees(fitted.model), "fit_s": time.perf_counter() - t0}
         log.info("trained %s: %d trees in %.1fs", m, info[m]["trees"], info[m]["fit_s"])
@@ -195,14 +194,15 @@ def run_new_path(engine: Any, settings: Any, ens: Any, users: np.ndarray, produc
     stage, wall seconds, peak RSS MiB, native fallback rows)."""
     import psycopg
     import sqlalchemy as sa
+    from psycopg.copy import QueuedLibpqWriter
 
     from ml.db import libpq_url
     from ml.score import COPY_HEADER, COPY_TRAILER, SCORE_COLUMNS, encode_score_rows, score_block
 
     with engine.begin() as c:
         c.execute(sa.text("drop table if exists scoring.bench_stage"))
-        c.execute(sa.text("create unlogged table scoring.bench_stage (like scoring.scores including defaults"
-                          " including constraints including indexes)"))
+        c.execute(sa.text("create table scoring.bench_stage (like scoring.scores including defaults"
+                          " including constraints including indexes)"))  # logged, with its PK: as a real stage
     timings: dict[str, float] = {}
     block = settings.score_block_rows
     run_id = f"{day:%Y%m%d}_{'0' * 12}"
@@ -211,7 +211,7 @@ def run_new_path(engine: Any, settings: Any, ens: Any, users: np.ndarray, produc
     t0 = time.perf_counter()
     with psycopg.connect(libpq_url(engine.url.render_as_string(hide_password=False))) as conn:
         with conn.cursor() as cur, cur.copy(f"copy scoring.bench_stage ({', '.join(SCORE_COLUMNS)})"
-                                            " from stdin (format binary)") as cp:
+                                            " from stdin (format binary)", writer=QueuedLibpqWriter(cur)) as cp:
             cp.write(COPY_HEADER)
             for start in range(0, len(X), block):
                 sl = slice(start, start + block)

@@ -185,8 +185,10 @@ def train_ensemble() -> None:
     @task(outlets=[MODEL])
     def manage_registry(params: dict[str, Any] | None = None) -> dict[str, Any]:
         """action=promote: make `version` champion; action=rollback: restore the previous champion."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from ml.db import make_engine
-        from ml.errors import ConfigError
+        from ml.errors import ModelError
         from ml.registry import promote_version, rollback_champion
 
         ctx = get_current_context()
@@ -195,11 +197,13 @@ def train_ensemble() -> None:
         try:
             if params["action"] == "promote":
                 if not params.get("version"):
-                    raise ConfigError("action=promote needs the `version` param")
+                    raise AirflowFailException("action=promote needs the `version` param")
                 mv = promote_version(engine, params["version"], reason=f"DAG run {ctx['run_id']}",
                                      decided_by=str(ctx["run_id"]))
             else:
                 mv = rollback_champion(engine, reason=f"DAG run {ctx['run_id']}", decided_by=str(ctx["run_id"]))
+        except ModelError as e:  # an unknown version or nothing to roll back to: retrying cannot help
+            raise AirflowFailException(str(e)) from e
         finally:
             engine.dispose()
         log.info("champion is now %s", mv.version)

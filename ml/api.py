@@ -120,6 +120,14 @@ class _Version:
     fields: dict[str, Any]  # the ServedVersion fields, JSON-ready, merged into every response body
 
 
+def _score_pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
+    """(member, score) pairs of a raw ZRANGE ... WITHSCORES reply: RESP3 nests [member, score] pairs with scores
+    already parsed as doubles; RESP2 is flat [member, score-bytes, ...]."""
+    if isinstance(reply[0], list | tuple):
+        return [(m, float(sc)) for m, sc in reply]
+    return list(zip(reply[::2], map(float, reply[1::2]), strict=True))
+
+
 class ScoreReader:
     """Async reader of published versions; caches each version's meta and reason dictionary (immutable).
 
@@ -173,8 +181,8 @@ class ScoreReader:
         if first[0] is None:
             return None, []
         vid = int(first[0])
-        if guess is not None:
-            return self._versions.get(vid, guess), first[1:]  # BUG
+        if guess is not None and vid == guess.id:
+            return guess, first[1:]
         version = await self._version(vid)  # first lookup, or the pointer moved (publish / rollback)
         if version is None:
             return None, []
@@ -214,13 +222,14 @@ class ScoreReader:
         has none)."""
 
         def queue(pipe: Any, vid: int) -> None:
-            pipe.zrevrange(self.keys.recs(vid, user_id), 0, limit - 1, withscores=True)
+            # the raw reply, without redis-py's withscores callback (it re-encodes and re-parses every score)
+            pipe.execute_command("ZREVRANGE", self.keys.recs(vid, user_id), 0, limit - 1, "WITHSCORES")
             pipe.hgetall(self.keys.details(vid, user_id))
 
         version, results = await self._lookup(queue)
         if version is None or not results[0]:
             return version, []
-        return version, await self._items(version.id, results[0], results[1])
+        return version, await self._items(version.id, _score_pairs(results[0]), results[1])
 
     async def pair(self, user_id: int, product_id: int) -> tuple[_Version | None, bool, dict | None]:
         """(served version or None, user known in it, the pair's item or None when the pair is not hot)."""
@@ -428,17 +437,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=settings.api_redis_timeout_s,
-            socket_connect_timeout=settings.api_redis_timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
-        )
+        timeouts = {"socket_timeout": settings.api_redis_timeout_s,
+                    "socket_connect_timeout": settings.api_redis_timeout_s}
+        retry = Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1)
+        pool = None
+        if settings.redis_cluster:  # one pool per node, managed by the cluster client
+            client = aioredis.RedisCluster.from_url(
+                url, max_connections=settings.api_redis_max_connections, retry=retry, **timeouts
+            )
+        else:  # a blocking pool: a burst beyond max_connections waits (up to the timeout) instead of failing
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=settings.api_redis_max_connections, timeout=settings.api_redis_timeout_s,
+                retry=retry, **timeouts,
+            )
+            client = aioredis.Redis(connection_pool=pool)
         app.state.reader = ScoreReader(client, keys)
         try:
             yield
         finally:
             await client.aclose()
+            if pool is not None:
+                await pool.aclose()
 
     app = FastAPI(
         title="Purchase-propensity lookup API",

@@ -288,16 +288,14 @@ def publish(
     ] = None,
 ) -> None:
     """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it."""
-    import redis
-
     from ml.db import make_engine
     from ml.errors import PipelineError
-    from ml.publish import publish_version
+    from ml.publish import connect_redis, publish_version
     from ml.services import resolve_services
 
     s = settings()
     svc = resolve_services(s)
-    client = redis.Redis.from_url(svc.redis_url)
+    client = connect_redis(s, svc.redis_url)
     try:
         result = publish_version(make_engine(svc.postgres_url), client, s, score_date, top_n=top_n,
                                  min_probability=min_probability)
@@ -314,17 +312,15 @@ def rollback_scores(
     ] = None,
 ) -> None:
     """Flip the Redis pointer back to the previously served version (one SET; readers never see a mix)."""
-    import redis
-
     from ml.db import make_engine
     from ml.errors import PipelineError
-    from ml.publish import rollback_version
+    from ml.publish import connect_redis, rollback_version
     from ml.services import resolve_services
 
     s = settings()
     svc = resolve_services(s)
     try:
-        result = rollback_version(redis.Redis.from_url(svc.redis_url), s, to_version=to_version,
+        result = rollback_version(connect_redis(s, svc.redis_url), s, to_version=to_version,
                                   engine=make_engine(svc.postgres_url))
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
@@ -336,14 +332,12 @@ def rollback_scores(
 def cleanup_scores() -> None:
     """Delete Redis versions beyond publish_keep_versions and leftovers of failed publishes (never the served one
     or its predecessor). Publish runs this by itself; use it after changing publish_keep_versions."""
-    import redis
-
     from ml.errors import PipelineError
-    from ml.publish import cleanup_versions, current_version, stored_versions
+    from ml.publish import cleanup_versions, connect_redis, current_version, stored_versions
     from ml.services import start_redis
 
     s = settings()
-    client = redis.Redis.from_url(s.redis_url or start_redis(s.state_dir))
+    client = connect_redis(s, s.redis_url or start_redis(s.state_dir))
     try:
         deleted = cleanup_versions(client, s)
     except PipelineError as e:

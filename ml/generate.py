@@ -20,8 +20,9 @@ What is modelled (see docs/generator.md):
   fashion = more products per session, home = quick decisions (few views, high buy-now rate);
 - drift from ``drift_from``: a price level shift, a category-mix shift and a lower conversion.
 
-Everything is drawn from ``numpy.random.Generator`` streams spawned from one seed, so a config maps to the same
-frame and the same file bytes on every run.
+Everything is drawn from ``numpy.random.Generator`` streams seeded from one seed (one stream per named draw), so a
+config maps to the same frame and the same file bytes on every run. No Python loop runs per user, session or event:
+10M events take about 12 CPU seconds (bench/bench_generate.py).
 """
 
 from __future__ import annotations

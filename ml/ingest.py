@@ -95,7 +95,7 @@ _HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 _UUID_HEX_POS = np.array([*range(0, 8), *range(9, 13), *range(14, 18), *range(19, 23), *range(24, 36)])
 
 
-# --- results ------------------------------------------------------------------------------------------------------------
+# --- results ----------------------------------------------------------------------------------------------------------
 @dataclass
 class IngestResult:
     """The outcome of one file. ``status``: ``loaded`` (rows in raw.events), ``duplicate`` (checksum already loaded:
@@ -133,7 +133,7 @@ class IngestResult:
             raise PipelineError(self.message)
 
 
-# --- locations ----------------------------------------------------------------------------------------------------------
+# --- locations --------------------------------------------------------------------------------------------------------
 def _fs(uri: str) -> tuple[Any, str]:
     import fsspec
 
@@ -224,7 +224,8 @@ def _put_file(src_uri: str, dst_uri: str, data: bytes, move: bool) -> None:
     """Move ``src`` to ``dst`` (rename when both are on one filesystem), or write ``data`` there if not moving."""
     sfs, sp = _fs(src_uri)
     dfs, dp = _fs(dst_uri)
-    if move and type(sfs) is type(dfs) and getattr(sfs, "storage_options", None) == getattr(dfs, "storage_options", None):
+    same_fs = type(sfs) is type(dfs) and getattr(sfs, "storage_options", None) == getattr(dfs, "storage_options", None)
+    if move and same_fs:
         sfs.mv(sp, dp)
         return
     with dfs.open(dp, "wb") as f:
@@ -250,7 +251,7 @@ def data_docs_dir(settings: Settings) -> str | None:
     return str(path)
 
 
-# --- database -------------------------------------------------------------------------------------------------------------
+# --- database ---------------------------------------------------------------------------------------------------------
 def find_ingested(engine: Engine, checksum: str) -> int | None:
     """The file_id of an already-loaded file with this sha256, or None."""
     with engine.connect() as c:
@@ -322,7 +323,7 @@ def ensure_partitions(engine: Engine, days: Sequence[dt.date]) -> None:
             c.execute(sa.text("select raw.ensure_event_partition(:d)"), {"d": day})
 
 
-# --- binary COPY ------------------------------------------------------------------------------------------------------------
+# --- binary COPY ------------------------------------------------------------------------------------------------------
 def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(data bytes, start offsets, lengths with 0 for nulls, valid mask) of a string array, zero-copy."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
@@ -445,7 +446,9 @@ def load_events_table(
                 sha = file_record["checksum_sha256"]
                 # serialise concurrent loaders of the same file; the unique checksum is the final guard
                 conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", [sha])
-                row = conn.execute("select file_id from raw.ingested_files where checksum_sha256 = %s", [sha]).fetchone()
+                row = conn.execute(
+                    "select file_id from raw.ingested_files where checksum_sha256 = %s", [sha]
+                ).fetchone()
                 if row:
                     return int(row[0]), 0
                 file_id = conn.execute(
@@ -508,7 +511,7 @@ def load_events_frame(engine: Engine, df: pd.DataFrame, *, file_id: int = 0, lin
     return load_events_table(engine, table, file_id=file_id)[1]
 
 
-# --- the pipeline step --------------------------------------------------------------------------------------------------------
+# --- the pipeline step ------------------------------------------------------------------------------------------------
 def _quarantine(
     source_uri: str, data: bytes, report: ValidationReport, settings: Settings, move: bool
 ) -> tuple[str, str]:

@@ -169,6 +169,18 @@ class HotItem:
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
+def connect_redis(settings: Settings, url: str | None = None) -> Any:
+    """A synchronous client for ``url`` (default ``settings.redis_url``): ``redis.Redis``, or
+    ``redis.cluster.RedisCluster`` when ``settings.redis_cluster``. Replies stay bytes (decode_responses=False)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    target = url or settings.redis_url
+    if not target:
+        raise ConfigError("no Redis URL: set PROPENSITY_REDIS_URL (or resolve the embedded one first)")
+    return RedisCluster.from_url(target) if settings.redis_cluster else redis.Redis.from_url(target)
+
+
 def _as_date(value: dt.date | str) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()

@@ -13,9 +13,10 @@ Life of a run (the same functions serve the DAG ``score_active_pairs``, the CLI 
    later ATTACH needs no scan). It returns small :class:`BatchSpec` descriptors (the DAG's XCom), never data.
 2. :func:`score_batch` (one per bucket, in parallel) streams the bucket's features (``ml.features``), predicts,
    explains (exact TreeSHAP through ``Ensemble.explain``), derives insights (``ml.insights``) and writes the rows
-   into the stage with one psycopg 3 binary COPY, built vectorised (numpy + pyarrow), block by block. The COPY, a
-   deterministic feature sample (the drift reference) and the batch's ``succeeded`` mark commit in one transaction;
-   a retry of a bucket that had committed deletes its rows first, so retries never duplicate.
+   into the stage with one psycopg 3 binary COPY, block by block (rows encoded by one compiled numba pass; a writer
+   thread streams block k while block k + 1 is computed). The COPY, a deterministic feature sample (the drift
+   reference) and the batch's ``succeeded`` mark commit in one transaction; a retry of a bucket that had committed
+   deletes its rows first, so retries never duplicate.
 3. :func:`finalize_run` checks the stage with Great Expectations (row count == planned pairs, probabilities in
    [0, 1], no null or NaN contribution, the largest additivity residual on a sample <= tolerance), then in ONE
    transaction detaches and drops the day's old partition (if any), renames the stage to ``scores_pYYYYMMDD`` and
@@ -50,8 +51,6 @@ from ml.observe import Progress
 from ml.settings import Settings
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from ml.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
@@ -706,7 +705,8 @@ def sample_mask(user_id: np.ndarray, product_id: np.ndarray, rate: float) -> np.
 def _run_row(conn: sa.Connection, run_id: str) -> Any:
     return conn.execute(sa.text(
         "select run_id, score_date, model_version, status, planned_pairs, buckets, stage_table, feature_names,"
-        " timings, started_at, summary from scoring.runs where run_id = :r"), {"r": run_id}).one_or_none()
+        " timings, started_at, summary, orchestrator_run_id from scoring.runs where run_id = :r"),
+        {"r": run_id}).one_or_none()
 
 
 def _feature_blocks(
@@ -762,6 +762,7 @@ def score_batch(
     residual above ``settings.score_additivity_tolerance``.
     """
     from psycopg import sql as psql
+    from psycopg.copy import QueuedLibpqWriter
 
     spec = BatchSpec.from_dict(batch)
     day = as_date(spec.score_date)
@@ -802,7 +803,8 @@ def score_batch(
                             (spec.n_buckets, spec.bucket))
                 cur.execute("delete from scoring.feature_samples where run_id = %s and bucket = %s",
                             (spec.run_id, spec.bucket))
-            with cur.copy(copy_scores) as copy:
+            # a queued writer: a thread streams block k to the server while block k + 1 is being computed
+            with cur.copy(copy_scores, writer=QueuedLibpqWriter(cur)) as copy:
                 copy.write(COPY_HEADER)
                 blocks = (_feature_blocks(engine, settings, spec, ens.feature_names, timings)
                           if prev.planned_pairs else iter(()))  # an empty bucket reads nothing
@@ -823,7 +825,7 @@ def score_batch(
                     copy.write(payload)
                     t2 = time.perf_counter()
                     timings["encode"] = timings.get("encode", 0.0) + t1 - t
-                    timings["copy"] = timings.get("copy", 0.0) + t2 - t1
+                    timings["copy"] = timings.get("copy", 0.0) + t2 - t1  # time blocked on the server
                     rows += len(block)
                     progress.advance(len(block))
                 copy.write(COPY_TRAILER)
@@ -959,7 +961,7 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
             " cast(:res as jsonb), :failed, :dag)"),
             {"s": _CHECK_SUITE, "f": stage, "u": f"postgresql:scoring.{stage}", "ok": not failed, "n": planned,
              "st": json.dumps({"run_id": run_id, "score_date": str(run.score_date), "sampled_rows": sampled}),
-             "res": json.dumps(raw, default=str), "failed": failed, "dag": None})
+             "res": json.dumps(raw, default=str), "failed": failed, "dag": run.orchestrator_run_id})
     return checks
 
 

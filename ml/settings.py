@@ -162,6 +162,9 @@ class Settings(BaseSettings):
 
     # --- publish / API ------------------------------------------------------------------------------------------
     redis_prefix: str = Field("prop", description="Namespace prefix of every Redis key this project writes.")
+    redis_cluster: bool = Field(
+        False, description="redis_url points at a Redis Cluster node: publish, rollback and the API use cluster clients."
+    )
     publish_top_n: int = Field(20, description="Hot products per user published to Redis.")
     publish_min_probability: float = Field(0.0, description="Pairs below this probability are not published.")
     publish_keep_versions: int = Field(
@@ -201,7 +204,12 @@ class Settings(BaseSettings):
         "redis://host:6379/1 shares counters across workers and hosts.",
     )
     api_redis_timeout_s: float = Field(
-        1.0, description="Connect and read timeout of the API's Redis calls, seconds (healthz answers 503 after it)."
+        1.0,
+        description="Connect and read timeout of the API's Redis calls, and the longest wait for a free pooled "
+        "connection, seconds (lookups and healthz answer 503 after it).",
+    )
+    api_redis_max_connections: int = Field(
+        64, description="Redis connections per API worker; more concurrent lookups wait for a free one."
     )
 
     @model_validator(mode="after")

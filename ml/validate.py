@@ -118,7 +118,8 @@ class RuleResult:
         elif self.observed is not None:
             count = f": observed {_short(self.observed)}"
         lines = [s["line"] for s in self.samples if s.get("line") is not None]
-        at = f" (lines {', '.join(str(n) for n in lines)}{', ...' if self.failing_count > len(lines) else ''})" if lines else ""
+        more = ", ..." if self.failing_count > len(lines) else ""
+        at = f" (lines {', '.join(str(n) for n in lines)}{more})" if lines else ""
         return f"{file_name}: rule {self.rule}{where}{count}{at} - {self.description}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,7 +259,7 @@ class ParsedEvents:
         return 0 if self.table is None else self.table.num_rows
 
 
-# --- reading ------------------------------------------------------------------------------------------------------------
+# --- reading ----------------------------------------------------------------------------------------------------------
 def read_events(data: bytes, file_format: str, settings: Settings, compression: str | None = None) -> ParsedEvents:
     """Read the bytes of one file (``csv`` or ``parquet``; ``compression`` None or ``gzip``) into typed columns plus
     structural rule results. Never raises for bad content: structural problems become failed rules.
@@ -374,7 +375,9 @@ def _dedupe(names: list[str]) -> list[str]:
     return out
 
 
-def _arrow_csv(body: bytes, n_cols: int, quoted: bool, use_threads: bool) -> tuple[pa.Table, list[tuple[int | None, int]]]:
+def _arrow_csv(
+    body: bytes, n_cols: int, quoted: bool, use_threads: bool
+) -> tuple[pa.Table, list[tuple[int | None, int]]]:
     """Parse CSV ``body`` (header line included, skipped) into ``n_cols`` string columns named c0..; rows with another
     number of fields are skipped and returned as (line number or None, field count)."""
     import pyarrow.csv as pcsv
@@ -399,7 +402,9 @@ def _arrow_csv(body: bytes, n_cols: int, quoted: bool, use_threads: bool) -> tup
                     newlines_in_values=quoted, ignore_empty_lines=False, invalid_row_handler=on_bad_row
                 ),
                 convert_options=pcsv.ConvertOptions(
-                    column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
                 ),
             )
             return table, list(skipped)
@@ -540,7 +545,7 @@ def _empty_table(header: list[str]) -> pa.Table:
     return table
 
 
-# --- typed parsing ------------------------------------------------------------------------------------------------------
+# --- typed parsing ----------------------------------------------------------------------------------------------------
 def _as_string(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """A column as plain strings (dictionaries decoded, other types rendered as text); chunking is kept."""
     if pa.types.is_dictionary(col.type):
@@ -648,7 +653,7 @@ def _typed_table(
     return pa.table(cols), invalid
 
 
-# --- samples ------------------------------------------------------------------------------------------------------------
+# --- samples ----------------------------------------------------------------------------------------------------------
 def _short(value: Any, limit: int = MAX_SAMPLE_CHARS) -> str:
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} chars)"
@@ -670,7 +675,9 @@ def _csv_row_text(data: bytes) -> Any:
             chunk = data[start : min(end, start + MAX_SAMPLE_CHARS * 4)].rstrip(b"\r")
             text = chunk.decode("utf-8", errors="replace")
             more = end - start > len(chunk) + 1
-            out[n] = (text[:MAX_SAMPLE_CHARS] + f"... ({end - start:,} bytes)") if more or len(text) > MAX_SAMPLE_CHARS else text
+            if more or len(text) > MAX_SAMPLE_CHARS:
+                text = text[:MAX_SAMPLE_CHARS] + f"... ({end - start:,} bytes)"
+            out[n] = text
         return out
 
     return lookup
@@ -721,7 +728,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# --- the GX frame and suite ---------------------------------------------------------------------------------------------
+# --- the GX frame and suite -------------------------------------------------------------------------------------------
 def to_gx_frame(parsed: ParsedEvents) -> pd.DataFrame:
     """The pandas frame Great Expectations validates: the file's columns (typed where known), ``_line_no``,
     ``_duplicate_of`` (line of the first identical row, null for first occurrences) and ``_invalid_<field>``."""
@@ -733,7 +740,11 @@ def to_gx_frame(parsed: ParsedEvents) -> pd.DataFrame:
             continue
         col = t.column(name)
         if name in INT_FIELDS:
-            frame[name] = col.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) if col.null_count else col.to_numpy()
+            nullable = {pa.int64(): pd.Int64Dtype()}.get
+            frame[name] = col.to_pandas(types_mapper=nullable) if col.null_count else col.to_numpy()
+        elif name in ("event_type", *TEXT_FIELDS):
+            # categorical: few distinct values, and GX copies the frame (row filters) per expectation
+            frame[name] = pc.dictionary_encode(col).to_pandas()
         else:
             frame[name] = col.to_pandas()
     df = pd.DataFrame(frame, copy=False)
@@ -769,8 +780,9 @@ def build_suite(
     present: Sequence[str] = EVENT_COLUMNS,
     now: dt.datetime,
     row_count_bounds: tuple[int, int] | None = None,
+    only_rules: set[str] | None = None,
 ):  # noqa: ANN201 - gx.ExpectationSuite, imported lazily
-    """The ``raw_events`` Expectation Suite, defined in code.
+    """The ``raw_events`` Expectation Suite, defined in code (``only_rules``: just those rule ids).
 
     ``present``: the REES46 columns the file has (column rules are added only for those; the column-set rule names
     the missing ones). ``now`` (UTC): event_time may not exceed now + settings.future_tolerance_minutes.
@@ -841,10 +853,12 @@ def build_suite(
         if f in present:
             add(gxe.ExpectColumnValuesToNotBeNull, f"{f}_null_ratio", f"at most {ratio:.0%} of {f} values are empty",
                 f, column=f, mostly=1.0 - ratio)
+    if only_rules is not None:
+        expectations = [e for e in expectations if e.meta["rule"] in only_rules]
     return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
 
 
-# --- running GX -----------------------------------------------------------------------------------------------------------
+# --- running GX -------------------------------------------------------------------------------------------------------
 class GxRunner:
     """Runs the suite in an ephemeral Great Expectations context with a pandas datasource and (optionally) a
     filesystem Data Docs site under ``docs_dir`` (a local directory; None: no Data Docs).
@@ -858,6 +872,8 @@ class GxRunner:
     def __init__(self, docs_dir: str | None) -> None:
         import great_expectations as gx
 
+        # one INFO line per ephemeral context ("Created temporary directory ...") is noise in task logs
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         self._gx = gx
         self.docs_dir = docs_dir
 
@@ -878,50 +894,53 @@ class GxRunner:
         source = ctx.data_sources.add_pandas("landing")
         return ctx, source.add_dataframe_asset("event_file").add_batch_definition_whole_dataframe("file")
 
-    def run(self, suite: Any, frame: pd.DataFrame, run_name: str) -> tuple[Any, str | None]:
-        """Validate ``frame`` against ``suite``; returns (ExpectationSuiteValidationResult, Data Docs page URL)."""
+    def run(
+        self, suite: Any, frame: pd.DataFrame, run_name: str, *, with_rows: bool = False
+    ) -> tuple[Any, str | None]:
+        """Validate ``frame`` against ``suite``; returns (ExpectationSuiteValidationResult, Data Docs page URL).
+
+        Result format BASIC: counts and a few unexpected values, all vectorised. ``with_rows`` adds the first
+        :data:`SAMPLE_ROWS` failing rows of each expectation (with ``_line_no``) and skips Data Docs: a second pass
+        over the failed rules only, because GX copies the whole frame per expectation to find them. (SUMMARY would
+        be worse: it builds ``unexpected_index_list`` with a Python loop over EVERY failing row.)
+        """
         gx = self._gx
         ctx, batch_definition = self._context()
         suite = ctx.suites.add(suite)
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=run_name, data=batch_definition, suite=suite))
-        actions = []
-        if self.docs_dir:
-            actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[self.SITE]))
-        # BASIC + include_unexpected_rows: counts plus the first few failing rows (with their _line_no), all
-        # vectorised. SUMMARY would build GX's unexpected_index_list with a Python loop over EVERY failing row
-        # (minutes for a million rows, e.g. the empty brands behind a passing null-ratio rule).
         result_format = {
             "result_format": "BASIC",
-            "include_unexpected_rows": False,
+            "include_unexpected_rows": with_rows,
             "partial_unexpected_count": SAMPLE_ROWS,
         }
+        if with_rows or not self.docs_dir:
+            return vd.run(batch_parameters={"dataframe": frame}, result_format=result_format), None
         cp = ctx.checkpoints.add(
-            gx.Checkpoint(name="ingest", validation_definitions=[vd], actions=actions, result_format=result_format)
-        )
-        run_id = gx.RunIdentifier(run_name=run_name)
-        try:
-            result = cp.run(batch_parameters={"dataframe": frame}, run_id=run_id)
-        except Exception as e:  # noqa: BLE001 - a Data Docs write error must not lose the validation
-            if not actions:
-                raise
-            log.warning("Data Docs update failed (%s); validating without it", e)
-            ctx, batch_definition = self._context()
-            vd = ctx.validation_definitions.add(
-                gx.ValidationDefinition(name=run_name, data=batch_definition, suite=ctx.suites.add(suite))
+            gx.Checkpoint(
+                name="ingest",
+                validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[self.SITE])],
+                result_format=result_format,
             )
+        )
+        try:
+            result = cp.run(batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name))
+        except Exception as e:  # noqa: BLE001 - a Data Docs write error must not lose the validation
+            log.warning("Data Docs update failed (%s); validating without it", e)
             return vd.run(batch_parameters={"dataframe": frame}, result_format=result_format), None
         ((identifier, validation),) = result.run_results.items()
         url = None
-        if self.docs_dir:
-            try:
-                urls = ctx.get_docs_sites_urls(resource_identifier=identifier, site_name=self.SITE)
-                url = urls[0]["site_url"] if urls else None
-            except Exception as e:  # noqa: BLE001
-                log.warning("could not resolve the Data Docs page: %s", e)
+        try:
+            urls = ctx.get_docs_sites_urls(resource_identifier=identifier, site_name=self.SITE)
+            url = urls[0]["site_url"] if urls else None
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not resolve the Data Docs page: %s", e)
         return validation, url
 
 
-def _rules_from_gx(validation: Any, parsed: ParsedEvents) -> list[RuleResult]:
+def _rules_from_gx(
+    validation: Any, parsed: ParsedEvents, rows_by_rule: dict[str, pd.DataFrame] | None = None
+) -> list[RuleResult]:
     rules: list[RuleResult] = []
     for r in validation.results:
         cfg = r.expectation_config
@@ -943,7 +962,7 @@ def _rules_from_gx(validation: Any, parsed: ParsedEvents) -> list[RuleResult]:
         if "unexpected_count" in res:
             rule.failing_count = int(res.get("unexpected_count") or 0)
             rule.element_count = int(res.get("element_count") or 0)
-            rows = res.get("unexpected_rows")
+            rows = (rows_by_rule or {}).get(rule.rule)
             column = kwargs.get("column")
             if isinstance(rows, pd.DataFrame) and LINE_COLUMN in rows.columns:
                 values = rows[column].tolist() if column in rows.columns else [None] * len(rows)
@@ -997,7 +1016,20 @@ def validate_parsed(
         suite = build_suite(settings, present=present, now=now, row_count_bounds=row_count_bounds)
         runner = runner or GxRunner(docs_dir=None)
         validation, docs = runner.run(suite, frame, run_name=file_name)
-        rules += _rules_from_gx(validation, parsed)
+        failed_rows = {
+            r.expectation_config.meta.get("rule")
+            for r in validation.results
+            if not r.success and "unexpected_count" in (r.result or {})
+        }
+        rows_by_rule: dict[str, pd.DataFrame] = {}
+        if failed_rows:  # failure path only: a second pass to fetch the first failing rows of each failed rule
+            again = build_suite(settings, present=present, now=now, row_count_bounds=row_count_bounds,
+                                only_rules=failed_rows)
+            sampled, _ = runner.run(again, frame, run_name=file_name, with_rows=True)
+            rows_by_rule = {
+                r.expectation_config.meta.get("rule"): (r.result or {}).get("unexpected_rows") for r in sampled.results
+            }
+        rules += _rules_from_gx(validation, parsed, rows_by_rule)
         statistics = dict(validation.statistics or {})
         if "event_time" in parsed.table.column_names and parsed.table.num_rows:
             mm = pc.min_max(parsed.table.column("event_time"))

@@ -20,7 +20,6 @@ missing value. Values are rounded the way the library rounds them (float32 for X
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,6 @@ def default_block_rows(n_features: int) -> int:
     while rows > MIN_BLOCK_ROWS and rows * max(n_features, 1) > 98_304:
         rows //= 2
     return rows
-_THREADS_LOCK = threading.Lock()
 
 
 class TreeExplainer:
@@ -112,7 +110,10 @@ class TreeExplainer:
 
         Raises ValueError on a wrong shape.
         """
-        arr = X.to_numpy() if hasattr(X, "to_numpy") else np.asarray(X)
+        if hasattr(X, "to_numpy"):  # pandas: nullable dtypes (pd.NA) become NaN
+            arr = X.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            arr = np.asarray(X)
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}) for this {self.library} model, got {arr.shape}")
         if self.input_dtype is np.float32:
@@ -174,7 +175,8 @@ class TreeExplainer:
 
 
 class _threads:
-    """Context manager: run numba kernels on ``n`` threads, restoring the previous setting."""
+    """Context manager: run numba kernels on ``n`` threads (capped at NUMBA_NUM_THREADS), then restore the previous
+    setting. numba's setting is local to the calling thread, so concurrent callers do not interfere."""
 
     def __init__(self, n: int | None) -> None:
         self.n = n
@@ -184,16 +186,14 @@ class _threads:
         if self.n is not None:
             import numba
 
-            _THREADS_LOCK.acquire()
             self.prev = numba.get_num_threads()
             numba.set_num_threads(max(1, min(int(self.n), numba.config.NUMBA_NUM_THREADS)))
 
     def __exit__(self, *exc: object) -> None:
-        if self.n is not None:
+        if self.prev is not None:
             import numba
 
             numba.set_num_threads(self.prev)
-            _THREADS_LOCK.release()
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,6 @@ item_brands as (
 
 select
     p.product_id,
-    p.category_id,
-    p.brand,
     -- product
     p.viewers::float8 as product_viewers,
     p.views::float8 as product_views,

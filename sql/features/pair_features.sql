@@ -24,8 +24,9 @@ active_users as (
     select distinct user_id from active_pairs
 ),
 
--- stg: every lookback event of the bucket's active users ----------------------------------------------------------
-stg_events as not materialized (
+-- stg: every lookback event of the bucket's active users, read once (a bucket is a small share of the events;
+-- three aggregates read this instead of three scans of raw.events)
+stg_events as materialized (
     select
         e.user_id,
         e.product_id,
@@ -44,30 +45,60 @@ stg_events as not materialized (
 ),
 
 -- user level ----------------------------------------------------------------------------------------------------
--- one pass sorted by user: each distinct count is a per-user sort of a few hundred values
+-- one row per (user, product) the user touched: few, by-value aggregates (hash tables stay small)
+stg_user_products as (
+    select
+        user_id,
+        product_id,
+        count(*) as events,
+        count(*) filter (where event_type = 'cart') as carts,
+        count(*) filter (where event_type = 'purchase') as purchases,
+        count(*) filter (where date_part('isodow', event_time at time zone 'UTC') >= 6) as weekend_events,
+        count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18) as evening_events,
+        max(event_time) as last_at,
+        max(category_id) as category_id,
+        max(brand collate "C") as brand
+    from stg_events
+    group by user_id, product_id
+),
+
 feat_users as (
     select
         user_id,
-        count(*) as events,
-        count(distinct product_id) as products,
+        sum(events) as events,
+        count(*) as products,
         count(distinct category_id) as categories,
         count(distinct brand) as brands,  -- a missing brand is not a brand
-        count(*) filter (where event_type = 'cart') as carts,
-        count(*) filter (where event_type = 'purchase') as purchases,
-        count(distinct product_id) filter (where event_type = 'cart') as carted_products,
-        -- |carted and purchased| = |carted| + |purchased| - |carted or purchased|
-        count(distinct product_id) filter (where event_type = 'cart')
-            + count(distinct product_id) filter (where event_type = 'purchase')
-            - count(distinct product_id) filter (where event_type in ('cart', 'purchase')) as carted_purchased_products,
-        count(distinct (event_time at time zone 'UTC')::date) as days_active,
-        count(*) filter (where date_part('isodow', event_time at time zone 'UTC') >= 6) as weekend_events,
-        count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18) as evening_events,
-        max(event_time) as last_at
-    from stg_events
+        sum(carts) as carts,
+        sum(purchases) as purchases,
+        count(*) filter (where carts > 0) as carted_products,
+        count(*) filter (where carts > 0 and purchases > 0) as carted_purchased_products,
+        sum(weekend_events) as weekend_events,
+        sum(evening_events) as evening_events,
+        max(last_at) as last_at
+    from stg_user_products
     group by user_id
 ),
 
--- sessions: one row per (user, session id); events without a session id belong to no session
+-- one row per (user, session id, UTC day): sessions and active days; events without a session id are no session
+stg_user_session_days as (
+    select
+        user_id,
+        user_session,
+        (event_time at time zone 'UTC')::date as day,
+        count(*) as events,
+        min(event_time) as first_at,
+        max(event_time) as last_at
+    from stg_events
+    group by user_id, user_session, day
+),
+
+feat_user_days as (
+    select user_id, count(distinct day) as days_active
+    from stg_user_session_days
+    group by user_id
+),
+
 feat_user_sessions as (
     select
         user_id,
@@ -75,8 +106,8 @@ feat_user_sessions as (
         avg(date_part('epoch', last_at - first_at) / 60) as mean_session_minutes,
         avg(events) as events_per_session
     from (
-        select user_id, user_session, min(event_time) as first_at, max(event_time) as last_at, count(*) as events
-        from stg_events
+        select user_id, user_session, min(first_at) as first_at, max(last_at) as last_at, sum(events) as events
+        from stg_user_session_days
         where user_session is not null
         group by user_id, user_session
     ) as sessions
@@ -156,7 +187,7 @@ feat_pairs as (
         u.carts::float8 as user_carts,
         u.purchases::float8 as user_purchases,
         u.carted_purchased_products::float8 / nullif(u.carted_products, 0) as user_cart_to_purchase,
-        u.days_active::float8 as user_days_active,
+        d.days_active::float8 as user_days_active,
         u.weekend_events::float8 / u.events as user_weekend_share,
         u.evening_events::float8 / u.events as user_evening_share,
         date_part('epoch', t.as_of - u.last_at) / 3600 as user_hours_since_last_event,
@@ -180,6 +211,7 @@ feat_pairs as (
         case when cast(:with_labels as boolean) then (l.user_id is not null)::int end as label
     from feat_pair_events as p
     join feat_users as u on u.user_id = p.user_id
+    join feat_user_days as d on d.user_id = p.user_id
     left join feat_user_sessions as s on s.user_id = p.user_id
     join feat_items as i on i.product_id = p.product_id
     left join labels as l on l.user_id = p.user_id and l.product_id = p.product_id

@@ -56,7 +56,11 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
 
     with engine.connect() as c:
         files = c.execute(
-            sa.text("select file_id, file_name, row_count from raw.ingested_files where file_name like 'events_2019-10-01_%'")
+            sa.text(
+                "select f.file_id, f.file_name, f.row_count from raw.ingested_files f"
+                " join quality.validation_runs v using (validation_id) where v.dag_run_id = :r"
+            ),
+            {"r": run.run_id},
         ).all()
         assert [(f.file_name, f.row_count) for f in files] == [("events_2019-10-01_a.csv", 3000)]
         n = c.execute(sa.text("select count(*) from raw.events where file_id = :f"), {"f": files[0].file_id}).scalar()

@@ -1,6 +1,6 @@
 """The train_ensemble DAG through Airflow's ``dag.test()``: generated events in PostgreSQL, Great Expectations-checked
 snapshots, real Optuna studies, artifacts, registry, gate and report; then the manual promote and rollback paths of
-the same DAG. The database of generated events is shared with tests/integration/test_train.py (one per session), so
+the same DAG and the CLI. The database of generated events is shared with tests/integration/test_train.py (one per session), so
 the registry may already hold versions: assertions are about what each run adds or changes."""
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def _champion(c: sa.Connection) -> str | None:
 
 
 def test_weekly_run_trains_registers_reports_then_manual_actions(airflow_db, dag_db: str, airflow_conns,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+                                                                 caplog: pytest.LogCaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from train_ensemble import train_ensemble_dag as dag
 
     from ml.db import make_engine
@@ -101,14 +102,20 @@ def test_weekly_run_trains_registers_reports_then_manual_actions(airflow_db, dag
                                   "where version = :v order by decision_id desc limit 1"), {"v": second}).mappings().one()
         assert d["manual"] and d["reason"].startswith("manual") and d["champion_version"] == champion_before_promote
 
-        # manual rollback through the DAG's params: training is skipped, the previous champion is back
-        run3 = dag.test(run_conf={"action": "rollback"})
-        states = _states(run3)
-        assert run3.state == "success" and states["manage_registry"] == ["success"]
-        assert states["build_snapshots"] == ["skipped"]
+        # rollback through the CLI (the same ml.registry function): the previous champion is back
+        from typer.testing import CliRunner
+
+        from ml.cli import app
+
+        monkeypatch.setenv("PROPENSITY_POSTGRES_URL", dag_db)
+        cli = CliRunner()
+        out = cli.invoke(app, ["promote", "--previous", "--reason", "pytest"])
+        assert out.exit_code == 0, out.output
         with engine.connect() as c:
             assert _champion(c) == champion_before_promote
             assert c.execute(sa.text("select status from ml.model_versions where version = :v"),
                              {"v": second}).scalar() == "rolled_back"
+        listing = cli.invoke(app, ["models", "--limit", "50"])
+        assert listing.exit_code == 0 and first in listing.output and "rolled_back" in listing.output
     finally:
         engine.dispose()

@@ -281,3 +281,24 @@ def test_an_unexpected_error_is_a_json_500_without_trace(published, monkeypatch)
     assert r.status_code == 500
     assert r.json()["detail"].startswith("internal error (ref ")
     assert "secret" not in r.text and "Traceback" not in r.text and "RuntimeError" not in r.text
+
+
+def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(published) -> None:
+    import asyncio
+
+    import httpx
+
+    s = published[0].model_copy(update={"api_redis_max_connections": 4})
+    app = create_app(s)
+
+    async def burst() -> list[int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+                responses = await asyncio.gather(
+                    *[c.get(f"/v1/users/{USERS[i % 50]}/recommendations", headers=AUTH) for i in range(150)]
+                )
+            assert len(app.state.reader.client.connection_pool._in_use_connections) == 0
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 150

@@ -298,7 +298,9 @@ def test_killed_process_mid_copy_leaves_nothing(cfg, engine, rees46_sample: Path
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert _counts(engine) == before
 
@@ -321,7 +323,9 @@ def test_parquet_and_gzip_files_load(cfg, engine, tmp_path: Path) -> None:
     by_name = {r.file_name: r for r in results}
     assert by_name[gz.name].rows_loaded == by_name[paths[1].name].rows_loaded == len(day1)
     pq_rows = pd.read_sql(
-        sa.text("select * from raw.events where file_id = :f order by line_no"), engine, params={"f": by_name[paths[1].name].file_id}
+        sa.text("select * from raw.events where file_id = :f order by line_no"),
+        engine,
+        params={"f": by_name[paths[1].name].file_id},
     )
     src = day1.reset_index(drop=True)
     assert pq_rows.line_no.tolist() == list(range(1, len(src) + 1))

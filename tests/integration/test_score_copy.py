@@ -33,7 +33,7 @@ def block() -> ScoredBlock:
         reason_text=np.array([[0, 1], [-1, -1], [2, -1], [0, -1]], dtype=np.int32),
         top_feature=np.array([[0, 1], [2, 1], [-1, -1], [2, 1]], dtype=np.int32),
         top_shap=np.array([[0.5, -0.25], [-3.5, 2.0], [np.nan, np.nan], [7.0, 1.25]]),
-        top_value=np.array([[2.0, np.nan], [np.inf, 19.99], [np.nan, np.nan], [1e20, -0.0]]),
+        top_value=np.array([[2.0, np.nan], [np.inf, 19.99], [np.nan, np.nan], [1e15, -0.0]]),
     )
     return ScoredBlock(
         user_id=np.array([1, 2**62, 3, 4], dtype=np.int64),
@@ -72,7 +72,7 @@ def test_score_rows_round_trip_through_copy_binary(pg_url: str, engine: sa.Engin
         assert top == b.insights.row(i)["top_contributions"] == json.loads(json.dumps(top))
     assert rows[1][7] == [] and rows[1][8] == []  # empty text[] arrays are real empty arrays
     assert rows[1][9][0] == {"feature": "x\\y", "value": None, "shap": -3.5}  # inf -> null
-    assert rows[3][9] == [{"feature": "x\\y", "value": 1e20, "shap": 7.0},
+    assert rows[3][9] == [{"feature": "x\\y", "value": 1e15, "shap": 7.0},
                           {"feature": "price é\"q", "value": -0.0, "shap": 1.25}]
 
 

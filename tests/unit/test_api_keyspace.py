@@ -57,3 +57,14 @@ def test_validation_message_names_every_field() -> None:
     )
     assert line == "path.user_id: bad int; query.limit: too big"
     assert [f.loc for f in fields] == [["path", "user_id"], ["query", "limit"]]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [[[b"7", 0.5], [b"3", 0.25]], [b"7", b"0.5", b"3", b"0.25"]],
+    ids=["resp3-nested", "resp2-flat"],
+)
+def test_raw_withscores_replies_of_both_protocols_parse_alike(reply) -> None:
+    from ml.api import _score_pairs
+
+    assert _score_pairs(reply) == [(b"7", 0.5), (b"3", 0.25)]

@@ -175,6 +175,11 @@ def test_inputs_are_checked_and_empty_batches_work(small_models) -> None:
     import pandas as pd
 
     np.testing.assert_array_equal(ex.shap_values(pd.DataFrame(X[:20])), ex.shap_values(X[:20]))
+    nullable = pd.DataFrame(np.nan_to_num(X[:20], nan=1.5)).astype("Float64")
+    nullable.iloc[0, 0] = pd.NA  # pandas' missing marker means missing, like NaN
+    expected = np.nan_to_num(X[:20], nan=1.5)
+    expected[0, 0] = np.nan
+    np.testing.assert_array_equal(ex.shap_values(nullable), ex.shap_values(expected))
     with pytest.raises(ValueError):
         from ml.explain._compile import compile_forest
         from ml.explain._forest import parse_model
