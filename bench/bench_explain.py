@@ -156,6 +156,7 @@ def main() -> None:
 
     from ml.explain import TreeExplainer
 
+    load_start = os.getloadavg()[0]
     X, y = make_data(args.train_rows + args.rows, args.features, args.seed)
     Xtr, ytr = X[: args.train_rows], y[: args.train_rows]
     rows = X[args.train_rows :]
@@ -208,6 +209,7 @@ def main() -> None:
             sweep.append(round(bs / w))
         batch_rows.append([name, *sweep, f"{1e3 / float(sweep[0]):.2f}"])
 
+    load_end = os.getloadavg()[0]
     compile_s = cold_compile_seconds()
     title = "Exact TreeSHAP (ml.explain) vs the libraries' own TreeSHAP"
     body = [
@@ -218,7 +220,9 @@ def main() -> None:
         f"everywhere, best of {args.repeats} alternating runs. `max diff` compares ml.explain with the native values "
         "on the baseline rows (XGBoost's own are float32); `additivity` is max |sum(phi) + base - margin| of "
         "ml.explain. Rows per CPU-second are steadier than wall-clock rows/s when the machine is shared. "
-        "`build s` is the CPU time of `TreeExplainer.from_model` (parse + tables).",
+        "`build s` is the CPU time of `TreeExplainer.from_model` (parse + tables). 1-minute load average at the "
+        f"start / end of the run: {load_start:.1f} / {load_end:.1f} on {os.cpu_count()} cores (above the core count, "
+        "other jobs shared the machine and wall-clock figures are depressed for both sides).",
         "",
         md_table(
             ["member", "shap.TreeExplainer rows/s", "native rows/s", "ml.explain rows/s", "speed-up (wall)",

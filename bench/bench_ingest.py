@@ -95,6 +95,19 @@ def _copy_csv(engine, table, file_id: int) -> None:  # noqa: ANN001
         conn.commit()
 
 
+def _copy_unindexed(engine, table, file_id: int) -> None:  # noqa: ANN001
+    """Our binary COPY into an index-free copy of raw.events: what the client and the heap alone can do."""
+    from ml.ingest import COPY_COLUMNS, _psycopg_connect, encode_events_binary
+
+    with _psycopg_connect(engine) as conn:
+        conn.execute("create table if not exists public.bench_events_noidx (like raw.events)")
+        sql = f"copy public.bench_events_noidx ({', '.join(COPY_COLUMNS)}) from stdin (format binary)"
+        with conn.cursor() as cur, cur.copy(sql) as cp:
+            for chunk in encode_events_binary(table, file_id):
+                cp.write(chunk)
+        conn.commit()
+
+
 def _to_sql(engine, table, file_id: int) -> None:  # noqa: ANN001
     df = table.to_pandas()
     df["file_id"] = file_id
@@ -151,6 +164,7 @@ def main() -> None:
             "row_count_min_history": 10**9,
         })
         engine = make_engine(url)
+        GxRunner(None)  # import Great Expectations once (seconds) before the clock starts: a per-process cost
 
         # 1. the pipeline: ingest_files end to end
         t0 = time.perf_counter()
@@ -188,6 +202,7 @@ def main() -> None:
 
         load = {
             "binary COPY, numpy-built (ours)": timed(lambda e, t, f: load_events_table(e, t, file_id=f)),
+            "the same into raw.events' shape without indexes (limit)": timed(_copy_unindexed),
             "binary COPY, psycopg 3 write_row": timed(_copy_write_row),
             "CSV COPY, CSV built by Arrow": timed(_copy_csv),
             "pandas to_sql (baseline)": timed(_to_sql),
@@ -217,9 +232,12 @@ def main() -> None:
             + md_table(["path", "rows", "seconds", "rows/s", "x to_sql"], table_rows)
             + "\n\nLoad only (no validation), same subset, into raw.events:\n\n"
             + md_table(["loader", "rows", "seconds", "rows/s", "x to_sql"], load_rows)
-            + "\n\nReading the numbers: Great Expectations dominates the validated path (its pandas metrics run "
-            "one pass per expectation, about 25 of them); the numpy-built binary COPY streams at the server's pace; "
-            "the per-row Python loaders (write_row, to_sql) are bound by building Python objects."
+            + "\n\nReading the numbers: on the loading side the server's maintenance of raw.events' two B-tree "
+            "indexes ((user_id, event_time), (product_id, event_time)) is the limit, not the client: the same COPY "
+            "into an index-free table is several times faster. Rows are sent sorted by (user_id, event_time) so one "
+            "of the two indexes is filled in order. On the validating side, GX's per-expectation pandas passes and "
+            "a fixed cost per file (about 0.5-1 s: a fresh ephemeral context, ~25 expectations) dominate. The "
+            "per-row Python loaders (psycopg write_row, to_sql) are bound by building Python objects."
         )
         print(body)
         if not args.no_write:

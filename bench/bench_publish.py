@@ -225,6 +225,7 @@ def main() -> None:
             pipe.execute()
 
         inline = best(write_inline, pairs)
+        inline_encoding = client.object("encoding", f"inl:d:{{{hot[0][0]}}}").decode()
 
         # 5. baseline: one SET per pair, one round trip each, on a sample
         sample = hot[: args.baseline_pairs]
@@ -288,15 +289,17 @@ the machine; compare rows within this table, not across runs).
   user): {pairs / pg_wall:,.0f} pairs/s wall ({pairs / pg_cpu if pg_cpu else float('nan'):,.0f} pairs/s per client
   CPU second). Reading one row per pair instead cost ~3.8x more client CPU in a separate check (0.91 s vs 0.24 s
   for 400k pairs), which is why the query aggregates per user.
-- Encodings: zset `{encodings['zset']}`, hash `{encodings['hash']}`. MEMORY USAGE of one user's keys:
+- Encodings: zset `{encodings['zset']}`, hash `{encodings['hash']}` (the rejected inline-texts hash:
+  `{inline_encoding}`). MEMORY USAGE of one user's keys:
   zset {key_bytes['zset (u)']} B, hash {key_bytes['hash (d)']} B (for up to {args.top_n} pairs); the version's reason
   dictionary {key_bytes['reasons dict']:,} B in total ({result.reasons:,} distinct code/text pairs).
 - The "pairs/s per client CPU s" column divides by this process's CPU time only: on a busy 2-core machine it shows
   what the client side costs when the wall clock is inflated by other load. redis-py packs commands with hiredis
   when it is installed (`hiredis` is pinned in requirements.txt): in a separate check on 200k pairs of this layout
   the client needed 0.71-0.80 CPU s with it and 0.99-1.13 s with redis-py's pure-Python packer.
-- Zset scores are full-precision doubles (the same value as scoring.scores.probability). Redis < 7.2 stores them
-  as 17 significant digits in a listpack/ziplist; on 7.2+ shorter representations apply, so the figure shrinks.
+- Zset scores are full-precision doubles (the same value as scoring.scores.probability), kept as text inside the
+  packed encoding: most of the zset's bytes per pair. Rounding would not help on this Redis: a separate check found
+  MEMORY USAGE of a one-entry zset equal (101 B) for 0.734512 and 0.7345123456789012.
 """
     print(body)
     if not args.no_write:

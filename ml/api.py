@@ -2,9 +2,11 @@
 
 ``create_app(settings)`` builds the app; uvicorn runs it (``propensity api`` or
 ``uvicorn --factory ml.api:app_from_env``). Every lookup follows the reader protocol documented in
-:mod:`ml.publish`: one GET of the pointer, then one pipelined round trip for the user's two keys of that version, so a
-response always comes from one version, even while a publish or rollback flips the pointer. Version metadata and
-reason texts are immutable per version and cached in the process.
+:mod:`ml.publish`: the pointer GET is pipelined with the reads of the user's two keys in the version seen last, and
+the reads are repeated for the new version only when the pointer moved, so a response always comes from one version
+(even while a publish or rollback flips the pointer) at one round trip in the steady state. That round trip goes
+through :mod:`ml.api_redis` (hiredis, a bounded connection pool) on standalone Redis, through redis-py otherwise.
+Version metadata and reason texts are immutable per version and cached in the process.
 
 Routes: ``GET /v1/users/{user_id}/recommendations?limit=``, ``GET /v1/users/{user_id}/products/{product_id}`` (bearer
 auth + per-client rate limit), ``GET /healthz`` (503 while Redis is unreachable), ``GET /metrics`` (Prometheus),
@@ -38,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ml.api_auth import Authenticator, Principal
+from ml.api_redis import FastRedis
 from ml.errors import ConfigError
 from ml.publish import KeySpace, decode_details
 from ml.settings import Settings, get_settings
@@ -120,6 +123,11 @@ class _Version:
     fields: dict[str, Any]  # the ServedVersion fields, JSON-ready, merged into every response body
 
 
+def _as_dict(reply: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply as a dict (redis-py already returns one; a raw RESP2 reply is a flat list)."""
+    return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 def _score_pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
     """(member, score) pairs of a raw ZRANGE ... WITHSCORES reply: RESP3 nests [member, score] pairs with scores
     already parsed as doubles; RESP2 is flat [member, score-bytes, ...]."""
@@ -136,9 +144,10 @@ class ScoreReader:
     always comes from the version the pointer named during the request, at one round trip in the steady state.
     """
 
-    def __init__(self, client: aioredis.Redis, keys: KeySpace) -> None:
+    def __init__(self, client: aioredis.Redis, keys: KeySpace, fast: FastRedis | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.fast = fast
         self._versions: dict[int, _Version] = {}
         self._reasons: dict[int, dict[int, tuple[str, str]]] = {}
         self._last: _Version | None = None
@@ -170,14 +179,19 @@ class ScoreReader:
             self._reasons.pop(old, None)
         return version
 
-    async def _lookup(self, queue: Callable[[Any, int], None]) -> tuple[_Version | None, list[Any]]:
-        """Run ``queue(pipeline, version_id)``'s reads against the served version: (version, their results)."""
-        guess = self._last
+    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One pipelined round trip: the lean hiredis transport when configured, else a redis-py pipeline."""
+        if self.fast is not None:
+            return await self.fast.pipeline(commands)
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.current())
-            if guess is not None:
-                queue(pipe, guess.id)
-            first = await pipe.execute()
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
+    async def _lookup(self, reads: Callable[[int], list[tuple[Any, ...]]]) -> tuple[_Version | None, list[Any]]:
+        """Run the commands ``reads(version_id)`` against the served version: (version, their replies)."""
+        guess = self._last
+        first = await self._roundtrip([("GET", self.keys.current()), *(reads(guess.id) if guess else [])])
         if first[0] is None:
             return None, []
         vid = int(first[0])
@@ -187,9 +201,7 @@ class ScoreReader:
         if version is None:
             return None, []
         self._last = version
-        async with self.client.pipeline(transaction=False) as pipe:
-            queue(pipe, vid)
-            return version, await pipe.execute()
+        return version, await self._roundtrip(reads(vid))
 
     async def _resolve(self, vid: int, ids: set[int]) -> dict[int, tuple[str, str]]:
         cache = self._reasons.setdefault(vid, {})
@@ -221,32 +233,31 @@ class ScoreReader:
         """(served version or None when nothing is published, the user's hot items best first; empty when the user
         has none)."""
 
-        def queue(pipe: Any, vid: int) -> None:
-            # the raw reply, without redis-py's withscores callback (it re-encodes and re-parses every score)
-            pipe.execute_command("ZREVRANGE", self.keys.recs(vid, user_id), 0, limit - 1, "WITHSCORES")
-            pipe.hgetall(self.keys.details(vid, user_id))
+        def reads(vid: int) -> list[tuple[Any, ...]]:
+            return [("ZREVRANGE", self.keys.recs(vid, user_id), 0, limit - 1, "WITHSCORES"),
+                    ("HGETALL", self.keys.details(vid, user_id))]
 
-        version, results = await self._lookup(queue)
+        version, results = await self._lookup(reads)
         if version is None or not results[0]:
             return version, []
-        return version, await self._items(version.id, _score_pairs(results[0]), results[1])
+        return version, await self._items(version.id, _score_pairs(results[0]), _as_dict(results[1]))
 
     async def pair(self, user_id: int, product_id: int) -> tuple[_Version | None, bool, dict | None]:
         """(served version or None, user known in it, the pair's item or None when the pair is not hot)."""
 
-        def queue(pipe: Any, vid: int) -> None:
-            pipe.zscore(self.keys.recs(vid, user_id), product_id)
-            pipe.hget(self.keys.details(vid, user_id), product_id)
-            pipe.exists(self.keys.recs(vid, user_id))
+        def reads(vid: int) -> list[tuple[Any, ...]]:
+            return [("ZSCORE", self.keys.recs(vid, user_id), product_id),
+                    ("HGET", self.keys.details(vid, user_id), product_id),
+                    ("EXISTS", self.keys.recs(vid, user_id))]
 
-        version, results = await self._lookup(queue)
+        version, results = await self._lookup(reads)
         if version is None:
             return None, False, None
         score, payload, exists = results
         if score is None:
             return version, bool(exists), None
         member = str(product_id).encode()
-        items = await self._items(version.id, [(member, score)], {member: payload or b"|"})
+        items = await self._items(version.id, [(member, float(score))], {member: payload or b"|"})
         return version, True, items[0]
 
 
@@ -451,10 +462,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retry=retry, **timeouts,
             )
             client = aioredis.Redis(connection_pool=pool)
-        app.state.reader = ScoreReader(client, keys)
+        fast = (
+            FastRedis(url, max_connections=settings.api_redis_max_connections, timeout_s=settings.api_redis_timeout_s)
+            if FastRedis.supports(url, settings.redis_cluster)
+            else None
+        )
+        app.state.reader = ScoreReader(client, keys, fast)
         try:
             yield
         finally:
+            if fast is not None:
+                await fast.aclose()
             await client.aclose()
             if pool is not None:
                 await pool.aclose()

@@ -471,6 +471,56 @@ def score(
             client.close()
 
 
+# --- features and training snapshots (ml.features) ------------------------------------------------------------------
+@app.command("features")
+def features_cmd(
+    as_of: Annotated[str, typer.Option("--as-of", help="UTC date or time; features use only events before it.")],
+    bucket: Annotated[int | None, typer.Option("--bucket", help="Hash bucket k of user_id (with --buckets).")] = None,
+    buckets: Annotated[int | None, typer.Option("--buckets", help="Number of hash buckets K.")] = None,
+    labels: Annotated[bool, typer.Option("--labels", help="Add label (and weight) columns.")] = False,
+    out: Annotated[str | None, typer.Option("--out", help="Write the rows to this Parquet file.")] = None,
+) -> None:
+    """Compute the point-in-time features of the pairs active at --as-of (optionally one bucket); print counts,
+    timing and NaN shares, or write Parquet with --out."""
+    import time
+
+    from ml import features as F
+
+    s = settings()
+    t = time.perf_counter()
+    table = F.read_pair_features_arrow(pg_engine(s), as_of, s, bucket, buckets, with_labels=labels)
+    typer.echo(json.dumps(F.summarize_features(table, time.perf_counter() - t), indent=2))
+    if out:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table if labels else table.drop_columns(["label", "weight"]), out, compression="zstd")
+        typer.echo(f"wrote {table.num_rows:,} rows to {out}")
+
+
+@app.command("snapshots")
+def snapshots_cmd(
+    as_of: Annotated[list[str] | None, typer.Option("--as-of", help="Snapshot date (repeat); default: weekly.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Only dates whose label horizon ends by then.")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Only print the snapshot dates.")] = False,
+) -> None:
+    """Build training snapshots (features + labels) at weekly as_of dates: each checked with Great Expectations,
+    written as Parquet under artifacts/snapshots/ and recorded in ml.feature_snapshots."""
+    from ml import features as F
+    from ml.db import migrate as run_migrations
+
+    s = settings()
+    engine = pg_engine(s)
+    run_migrations(engine)
+    dates = [F.to_utc(d) for d in as_of] if as_of else F.snapshot_dates(engine, s, end=end)
+    if list_only:
+        typer.echo("\n".join(f"{d:%Y-%m-%d %H:%M}" for d in dates) or "no snapshot date: too little history")
+        return
+    ts = F.build_training_snapshots(engine, s, dates)
+    for info in ts.snapshots:
+        typer.echo(f"{info.as_of:%Y-%m-%d}  rows {info.rows:>10,}  positives {info.positives:>8,}  {info.uri}")
+    typer.echo(f"fingerprint {ts.fingerprint} (feature version {ts.feature_version})")
+
+
 def main() -> None:
     app()
 

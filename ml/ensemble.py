@@ -7,9 +7,10 @@ Members (names are contracts shared with scoring and the registry):
 ``xgboost``        XGBoost ``hist`` trees (``.ubj``)
 ``lightgbm``       LightGBM gradient boosting (``.txt``)
 ``random_forest``  LightGBM ``boosting_type="rf"`` (``.txt``): bagged trees (``bagging_freq=1``, ``bagging_fraction<1``,
-                   ``feature_fraction<1``) whose raw score is the *average* of Newton steps taken from the prior log-odds,
-                   so it lives in margin (log-odds) space like the boosted members and TreeSHAP on it is additive. Its
-                   scale is looser than a boosted model's; the blend's weight and the Platt slope absorb that.
+                   ``feature_fraction<1``), each a Newton step from the prior log-odds; the forest's score is the
+                   *average* of the trees' outputs, so it lives in margin (log-odds) space like the boosted members and
+                   TreeSHAP on it is additive. (LightGBM's ``raw_score``/``pred_contrib`` return the *sum* over trees
+                   in rf mode; this module divides by the number of trees, matching LightGBM's own probabilities.)
 
 Blend (all in log-odds)::
 
@@ -493,6 +494,17 @@ class RandomForestMember(LightGBMMember):
     boosting = "rf"
     metric = "auc"
 
+    # LightGBM's rf mode averages tree outputs for its probabilities, but predict(raw_score=True) and pred_contrib
+    # return the *sum* over trees. Dividing by the number of trees gives the log-odds LightGBM's own probability uses
+    # (sigmoid(raw / T) == predict(X), checked in tests), so the member's margin lives on the boosted members' scale.
+    def predict_margin(self, model, X, threads=0):  # noqa: ANN001, ANN201
+        return super().predict_margin(model, X, threads) / max(model.num_trees(), 1)
+
+    def contributions(self, model, X, threads=0):  # noqa: ANN001, ANN201
+        phi, base = super().contributions(model, X, threads)
+        t = max(model.num_trees(), 1)
+        return phi / t, base / t
+
 
 def _lightgbm_iteration_callback(on_iteration: OnIteration, every: int, metric: str) -> Callable[[Any], None]:
     def _callback(env: Any) -> None:
@@ -653,7 +665,9 @@ class Ensemble:
     ``calibration``: (a, b) with ``logit(p) = a * blended_margin + b``; ``feature_names``: input column order.
 
     Inputs ``X`` are DataFrames holding (at least) ``feature_names`` or float matrices in that column order; NaN is
-    allowed (each library's native missing-value handling). Outputs are float64 numpy arrays of shape (n,).
+    allowed (each library's native missing-value handling, after ``nan_fill``: feature -> value replacing NaN, see
+    :data:`NAN_FILL_LARGE`). Outputs are float64 numpy arrays of shape (n,). ``threshold``: the decision threshold
+    chosen on validation (max F1); ``threads``: threads per library call (0 = every CPU).
     """
 
     members: dict[str, Any]

@@ -379,6 +379,7 @@ def iter_pair_feature_batches(
     *,
     with_labels: bool = False,
     negative_rate: float = 1.0,
+    item_stats_key: str | None = None,
 ) -> Iterator[Any]:
     """Stream the feature rows of the pairs active at ``as_of`` as pyarrow RecordBatches.
 
@@ -386,11 +387,21 @@ def iter_pair_feature_batches(
     ``with_labels``), weight (float64: 1, or 1/negative_rate for a kept negative). With ``negative_rate`` < 1 and
     ``with_labels``, each negative is kept when a stable hash of (user, product, as_of, settings.seed) falls below
     the rate. Memory stays at one CSV block (8 MiB) plus the batch being consumed.
+
+    ``item_stats_key``: read the product/category/brand statistics materialised under this key (computed by the
+    first caller with the key, see :func:`prepare_item_stats`) instead of aggregating every user's events again.
+    The K bucket tasks of one scoring run should pass the same key (e.g. the run id): the values are identical,
+    the work is done once.
     """
     window = FeatureWindow.at(as_of, settings)
     params = _pair_params(window, bucket, n_buckets, with_labels, negative_rate, settings.seed)
+    sql = render_sql("pair_features")
+    if item_stats_key is not None:
+        prepare_item_stats(engine, window.as_of, settings, item_stats_key)
+        sql = render_sql("pair_features", item_stats="item_stats_cached")
+        params["item_stats_key"] = item_stats_key
     what = f"features {window.as_of:%Y-%m-%d %H:%M}" + (f" bucket {bucket}/{n_buckets}" if n_buckets else "")
-    yield from _copy_batches(engine, render_sql("pair_features"), params, _feature_schema(), settings, what)
+    yield from _copy_batches(engine, sql, params, _feature_schema(), settings, what)
 
 
 def read_pair_features_arrow(
@@ -401,7 +412,7 @@ def read_pair_features_arrow(
     n_buckets: int | None = None,
     **kwargs: Any,
 ) -> Any:
-    """The batches of :func:`iter_pair_feature_batches` as one pyarrow Table."""
+    """The batches of :func:`iter_pair_feature_batches` (same keyword arguments) as one pyarrow Table."""
     import pyarrow as pa
 
     return pa.Table.from_batches(
@@ -415,15 +426,80 @@ def build_pair_features(
     settings: Settings,
     bucket: int | None = None,
     n_buckets: int | None = None,
+    *,
+    item_stats_key: str | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features of the pairs active at ``as_of`` (for the users of bucket k of K when given).
 
     One row per active pair; columns ``user_id``, ``product_id`` (int64), then FEATURE_COLUMNS (float64; NaN only
     in NULLABLE_FEATURES). Computed only from events strictly before ``as_of`` (UTC). Row order is unspecified.
-    Raises ConfigError on inconsistent windows and ValueError on a bad bucket.
+    ``item_stats_key``: see :func:`iter_pair_feature_batches`. Raises ConfigError on inconsistent windows or a
+    reused cache key, ValueError on a bad bucket.
     """
-    table = read_pair_features_arrow(engine, as_of, settings, bucket, n_buckets)
+    table = read_pair_features_arrow(engine, as_of, settings, bucket, n_buckets, item_stats_key=item_stats_key)
     return table.drop_columns(["label", "weight"]).to_pandas()
+
+
+# --- item statistics cache -------------------------------------------------------------------------------------------
+ITEM_STATS_MAX_AGE = dt.timedelta(days=2)  # materialised keys older than this are deleted by the next prepare
+
+
+def prepare_item_stats(
+    engine: Engine, as_of: dt.datetime | dt.date | str, settings: Settings, key: str
+) -> str:
+    """Materialise the product/category/brand statistics at ``as_of`` under ``key`` once; return ``key``.
+
+    Idempotent and safe under concurrency: callers with the same key serialise on a transaction-scoped advisory
+    lock; the first computes (one aggregate over every user's lookback events) and commits, the others find the
+    key and return. Raises ConfigError if ``key`` already holds statistics for another as_of, lookback or feature
+    version. Keys older than ITEM_STATS_MAX_AGE are pruned on the way. The cache is a snapshot: events loaded
+    into ``[as_of - lookback, as_of)`` after it was built are not in it (use a new key, e.g. per run).
+    """
+    import time
+
+    window = FeatureWindow.at(as_of, settings)
+    version = feature_version()
+    with _connect(engine) as conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 7262020))", (key,))
+        row = cur.execute(
+            "select as_of, since, feature_version from ml.feature_item_stats_keys where cache_key = %s", (key,)
+        ).fetchone()
+        if row is not None:
+            if (to_utc(row[0]), to_utc(row[1]), row[2]) != (window.as_of, window.since, version):
+                raise ConfigError(
+                    f"item statistics key {key!r} holds as_of {row[0]}, since {row[1]}, feature version {row[2]}; "
+                    f"asked for as_of {window.as_of}, since {window.since}, {version}: use another key"
+                )
+            return key
+        cur.execute(_SESSION_SQL, {"work_mem": settings.feature_work_mem})
+        cur.execute(
+            "delete from ml.feature_item_stats where cache_key in (select cache_key from ml.feature_item_stats_keys "
+            "where created_at < now() - %s)",
+            (ITEM_STATS_MAX_AGE,),
+        )
+        cur.execute("delete from ml.feature_item_stats_keys where created_at < now() - %s", (ITEM_STATS_MAX_AGE,))
+        t = time.perf_counter()
+        cur.execute(to_pyformat(render_sql("item_stats_insert")), {**window.params(), "item_stats_key": key})
+        products = cur.rowcount
+        seconds = time.perf_counter() - t
+        cur.execute(
+            "insert into ml.feature_item_stats_keys (cache_key, as_of, since, feature_version, products, seconds) "
+            "values (%s, %s, %s, %s, %s, %s)",
+            (key, window.as_of, window.since, version, products, seconds),
+        )
+    log.info("item statistics %r at %s: %s products in %.1fs", key, f"{window.as_of:%Y-%m-%d %H:%M}",
+             f"{products:,}", seconds)
+    return key
+
+
+def drop_item_stats(engine: Engine, key: str | None = None) -> int:
+    """Delete the item statistics of ``key`` (None: every key); returns the number of keys deleted."""
+    params = {"k": key}
+    with engine.begin() as conn:
+        conn.execute(sa.text("delete from ml.feature_item_stats where cast(:k as text) is null or cache_key = :k"), params)
+        return int(conn.execute(
+            sa.text("delete from ml.feature_item_stats_keys where cast(:k as text) is null or cache_key = :k"), params
+        ).rowcount)
 
 
 def build_labels(
@@ -897,3 +973,24 @@ def build_training_snapshots(
         digest.update(f"{info.as_of.isoformat()}:{info.fingerprint}\n".encode())
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return TrainingSet(frame=frame, fingerprint=digest.hexdigest(), feature_version=version, snapshots=infos)
+
+
+def summarize_features(table: Any, seconds: float | None = None) -> dict[str, Any]:
+    """A small JSON-able summary of a feature table (rows, users, products, positives, NaN shares of the nullable
+    features, seconds): what ``propensity features`` prints."""
+    import pyarrow.compute as pc
+
+    out: dict[str, Any] = {
+        "rows": table.num_rows,
+        "users": len(pc.unique(table.column("user_id"))) if table.num_rows else 0,
+        "products": len(pc.unique(table.column("product_id"))) if table.num_rows else 0,
+    }
+    if "label" in table.column_names and table.column("label").null_count < table.num_rows:
+        out["positives"] = int(pc.sum(table.column("label")).as_py() or 0)
+    out["nan_share"] = {
+        c: round(table.column(c).null_count / table.num_rows, 4) if table.num_rows else None for c in NULLABLE_FEATURES
+    }
+    if seconds is not None:
+        out["seconds"] = round(seconds, 2)
+        out["rows_per_second"] = round(table.num_rows / seconds) if seconds > 0 else None
+    return out

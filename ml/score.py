@@ -170,10 +170,7 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         """Human-readable summary lines (the end of the task log / CLI output)."""
-        order = {k: i for i, k in enumerate(_STAGE_ORDER)}
-        stage_s = ", ".join(
-            f"{k} {int(v):,}" if k.endswith("_rows") else f"{k} {v:,.1f}s"
-            for k, v in sorted(self.timings.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+        stage_s = _format_timings(self.timings)
         tiers = ", ".join(f"{k} {v:,}" for k, v in self.tiers.items())
         top = ", ".join(f"{k} {v:,}" for k, v in list(self.reasons.items())[:6])
         return [
@@ -189,6 +186,14 @@ class RunSummary:
 
 
 # --- small helpers -------------------------------------------------------------------------------------------------
+def _format_timings(timings: Mapping[str, float]) -> str:
+    """``plan 0.1s, features 2.0s, ...`` in pipeline order; ``*_rows`` entries are counts."""
+    order = {k: i for i, k in enumerate(_STAGE_ORDER)}
+    return ", ".join(
+        f"{k} {int(v):,}" if k.endswith("_rows") else f"{k} {v:,.2f}s"
+        for k, v in sorted(timings.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
 def as_date(value: dt.date | dt.datetime | str) -> dt.date:
     """A UTC calendar date from a date, an aware/naive (UTC) datetime or an ISO string."""
     if isinstance(value, dt.datetime):
@@ -851,7 +856,7 @@ def score_batch(
     progress.finish()
     result = BatchResult(spec.run_id, spec.bucket, rows, time.perf_counter() - t0, timings, max_residual)
     log.info("%s: %s pairs in %.1fs (%s pairs/s); %s", what, f"{rows:,}", result.seconds,
-             f"{result.rows_per_s:,.0f}", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+             f"{result.rows_per_s:,.0f}", _format_timings(timings))
     return result
 
 

@@ -91,7 +91,7 @@ def suggest_params(name: str, trial: Any) -> dict[str, Any]:
             "bagging_fraction": trial.suggest_float("bagging_fraction", 0.4, 0.9),
             "bagging_freq": 1,
             "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 0.9),
-            # shrinks each leaf's Newton step -G/(H + lambda): keeps the forest's margins on a sane scale
+            # shrinks each leaf's Newton step -G/(H + lambda) on small, pure leaves
             "lambda_l2": trial.suggest_float("lambda_l2", 1.0, 100.0, log=True),
         }
     raise ValueError(f"no search space for member {name!r}")

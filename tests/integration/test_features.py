@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from ml import features as F
 from ml.db import libpq_url, make_engine, migrate
+from ml.errors import ConfigError
 from ml.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -284,6 +285,39 @@ def test_buckets_cover_every_active_pair_exactly_once(feat_engine, fs, generated
         assert not union.duplicated(["user_id", "product_id"]).any()
         # same pairs AND the same values: product statistics never depend on the bucketing
         pd.testing.assert_frame_equal(union, full)
+
+
+def test_item_stats_cache_gives_the_same_rows_once(feat_engine, fs, generated) -> None:  # noqa: ANN001
+    import threading
+
+    as_of = generated["as_of"] - dt.timedelta(days=14)
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    full = sorted_frame(F.build_pair_features(feat_engine, as_of, fs))
+    errors: list[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            F.prepare_item_stats(feat_engine, as_of, fs, key)
+        except BaseException as e:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=prepare) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with feat_engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from ml.feature_item_stats_keys where cache_key = :k"),
+                            {"k": key}).scalar_one() == 1
+    parts = [F.build_pair_features(feat_engine, as_of, fs, bucket=k, n_buckets=4, item_stats_key=key) for k in range(4)]
+    pd.testing.assert_frame_equal(sorted_frame(pd.concat(parts, ignore_index=True)), full)
+    with pytest.raises(ConfigError, match="use another key"):
+        F.build_pair_features(feat_engine, as_of + dt.timedelta(days=1), fs, item_stats_key=key)
+    assert F.drop_item_stats(feat_engine, key) == 1
+    with feat_engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from ml.feature_item_stats where cache_key = :k"),
+                            {"k": key}).scalar_one() == 0
 
 
 def test_sql_and_python_buckets_agree(feat_engine) -> None:  # noqa: ANN001

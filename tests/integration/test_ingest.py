@@ -372,3 +372,28 @@ def test_load_events_frame_creates_partitions(engine) -> None:
     assert [r.part for r in rows] == ["raw.events_p20310301", "raw.events_p20310302"]
     assert rows[0].brand == "Ünï'\"; --" and rows[1].s == "6a5b0e26-4c4d-4b79-9f3e-0d8b4c7a9e21"
     assert [r.line_no for r in rows] == [1, 2]
+
+
+def test_object_storage_locations(cfg, engine, rees46_sample: Path) -> None:
+    """Landing, archive and quarantine on an fsspec filesystem (memory:// stands in for s3://)."""
+    import fsspec
+
+    from ml.generate import corrupt_file
+
+    fs = fsspec.filesystem("memory")
+    root = f"/t{uuid.uuid4().hex[:8]}"
+    s = cfg.model_copy(update={"landing_url": f"memory://{root}/landing", "archive_url": f"memory://{root}/archive",
+                               "quarantine_url": f"memory://{root}/quarantine"})
+    good = _variant(rees46_sample, Path(cfg.state_dir) / "obj.csv", 250, f"o{uuid.uuid4().hex[:8]}")
+    bad = corrupt_file(good, Path(cfg.state_dir) / "obj_bad.csv", "unparseable_timestamp", seed=1)
+    fs.pipe(f"{root}/landing/2019/obj.csv", good.read_bytes())
+    fs.pipe(f"{root}/landing/2019/obj_bad.csv", bad.read_bytes())
+    results = {r.file_name: r for r in ingest_files(discover_files(s), s, engine)}
+    assert results["obj.csv"].status == "loaded" and results["obj.csv"].rows_loaded == 250
+    assert results["obj_bad.csv"].failed_rules == ["event_time_type"]
+    assert fs.find(f"{root}/landing") == []
+    assert fs.cat_file(f"{root}/archive/obj.csv") == good.read_bytes()
+    assert fs.cat_file(f"{root}/quarantine/obj_bad.csv") == bad.read_bytes()
+    report = json.loads(fs.cat_file(f"{root}/quarantine/obj_bad.csv.report.json"))
+    assert report["failed_rules"] == ["event_time_type"] and report["quarantine_uri"].startswith("memory://")
+    fs.rm(root, recursive=True)

@@ -181,3 +181,13 @@ def test_weights_must_be_on_the_simplex(fitted: dict) -> None:
 
 def test_nan_fill_makes_never_carted_the_latest_possible_time() -> None:
     assert nan_fill_values(FEATURES) == {"pair_hours_since_last_cart": NAN_FILL_LARGE}
+
+
+def test_random_forest_margin_is_the_log_odds_lightgbm_itself_predicts(fitted: dict) -> None:
+    """LightGBM rf: predict() uses the average of the trees; our margin (raw sum / trees) must be its logit."""
+    ens, Xh = fitted["ensemble"], fitted["Xh"]
+    model = ens.members["random_forest"]
+    margin = ens.member_margins(Xh, ["random_forest"])["random_forest"]
+    np.testing.assert_allclose(sigmoid(margin), model.predict(ens.matrix(Xh)), rtol=0, atol=1e-12)
+    phi, base = member_kind("random_forest").contributions(model, ens.matrix(Xh), 1)
+    np.testing.assert_allclose(phi.sum(1) + base, margin, rtol=0, atol=1e-9)

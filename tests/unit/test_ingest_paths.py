@@ -1,0 +1,71 @@
+"""File discovery, naming and moving rules of the ingest step (local filesystem and fsspec's memory://)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml.errors import PipelineError
+from ml.ingest import _free_uri, _is_under, _put_file, discover_files, file_format
+from ml.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("a.csv", ("csv", None)), ("A.CSV.GZ", ("csv", "gzip")), ("x.parquet", ("parquet", None)), ("x.pq", ("parquet", None))],
+)
+def test_file_format(name: str, expected: tuple[str, str | None]) -> None:
+    assert file_format(name) == expected
+
+
+def test_file_format_rejects_others() -> None:
+    with pytest.raises(PipelineError, match="unsupported file type"):
+        file_format("notes.txt")
+
+
+def test_discover_skips_uploads_in_progress_and_processed_folders(tmp_path: Path) -> None:
+    s = Settings(state_dir=tmp_path, archive_url=str(tmp_path / "landing" / "archive"))
+    landing = Path(s.location("landing"))
+    for rel in ("b/events_2019-10-02.csv", "events_2019-10-01.csv", "events_20191001.parquet", ".events_x.csv",
+                "_tmp/events_2019-10-01.csv", "archive/events_2019-10-01.csv", "readme.txt", "c.csv.gz"):
+        (landing / rel).parent.mkdir(parents=True, exist_ok=True)
+        (landing / rel).write_bytes(b"x")
+    found = [Path(p).relative_to(landing).as_posix() for p in discover_files(s)]
+    assert found == ["b/events_2019-10-02.csv", "c.csv.gz", "events_2019-10-01.csv", "events_20191001.parquet"]
+    dated = [Path(p).name for p in discover_files(s, date="2019-10-01")]
+    assert dated == ["events_2019-10-01.csv", "events_20191001.parquet"]
+    assert len(discover_files(s, limit=2)) == 2
+    one = landing / "c.csv.gz"
+    assert discover_files(s, str(one)) == [str(one)]
+    assert discover_files(s, str(tmp_path / "nowhere")) == []
+
+
+def test_is_under() -> None:
+    assert _is_under("/a/b/c.csv", "/a/b")
+    assert not _is_under("/a/bc/c.csv", "/a/b")
+    assert _is_under("s3://bkt/landing/x.csv", "s3://bkt/landing/")
+    assert not _is_under("s3://bkt/landing2/x.csv", "s3://bkt/landing")
+
+
+def test_moves_and_name_collisions_on_object_storage() -> None:
+    """memory:// stands in for s3:// (same fsspec interface)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/land/x.csv", b"one")
+    dst = _free_uri("memory://quar", "x.csv", "a" * 64)
+    assert dst == "memory://quar/x.csv"
+    _put_file("memory://land/x.csv", dst, b"one", move=True)
+    assert fs.cat_file("/quar/x.csv") == b"one" and not fs.exists("/land/x.csv")
+    # another file of the same name but other content gets a checksum prefix; the same content reuses the name
+    assert _free_uri("memory://quar", "x.csv", "b" * 64) == "memory://quar/bbbbbbbbbbbb-x.csv"
+    import hashlib
+
+    assert _free_uri("memory://quar", "x.csv", hashlib.sha256(b"one").hexdigest()) == "memory://quar/x.csv"
+    s = Settings(landing_url="memory://land", archive_url="memory://arch", quarantine_url="memory://quar")
+    fs.pipe("/land/d/events_2019-10-03.csv", b"z")
+    (found,) = discover_files(s)
+    assert found == "memory:///land/d/events_2019-10-03.csv" and _is_under(found, s.location("landing"))
+    fs.rm("/quar", recursive=True)
+    fs.rm("/land", recursive=True)
