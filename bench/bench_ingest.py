@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -223,7 +224,10 @@ def main() -> None:
         ]
         load_rows = [[name, f"{n_sub:,}", sec, n_sub / sec, (n_sub / sec) / (n_sub / load["pandas to_sql (baseline)"])]
                      for name, sec in load.items()]
+        load_avg = os.getloadavg()[0]
         body = (
+            f"Load average at the end of the run: {load_avg:.1f} on {os.cpu_count()} cores (PostgreSQL runs on the "
+            "same machine; other jobs shared it, so read the ratios rather than the absolute rows/s).\n\n"
             f"{n_events:,} generated events (seed {args.seed}) in {len(files)} daily REES46 CSV files "
             f"(~{n_events // max(len(files), 1):,} rows each), loaded into a fresh database with raw.events' two "
             f"indexes in place. Data Docs {'on' if args.data_docs else 'off'} (about 1 s per file when on). "

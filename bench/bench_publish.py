@@ -250,7 +250,7 @@ def main() -> None:
             "zset": client.object("encoding", ks.recs(result.version, hot[0][0])).decode(),
             "hash": client.object("encoding", ks.details(result.version, hot[0][0])).decode(),
         }
-        server = client.info("server")
+        server = {**client.info("server"), "mem_allocator": client.info("memory").get("mem_allocator", "?")}
         client.flushdb()
     finally:
         if not redis_was_up:

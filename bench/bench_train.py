@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     from ml.tune import open_storage, study_name
 
     server = args.server_url or resolve_services(get_settings()).postgres_url
+    load_before = os.getloadavg()
     t = time.perf_counter()
     url = prepare_database(server, args.database, args.users, args.products, args.days, args.reuse)
     prep_s = time.perf_counter() - t
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         run = run_training(engine, settings, n_trials=n_trials, data=data, dag_run_id="bench_train")
     run_s = time.perf_counter() - t
     engine.dispose()
+    load_after = os.getloadavg()
 
     tuned = run.metrics
     rows = [_metrics_row("ensemble (fitted weights)", tuned["ensemble"]),
@@ -150,8 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     trial_rows = []
     for m, tsum in run.tuning.items():
         trial_rows.append([m, tsum["n_new_trials"], tsum["n_complete"], tsum["n_pruned"], f"{tsum['seconds']:.1f}",
-                           f"{tsum['trials_per_minute']:.1f}", tsum["n_trees"], f"{run.timings.get(f'tune_{m}_s', 0):.1f}",
-                           f"{baseline.timings.get(f'tune_{m}_s', 0):.1f}", f"{tsum['best_value']:.5f}"])
+                           f"{tsum['trials_per_minute']:.1f}", tsum["n_trees"],
+                           f"{baseline.timings.get(f'tune_{m}_s', 0):.1f}", f"{tsum['best_value']:.5f}",
+                           f"{baseline.tuning[m]['best_value']:.5f}"])
     total_trials = sum(t["n_new_trials"] for t in run.tuning.values())
     tune_s = sum(run.timings.get(f"tune_{m}_s", 0.0) for m in run.tuning)
     ens = run.metrics["ensemble"]
@@ -169,13 +173,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(data.frame):,} training rows in {window['train_snapshots'] + window['validation_snapshots'] + 1} weekly "
         f"snapshots (train {window['n_train']:,} / validation {window['n_validation']:,} / holdout "
         f"{window['n_holdout']:,}, {len(data.feature_names)} features). Default budget: {n_trials} Optuna trials per "
-        f"member (timeout {settings.tune_timeout_s}s each), threads per fit: {args.threads or 'all'}.",
+        f"member (timeout {settings.tune_timeout_s}s each), threads per fit: {args.threads or 'all'}. 1-minute load "
+        f"average {load_before[0]:.1f} at the start and {load_after[0]:.1f} at the end (other jobs shared the cores; "
+        "compare ratios within this run).",
         md_table(["stage", "wall s", "peak RSS MiB"], stage_rows),
         f"**{total_trials} trials in {tune_s:.0f}s: {60 * total_trials / tune_s:.1f} trials/minute** overall; the weekly "
         f"run took {run_s / baseline_s:.1f}x the untuned baseline's wall time. Version `{run.version}` -> "
         f"{run.status} ({run.decision.reason}).",
         md_table(["member", "new trials", "complete", "pruned", "tune s", "trials/min", "trees (best)",
-                  "tuned fit s", "untuned fit s", "best val loss"], trial_rows),
+                  "untuned fit s", "best val loss", "untuned val loss"], trial_rows),
         "Holdout metrics (the latest labelled snapshot; F1 at the validation-chosen threshold):",
         md_table(["model", "ROC-AUC", "PR-AUC", "log loss", "Brier", "ECE", "F1", "hit-rate@10"], rows),
         f"Blend weights: {', '.join(f'{m} {w:.3f}' for m, w in run_weights(run).items())}. Ensemble PR-AUC vs best "

@@ -345,8 +345,10 @@ class _RateLimiter:
         self.items = parse_many(spec) if spec and spec.lower() not in ("none", "off", "0") else []
         uri = settings.api_rate_limit_storage
         options: dict[str, Any] = {}
-        if uri.startswith(("redis://", "rediss://", "unix://")):
-            uri, options = "async+" + uri, {"implementation": "redispy"}
+        if uri.startswith(("redis://", "rediss://", "unix://")):  # shared counters, through redis-py
+            scheme, rest = uri.split("://", 1)
+            uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
+            options = {"implementation": "redispy"}
         elif not uri.startswith("async+"):
             uri = "async+" + uri
         self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options)) if self.items else None
@@ -409,8 +411,8 @@ _LIMIT_ONLY = frozenset({"limit"})
 async def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     """The client of a /v1 call: 401 without a valid token while auth is on; then its rate-limit hit (429).
 
-    A plain call from the route rather than a FastAPI dependency: each dependency level costs measurable CPU per
-    request (see docs/BENCHMARKS.md); only the HTTPBearer scheme stays a dependency, so OpenAPI documents it."""
+    A plain call from the route rather than a FastAPI dependency (fewer dependency levels to solve per request);
+    only the HTTPBearer scheme stays a dependency, so OpenAPI documents it."""
     state = request.app.state
     if state.auth_enabled:
         principal = state.auth.authenticate(credentials.credentials if credentials else None)

@@ -2,9 +2,10 @@
 
 hiredis (the Redis project's C protocol library, already what redis-py uses underneath) packs the commands and parses
 the replies; this module only keeps a bounded pool of plain asyncio connections. Why not redis-py's asyncio client
-for this one call: on the bench machine a lookup pipeline (GET + ZREVRANGE + HGETALL) cost ~125 us of CPU through
-redis-py's pipeline machinery and ~15 us this way (docs/BENCHMARKS.md), and the API does nothing else per request.
-Everything else (health checks, version meta, reason texts, TLS, Redis Cluster) stays on redis-py.
+for this one call: alone, a lookup pipeline (GET + ZREVRANGE + HGETALL, 32 concurrent) cost ~125 us of CPU through
+redis-py's pipeline machinery and ~15 us this way on the bench machine, and it is the API's main cost per request
+(bench/bench_api.py prints the in-process CPU per request with either transport). Everything else (health checks,
+version meta, reason texts, TLS, Redis Cluster) stays on redis-py.
 
 Replies come in RESP2 shapes (flat lists; bulk strings as bytes; integers as int); error replies raise
 ``redis.exceptions.ResponseError``, connection problems ``redis.exceptions.ConnectionError`` and timeouts

@@ -410,7 +410,7 @@ def ingest(
         if as_json:
             typer.echo(json.dumps(r.to_dict(), default=str))
         else:
-            typer.echo(f"{r.status:12s} {r.file_name}: {r.message.splitlines()[0] if r.message else ''}")
+            typer.echo(f"{r.status:12s} {r.message.splitlines()[0] if r.message else r.file_name}")
             for line in r.failures:
                 typer.echo(f"    - {line}")
     if not results:

@@ -240,6 +240,11 @@ class MemberKind:
     def n_trees(self, model: Any) -> int:
         raise NotImplementedError
 
+    def margin_scale(self, model: Any) -> float:
+        """Factor from the library's raw score (and raw contributions) to this member's margin: 1, except for the
+        random forest (see :class:`RandomForestMember`)."""
+        return 1.0
+
 
 class CatBoostMember(MemberKind):
     name, library, file_name = "catboost", "catboost", "catboost.cbm"
@@ -497,13 +502,16 @@ class RandomForestMember(LightGBMMember):
     # LightGBM's rf mode averages tree outputs for its probabilities, but predict(raw_score=True) and pred_contrib
     # return the *sum* over trees. Dividing by the number of trees gives the log-odds LightGBM's own probability uses
     # (sigmoid(raw / T) == predict(X), checked in tests), so the member's margin lives on the boosted members' scale.
+    def margin_scale(self, model: Any) -> float:
+        return 1.0 / max(model.num_trees(), 1)
+
     def predict_margin(self, model, X, threads=0):  # noqa: ANN001, ANN201
-        return super().predict_margin(model, X, threads) / max(model.num_trees(), 1)
+        return super().predict_margin(model, X, threads) * self.margin_scale(model)
 
     def contributions(self, model, X, threads=0):  # noqa: ANN001, ANN201
         phi, base = super().contributions(model, X, threads)
-        t = max(model.num_trees(), 1)
-        return phi / t, base / t
+        scale = self.margin_scale(model)
+        return phi * scale, base * scale
 
 
 def _lightgbm_iteration_callback(on_iteration: OnIteration, every: int, metric: str) -> Callable[[Any], None]:
@@ -759,20 +767,24 @@ class Ensemble:
         from ml import explain as fast  # engineer E's module
 
         threads = resolve_threads(self.threads) if self.threads > 0 else None
+        kind = member_kind(member)
+        scale = kind.margin_scale(self.members[member])  # ml.explain works on the library's raw score
         explainer = self._explainers.get(member)
         if explainer is None:
             explainer = fast.TreeExplainer.from_model(self.members[member])
             # Guard: on a few rows the fast values must add up to the library's own margin before they are trusted
             probe = arr[:FAST_CHECK_ROWS]
-            native = member_kind(member).predict_margin(self.members[member], probe, self.threads)
-            phi = np.asarray(explainer.shap_values(probe, n_threads=threads), dtype=np.float64)
-            err = float(np.max(np.abs(phi.sum(axis=1) + float(explainer.expected_value) - native), initial=0.0))
+            native = kind.predict_margin(self.members[member], probe, self.threads)
+            phi = np.asarray(explainer.shap_values(probe, n_threads=threads), dtype=np.float64) * scale
+            base = float(explainer.expected_value) * scale
+            err = float(np.max(np.abs(phi.sum(axis=1) + base - native), initial=0.0))
             if not err <= FAST_CHECK_TOLERANCE:
                 raise ModelError(f"fast SHAP for {member} does not add up to the model's margin (max error {err:.3g})")
             self._explainers[member] = explainer
         phi = np.asarray(explainer.shap_values(arr, n_threads=threads), dtype=np.float64)
-        base = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
-        return phi, float(base[0])
+        if scale != 1.0:
+            phi *= scale
+        return phi, float(explainer.expected_value) * scale
 
     # artifacts
     def save(self, directory: str | Path) -> dict[str, Any]:

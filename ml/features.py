@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -159,6 +161,14 @@ def bucket_of(user_id: int | np.ndarray, n_buckets: int) -> int | np.ndarray:
     if isinstance(h, np.ndarray):
         return ((h * np.int64(n_buckets)) >> 32).astype(np.int64)
     return (h * n_buckets) >> 32
+
+
+def bucket_hash_range(bucket: int, n_buckets: int) -> tuple[int, int]:
+    """The half-open range ``[lo, hi)`` of :func:`user_hash32` values in bucket ``bucket`` of ``n_buckets``; equal
+    to SQL ``[ml.bucket_hash_lo(k, K), ml.bucket_hash_lo(k + 1, K))``. The feature SQL filters buckets this way,
+    so an index on ``ml.user_hash32(user_id)`` can serve "bucket k of K" as a range scan."""
+    _check_buckets(bucket, n_buckets)
+    return -(-(bucket << 32) // n_buckets), -(-((bucket + 1) << 32) // n_buckets)
 
 
 def user_bucket_sql(column: str = "user_id", n_buckets: str = ":n_buckets") -> str:
@@ -327,8 +337,13 @@ def _copy_batches(
     with _connect(engine) as conn, conn.cursor() as cur:
         cur.execute(_SESSION_SQL, {"work_mem": settings.feature_work_mem})
         with cur.copy(statement, params) as copy:
+            chunks = iter(copy)
+            first = next(chunks, None)
+            if first is None:  # no row at all: pyarrow refuses an empty CSV
+                progress.finish()
+                return
             reader = pacsv.open_csv(
-                io.BufferedReader(_CopyStream(iter(copy)), buffer_size=1 << 20),
+                io.BufferedReader(_CopyStream(itertools.chain([first], chunks)), buffer_size=1 << 20),
                 read_options=pacsv.ReadOptions(column_names=schema.names, block_size=8 << 20, use_threads=True),
                 convert_options=pacsv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=False),
             )
@@ -395,6 +410,19 @@ def iter_pair_feature_batches(
     """
     window = FeatureWindow.at(as_of, settings)
     params = _pair_params(window, bucket, n_buckets, with_labels, negative_rate, settings.seed)
+    if n_buckets is None and settings.feature_buckets > 1:
+        # every user at once: run bucket by bucket over item statistics computed once (same rows, bounded memory)
+        key = item_stats_key or f"tmp-{uuid.uuid4().hex}"
+        try:
+            for k in range(settings.feature_buckets):
+                yield from iter_pair_feature_batches(
+                    engine, window.as_of, settings, k, settings.feature_buckets, with_labels=with_labels,
+                    negative_rate=negative_rate, item_stats_key=key,
+                )
+        finally:
+            if item_stats_key is None:
+                drop_item_stats(engine, key)
+        return
     sql = render_sql("pair_features")
     if item_stats_key is not None:
         prepare_item_stats(engine, window.as_of, settings, item_stats_key)

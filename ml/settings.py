@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     snapshot_row_tolerance: float = Field(
         3.0, description="A snapshot's row count must lie within [previous / N, previous * N] of the previous one."
     )
+    feature_buckets: int = Field(
+        8,
+        description="A full feature table (training snapshots, all buckets at once) is built in this many user "
+        "hash buckets, item statistics computed once: bounds the query's hash tables (1: one statement).",
+    )
     feature_work_mem: str = Field(
         "256MB", description="PostgreSQL work_mem for the feature query's hash aggregates (per node, per worker)."
     )

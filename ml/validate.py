@@ -536,7 +536,24 @@ def _read_parquet(data: bytes) -> ParsedEvents:
     header = list(raw.column_names)
     line_no = np.arange(1, raw.num_rows + 1, dtype=np.int64)
     table, invalid = _typed_table(raw, header, line_no, positional=False)
-    return ParsedEvents("parquet", header, rules, table, invalid, b"", _parquet_row_text(table))
+    row_text = _parquet_row_text(table)
+    # Arrow strings are valid UTF-8 already; PostgreSQL text still cannot hold NUL
+    nul = np.zeros(table.num_rows, dtype=bool)
+    for name in ("event_type", *TEXT_FIELDS, "user_session"):
+        if name in table.column_names:
+            hit = pc.fill_null(pc.match_substring(table.column(name), "\x00"), False)
+            nul |= np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+    bad_rows = (np.flatnonzero(nul) + 1).tolist()
+    rules.append(
+        _structure_rule(
+            "encoding_utf8",
+            "text values hold no NUL bytes",
+            not bad_rows,
+            failing_count=len(bad_rows),
+            samples=_line_samples(row_text, bad_rows),
+        )
+    )
+    return ParsedEvents("parquet", header, rules, table, invalid, b"", row_text)
 
 
 def _empty_table(header: list[str]) -> pa.Table:

@@ -161,7 +161,7 @@ def _path_contrib(z, o, v, w, q, out):
             out[i] = -v * zbar * g_all
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _or_bits(idx, cb, rows, flips, k, n, first, R):
     """idx |= sum_{i<n} (cb[rows[k+i]] ^ flips[k+i]) << (k+i), four bits per pass over the rows."""
     c0 = cb[rows[k]]

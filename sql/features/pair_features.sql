@@ -39,8 +39,9 @@ stg_events as materialized (
     from raw.events as e
     where e.event_time >= :since
       and e.event_time < :as_of
-      and (cast(:n_buckets as integer) is null
-           or ml.user_bucket(e.user_id, cast(:n_buckets as integer)) = cast(:bucket as integer))
+      and (cast(:n_buckets as integer) is null  -- bucket k of K as a hash range (ml.bucket_hash_lo)
+           or (ml.user_hash32(e.user_id) >= ml.bucket_hash_lo(cast(:bucket as integer), cast(:n_buckets as integer))
+               and ml.user_hash32(e.user_id) < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
       and e.user_id in (select user_id from active_users)
 ),
 

@@ -302,3 +302,15 @@ def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(published) -> No
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [200] * 150
+
+
+def test_rate_limit_counters_in_redis_are_shared_by_workers(published, redis_url) -> None:
+    s, _, _ = published
+    key, digest = new_api_key()  # a fresh client: its counters start at zero
+    s = s.model_copy(update={"api_rate_limit": "3/minute", "api_rate_limit_storage": redis_url,
+                             "api_key_hashes": [digest]})
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(s)) as worker_a, TestClient(create_app(s)) as worker_b:
+        codes = [c.get("/v1/users/1/recommendations", headers=auth).status_code
+                 for c in (worker_a, worker_b, worker_a, worker_b)]
+    assert codes == [200, 200, 200, 429]

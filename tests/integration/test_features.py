@@ -272,8 +272,13 @@ def test_past_events_do_change_features(feat_engine, feat_url, fs, generated) ->
 # --- buckets ------------------------------------------------------------------------------------------------------
 def test_buckets_cover_every_active_pair_exactly_once(feat_engine, fs, generated) -> None:  # noqa: ANN001
     as_of = generated["as_of"] - dt.timedelta(days=7)
-    full = sorted_frame(F.build_pair_features(feat_engine, as_of, fs))
+    full = sorted_frame(F.build_pair_features(feat_engine, as_of, fs.model_copy(update={"feature_buckets": 1})))
     assert len(full) == F.count_active_pairs(feat_engine, as_of, fs)
+    # the default full table is built bucket by bucket over cached item statistics: the same rows and values
+    pd.testing.assert_frame_equal(sorted_frame(F.build_pair_features(feat_engine, as_of, fs)), full)
+    with feat_engine.connect() as conn:  # and its temporary item statistics are gone
+        assert conn.execute(sa.text("select count(*) from ml.feature_item_stats_keys where cache_key like 'tmp-%'")
+                            ).scalar_one() == 0
     for k_total in (3, 8):
         parts = []
         for k in range(k_total):
@@ -337,6 +342,10 @@ def test_sql_and_python_buckets_agree(feat_engine) -> None:  # noqa: ANN001
             sql_hash = np.array([r[2] for r in got])
             np.testing.assert_array_equal(sql_bucket, F.bucket_of(ids, k_total))
             np.testing.assert_array_equal(sql_hash, F.user_hash32(ids))
+            for k in sorted({0, 1 % k_total, k_total - 1}):
+                lo, hi = conn.execute(sa.text("select ml.bucket_hash_lo(:b, :k), ml.bucket_hash_lo(:b + 1, :k)"),
+                                      {"b": k, "k": k_total}).one()
+                assert (lo, hi) == F.bucket_hash_range(k, k_total)
             assert [F.bucket_of(int(i), k_total) for i in ids[:20]] == list(sql_bucket[:20])
         expr = F.user_bucket_sql("u", "8")
         got = conn.execute(sa.text(f"select {expr} from unnest(cast(:ids as bigint[])) as u"),

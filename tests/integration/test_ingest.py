@@ -374,7 +374,7 @@ def test_load_events_frame_creates_partitions(engine) -> None:
     assert [r.line_no for r in rows] == [1, 2]
 
 
-def test_object_storage_locations(cfg, engine, rees46_sample: Path) -> None:
+def test_object_storage_locations(cfg, engine, rees46_sample: Path, tmp_path: Path) -> None:
     """Landing, archive and quarantine on an fsspec filesystem (memory:// stands in for s3://)."""
     import fsspec
 
@@ -384,8 +384,8 @@ def test_object_storage_locations(cfg, engine, rees46_sample: Path) -> None:
     root = f"/t{uuid.uuid4().hex[:8]}"
     s = cfg.model_copy(update={"landing_url": f"memory://{root}/landing", "archive_url": f"memory://{root}/archive",
                                "quarantine_url": f"memory://{root}/quarantine"})
-    good = _variant(rees46_sample, Path(cfg.state_dir) / "obj.csv", 250, f"o{uuid.uuid4().hex[:8]}")
-    bad = corrupt_file(good, Path(cfg.state_dir) / "obj_bad.csv", "unparseable_timestamp", seed=1)
+    good = _variant(rees46_sample, tmp_path / "obj.csv", 250, f"o{uuid.uuid4().hex[:8]}")
+    bad = corrupt_file(good, tmp_path / "obj_bad.csv", "unparseable_timestamp", seed=1)
     fs.pipe(f"{root}/landing/2019/obj.csv", good.read_bytes())
     fs.pipe(f"{root}/landing/2019/obj_bad.csv", bad.read_bytes())
     results = {r.file_name: r for r in ingest_files(discover_files(s), s, engine)}

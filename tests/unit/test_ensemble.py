@@ -72,7 +72,7 @@ def test_fit_platt_recovers_a_known_map() -> None:
 
 def test_fit_blend_weights_on_the_simplex_and_useless_member_ignored() -> None:
     rng = np.random.default_rng(1)
-    n = 40_000
+    n = 20_000
     signal = rng.normal(size=n)
     y = (rng.random(n) < sigmoid(1.5 * signal - 1.0)).astype(float)
     margins = np.column_stack([

@@ -64,13 +64,27 @@ def test_bucket_of_scalar_equals_vectorised_and_stays_in_range(n_buckets: int) -
 @pytest.mark.parametrize("ids", ["sequential", "rees46_like", "random"])
 def test_buckets_are_balanced(ids: str) -> None:
     rng = np.random.default_rng(1)
-    users = {
-        "sequential": np.arange(1, 80_001, dtype=np.int64),
-        "rees46_like": rng.choice(np.arange(500_000_000, 620_000_000, dtype=np.int64), 80_000, replace=False),
-        "random": rng.integers(1, 2**62, 80_000, dtype=np.int64),
-    }[ids]
+    if ids == "sequential":
+        users = np.arange(1, 80_001, dtype=np.int64)
+    elif ids == "rees46_like":
+        users = np.unique(rng.integers(500_000_000, 620_000_000, 80_000, dtype=np.int64))
+    else:
+        users = rng.integers(1, 2**62, 80_000, dtype=np.int64)
     counts = np.bincount(F.bucket_of(users, 8), minlength=8)
     assert counts.min() > 0.9 * len(users) / 8 and counts.max() < 1.1 * len(users) / 8
+
+
+@pytest.mark.parametrize("n_buckets", [1, 3, 8, 1000, 2**31 - 1])
+def test_bucket_hash_ranges_tile_the_hash_space_and_match_bucket_of(n_buckets: int) -> None:
+    ranges = [F.bucket_hash_range(k, n_buckets) for k in ([0, 1, n_buckets - 1] if n_buckets > 8 else range(n_buckets))]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 2**32
+    if n_buckets <= 8:
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    ids = np.random.default_rng(n_buckets).integers(1, 2**62, 20_000, dtype=np.int64)
+    h, b = F.user_hash32(ids), F.bucket_of(ids, n_buckets)
+    for k in {0, 1 % n_buckets, n_buckets - 1}:
+        lo, hi = F.bucket_hash_range(k, n_buckets)
+        np.testing.assert_array_equal((h >= lo) & (h < hi), b == k)
 
 
 @pytest.mark.parametrize(("bucket", "n_buckets"), [(0, 0), (8, 8), (-1, 4), (None, 4), (1, None), (0, 2**31)])

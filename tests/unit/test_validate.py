@@ -192,6 +192,12 @@ def test_parquet_typed_and_string_columns(tmp_path: Path, cfg: Settings, runner:
     report, _ = _validate(buf.getvalue(), cfg, runner, fmt="parquet")
     assert report.failed_rules == ["product_id_type"]
     assert _rule(report, "product_id_type").samples[0] | {"row": None} == {"line": 3, "value": "12x", "row": None}
+    df.loc[2, "product_id"] = "12"
+    df.loc[3, "brand"] = "nul\x00byte"
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+    report, _ = _validate(buf.getvalue(), cfg, runner, fmt="parquet")
+    assert report.failed_rules == ["encoding_utf8"] and _rule(report, "encoding_utf8").samples[0]["line"] == 4
     report, _ = _validate(b"PAR1 garbage", cfg, runner, fmt="parquet")
     assert report.failed_rules == ["file_readable"]
 

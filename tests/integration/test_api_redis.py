@@ -1,0 +1,73 @@
+"""The API's lean hiredis transport against the real test Redis: db selection, replies, errors, timeouts, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+from redis import exceptions as rex
+
+from ml.api_redis import FastRedis
+
+pytestmark = pytest.mark.integration
+
+
+def _db1(url: str) -> str:
+    return url.replace("db=0", "db=1") if "db=0" in url else url.rstrip("/0") + "/1"
+
+
+def test_replies_in_order_from_the_selected_db(redis_url) -> None:
+    key = f"fast:{uuid.uuid4().hex}"
+    url = _db1(redis_url)
+    sync = redis.Redis.from_url(url)
+    sync.zadd(key + ":z", {"7": 0.5, "3": 0.25})
+    sync.hset(key + ":h", mapping={"7": "hot|1"})
+    sync.set(key, "v")
+
+    async def go() -> list:
+        fast = FastRedis(url, max_connections=2, timeout_s=2)
+        try:
+            return await fast.pipeline([("GET", key), ("ZREVRANGE", key + ":z", 0, -1, "WITHSCORES"),
+                                        ("HGETALL", key + ":h"), ("ZSCORE", key + ":z", 3), ("EXISTS", key + ":no"),
+                                        ("GET", key + ":no")])
+        finally:
+            await fast.aclose()
+
+    try:
+        assert asyncio.run(go()) == [b"v", [b"7", b"0.5", b"3", b"0.25"], [b"7", b"hot|1"], b"0.25", 0, None]
+        assert redis.Redis.from_url(redis_url).get(key) is None  # it really was db 1
+    finally:
+        sync.delete(key, key + ":z", key + ":h")
+        sync.close()
+
+
+def test_errors_timeouts_and_the_connection_bound(redis_url, tmp_path) -> None:
+    async def go() -> None:
+        fast = FastRedis(redis_url, max_connections=2, timeout_s=0.2)
+        with pytest.raises(rex.ResponseError):
+            await fast.pipeline([("INCR", "fast-test-not-a-number"), ("SET", "fast-test-not-a-number", "x")])
+        with pytest.raises(rex.TimeoutError):  # a reply slower than timeout_s
+            await fast.pipeline([("BLPOP", f"fast:{uuid.uuid4().hex}", 1)])
+        replies = await asyncio.gather(*[fast.pipeline([("PING",)]) for _ in range(20)])
+        assert all(r == [b"PONG"] for r in replies)
+        assert fast.idle_connections <= 2
+        await fast.aclose()
+        down = FastRedis(f"unix://{tmp_path / 'none.sock'}", max_connections=1, timeout_s=0.2)
+        with pytest.raises(rex.ConnectionError):
+            await down.pipeline([("PING",)])
+
+    redis.Redis.from_url(redis_url).set("fast-test-not-a-number", "x")
+    try:
+        asyncio.run(go())
+    finally:
+        redis.Redis.from_url(redis_url).delete("fast-test-not-a-number")
+
+
+@pytest.mark.parametrize(("url", "cluster", "ok"), [
+    ("redis://h:6379/0", False, True), ("unix:///tmp/r.sock?db=0", False, True),
+    ("rediss://h:6379/0", False, False), ("redis://h:6379/0", True, False),
+])
+def test_tls_and_clusters_are_left_to_redis_py(url, cluster, ok) -> None:
+    assert FastRedis.supports(url, cluster) is ok
