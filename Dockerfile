@@ -15,4 +15,5 @@ COPY --chown=airflow:root pyproject.toml README.md /opt/propensity/
 COPY --chown=airflow:root ml /opt/propensity/ml
 COPY --chown=airflow:root sql /opt/propensity/sql
 RUN pip install --no-cache-dir --no-deps -e /opt/propensity
-ENV PYTHONPATH=/opt/propensity
+ENV PYTHONPATH=/opt/propensity \
+    NUMBA_CACHE_DIR=/opt/airflow/.numba_cache

@@ -395,8 +395,8 @@ def main() -> None:
 Closed-loop loopback load: {args.connections} keep-alive connections, {args.requests:,} requests per scenario (or
 {args.seconds:.0f} s), after 300 warm-up requests; requests rotate over 2,000 random published users
 ({args.users:,} users x {args.per_user} hot pairs in Redis). The API runs as deployed (`propensity api`: bearer
-auth, rate limiter, Prometheus metrics, uvicorn with uvloop + httptools, access log off); every lookup does the
-pointer GET plus one pipelined round trip to Redis. The load generator (asyncio + uvloop, pre-encoded requests)
+auth, rate limiter, Prometheus metrics, uvicorn with uvloop + httptools, access log off); every lookup is one
+pipelined round trip to Redis (pointer GET + the user's two keys). The load generator (asyncio + uvloop, pre-encoded requests)
 shares the 2 cores with the servers.
 1-minute load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs shared
 the machine; compare rows within this table, not across runs).

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         f"average {load_before[0]:.1f} at the start and {load_after[0]:.1f} at the end (other jobs shared the cores; "
         "compare ratios within this run).",
         md_table(["stage", "wall s", "peak RSS MiB"], stage_rows),
-        f"**{total_trials} trials in {tune_s:.0f}s: {60 * total_trials / tune_s:.1f} trials/minute** overall; the weekly "
+        f"**{total_trials} trials in {tune_s:.0f}s: {60 * total_trials / tune_s:.1f} trials/minute** overall; "
+        "the weekly "
         f"run took {run_s / baseline_s:.1f}x the untuned baseline's wall time. Version `{run.version}` -> "
         f"{run.status} ({run.decision.reason}).",
         md_table(["member", "new trials", "complete", "pruned", "tune s", "trials/min", "trees (best)",

@@ -117,7 +117,9 @@ def monotone_constraints(feature_names: Sequence[str], rules: Sequence[tuple[str
     return out
 
 
-def nan_fill_values(feature_names: Sequence[str], rules: Sequence[tuple[str, int]] = MONOTONE_RULES) -> dict[str, float]:
+def nan_fill_values(
+    feature_names: Sequence[str], rules: Sequence[tuple[str, int]] = MONOTONE_RULES
+) -> dict[str, float]:
     """Feature -> value that replaces NaN: :data:`NAN_FILL_LARGE` for every monotone-decreasing feature."""
     return {n: NAN_FILL_LARGE for n, d in zip(feature_names, monotone_constraints(feature_names, rules)) if d < 0}
 
@@ -256,7 +258,9 @@ class CatBoostMember(MemberKind):
         return FitData(Pool(X, y, weight=w, feature_names=names), Pool(Xv, yv, weight=wv, feature_names=names),
                        len(y), len(yv))
 
-    def fit(self, params, data, *, feature_names, seed, threads, early_stopping_rounds=30, on_iteration=None):  # noqa: ANN001, ANN201
+    def fit(  # noqa: ANN201 - see MemberKind.fit
+        self, params, data, *, feature_names, seed, threads, early_stopping_rounds=30, on_iteration=None  # noqa: ANN001
+    ):
         from catboost import CatBoostClassifier
 
         p = dict(params)
@@ -338,7 +342,9 @@ class XGBoostMember(MemberKind):
         valid = xgb.QuantileDMatrix(Xv, yv, weight=wv, feature_names=names, ref=train)
         return FitData(train, valid, len(y), len(yv))
 
-    def fit(self, params, data, *, feature_names, seed, threads, early_stopping_rounds=30, on_iteration=None):  # noqa: ANN001, ANN201
+    def fit(  # noqa: ANN201 - see MemberKind.fit
+        self, params, data, *, feature_names, seed, threads, early_stopping_rounds=30, on_iteration=None  # noqa: ANN001
+    ):
         import xgboost as xgb
 
         p = dict(params)
@@ -446,7 +452,9 @@ class LightGBMMember(MemberKind):
             p["monotone_constraints"] = mono
         return p
 
-    def fit(self, params, data, *, feature_names, seed, threads, early_stopping_rounds=30, on_iteration=None):  # noqa: ANN001, ANN201
+    def fit(  # noqa: ANN201 - see MemberKind.fit
+        self, params, data, *, feature_names, seed, threads, early_stopping_rounds=30, on_iteration=None  # noqa: ANN001
+    ):
         import lightgbm as lgb
 
         p = dict(params)
@@ -706,7 +714,9 @@ class Ensemble:
         """Members with a positive weight, in canonical order."""
         return [m for m in _ordered(self.members) if self.weights[m] > 0]
 
-    def member_margins(self, X: pd.DataFrame | np.ndarray, members: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def member_margins(
+        self, X: pd.DataFrame | np.ndarray, members: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Raw margin of each member (default: every member), name -> (n,) float64."""
         arr = self.matrix(X)
         return {m: member_kind(m).predict_margin(self.members[m], arr, self.threads)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("candidate", "champion", "rejected", "retired", "rolled_back")
 _REGISTRY_LOCK_KEY = 7_262_031  # pg_advisory_xact_lock key: serialises changes of champion
+_CHAMPION_SQL = sa.text("select version, metrics from ml.model_versions where status = 'champion'")
 
 
 @dataclass
@@ -93,7 +94,8 @@ def register_version(engine: Engine, mv: ModelVersion) -> ModelVersion:
     try:
         with engine.begin() as conn:
             row = conn.execute(
-                sa.text(f"insert into ml.model_versions ({cols}) values ({binds}) returning *"), values  # noqa: S608 - identifiers are our dataclass fields
+                # identifiers are this module's dataclass fields, values are bound parameters
+                sa.text(f"insert into ml.model_versions ({cols}) values ({binds}) returning *"), values  # noqa: S608
             ).one()
     except sa.exc.IntegrityError as e:
         raise ModelError(f"model version {mv.version} could not be registered: {e.orig}") from e
@@ -209,7 +211,7 @@ def promote_version(engine: Engine, version: str, *, reason: str = "", decided_b
     target = get_version(engine, version)
     with engine.begin() as conn:
         _lock(conn)
-        cur = conn.execute(sa.text("select version, metrics from ml.model_versions where status = 'champion'")).one_or_none()
+        cur = conn.execute(_CHAMPION_SQL).one_or_none()
         if cur is not None and cur.version == version:
             log.info("%s is already the champion", version)
             return target
@@ -231,12 +233,12 @@ def rollback_champion(engine: Engine, *, reason: str = "", decided_by: str | Non
     recorded. Returns the new champion. Raises :class:`ModelError` if there is no champion or no earlier one."""
     with engine.begin() as conn:
         _lock(conn)
-        cur = conn.execute(sa.text("select version, metrics from ml.model_versions where status = 'champion'")).one_or_none()
+        cur = conn.execute(_CHAMPION_SQL).one_or_none()
         if cur is None:
             raise ModelError("rollback: there is no champion to roll back")
         prev = conn.execute(
-            sa.text("select version, metrics from ml.model_versions where status = 'retired' and promoted_at is not null"
-                    " order by promoted_at desc limit 1")
+            sa.text("select version, metrics from ml.model_versions where status = 'retired'"
+                    " and promoted_at is not null order by promoted_at desc limit 1")
         ).one_or_none()
         if prev is None:
             raise ModelError(f"rollback: {cur.version} is the only version ever promoted; nothing to roll back to")

@@ -2,8 +2,9 @@
 
 Contents: the gate decision; holdout metrics of the ensemble against the champion (on the same holdout), each member
 alone and equal weights; blend weights and calibration; ROC, PR and calibration curves; a SHAP beeswarm and global
-importance drawn by the ``shap`` package on a holdout sample (contributions from :meth:`Ensemble.explain`, in
-calibrated log-odds); the Optuna history of every member; parameters and library versions.
+importance drawn by the ``shap`` package on a holdout sample (contributions from ``Ensemble.explain(...,
+method="native")``, the libraries' own exact TreeSHAP, in calibrated log-odds: a sample needs no JIT-compiled fast
+path); the Optuna history of every member; parameters and library versions.
 
 Written to ``settings.location("reports")/models/<version>.html`` (local path or fsspec URL) and recorded in
 ``ml.model_versions.report_uri``.
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from ml.ensemble import Ensemble, member_kind
+from ml.ensemble import MEMBER_NAMES, Ensemble, member_kind
 from ml.evaluate import METRIC_NAMES, curves
 from ml.settings import Settings
 
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.ok{color:#17692c}.bad{color:#a4161a}
 .muted{color:#666;font-size:.9em}img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:48%}
 code{background:#f4f4f4;padding:1px 4px}
@@ -66,6 +68,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _fmt(c)}</td>" for c in r) + "</tr>"
                    for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _canonical(names: Any) -> list[str]:
+    """Member names in the canonical order (jsonb and JSON manifests reorder keys)."""
+    return [m for m in MEMBER_NAMES if m in names] + sorted(m for m in names if m not in MEMBER_NAMES)
 
 
 class _Raw(str):
@@ -133,7 +140,7 @@ def _history_figure(tuning: dict[str, Any]) -> str:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    members = [m for m, t in tuning.items() if t.get("history")]
+    members = [m for m in _canonical(tuning) if tuning[m].get("history")]
     if not members:
         return "<p class='muted'>No Optuna study (zero-trial budget).</p>"
     fig, axes = plt.subplots(1, len(members), figsize=(3.6 * len(members), 3.4), squeeze=False)
@@ -179,7 +186,8 @@ def render_report(
     if champ_m:
         cols.append((f"champion {decision.get('champion_version')}", champ_m))
     cols.append(("equal weights", metrics.get("equal_weights", {})))
-    cols += [(f"{m} alone", v) for m, v in metrics.get("members", {}).items()]
+    member_metrics = metrics.get("members", {})
+    cols += [(f"{m} alone", member_metrics[m]) for m in _canonical(member_metrics)]
     metric_rows = [[k] + [c.get(k) for _, c in cols] for k in (*METRIC_NAMES, "threshold", "n", "positives")]
     parts = [f"<h1>Model {html.escape(row.version)}</h1>"]
     status_cls = "ok" if row.status == "champion" else "bad" if row.status in ("rejected", "rolled_back") else ""
@@ -214,7 +222,7 @@ def render_report(
                           (row.tuning or {}).get(m, {}).get("best_value"),
                           f"{(row.tuning or {}).get(m, {}).get('n_complete', 0)} / "
                           f"{(row.tuning or {}).get(m, {}).get('n_pruned', 0)}"]
-                         for m in ensemble.members]))
+                         for m in _canonical(ensemble.members)]))
     parts.append(f"<p>logit(p) = {a:.5f} &times; &Sigma;<sub>m</sub> w<sub>m</sub> margin<sub>m</sub>(x) "
                  f"+ {b:.5f} (Platt, fitted on validation). Members blend in log-odds; weights are non-negative and "
                  "sum to 1, fitted by minimising validation log loss.</p>")
@@ -230,7 +238,7 @@ def render_report(
                 scores["champion"] = np.asarray(probs["champion"])
             except Exception as e:  # noqa: BLE001 - a champion on other features only loses its curve
                 log.warning("champion %s not drawn: %s", champion[0], e)
-        scores.update({m: v for m, v in margins.items()})
+        scores.update({m: margins[m] for m in _canonical(margins)})
         parts.append("<h2>Curves</h2>")
         parts.append(_curves_figures(y, w if w is not None else np.ones(len(y)), scores, probs))
         parts.append("<h2>SHAP</h2>")
@@ -238,8 +246,9 @@ def render_report(
         idx = np.sort(rng.choice(len(holdout), size=min(shap_rows, len(holdout)), replace=False))
         sample = holdout.iloc[idx]
         figs, importance = _shap_figures(ensemble, sample)
-        parts.append(f"<p class='muted'>Exact TreeSHAP of the blended, calibrated model on {len(sample):,} holdout "
-                     "rows, in log-odds (sum of contributions + base value = logit(p)). Drawn with the shap "
+        parts.append(f"<p class='muted'>Exact TreeSHAP (the libraries' own) of the blended, calibrated model on "
+                     f"{len(sample):,} holdout rows, in log-odds (sum of contributions + base value = logit(p)). "
+                     "Drawn with the shap "
                      "package.</p>")
         parts.append(figs)
         parts.append(_table(["feature", "mean |SHAP|"], importance.head(25).values.tolist()))

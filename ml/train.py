@@ -90,7 +90,9 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def as_training_data(obj: Any, feature_names: Sequence[str] | None = None, settings: Settings | None = None) -> TrainingData:
+def as_training_data(
+    obj: Any, feature_names: Sequence[str] | None = None, settings: Settings | None = None
+) -> TrainingData:
     """Accept a :class:`TrainingData`, the features' ``TrainingSet`` (``.frame``, ``.fingerprint``; feature list from
     ``ml.features.FEATURE_COLUMNS`` unless given) or a DataFrame with ``as_of``/``label`` columns."""
     if isinstance(obj, TrainingData):
@@ -153,7 +155,9 @@ def frame_from_table(
     return TrainingData(out, feats, label="label", time="as_of", weight="weight" if weight else None, group=group)
 
 
-def prepare_training_data(engine: Engine, settings: Settings, as_of: dt.datetime | dt.date | str | None = None) -> TrainingData:
+def prepare_training_data(
+    engine: Engine, settings: Settings, as_of: dt.datetime | dt.date | str | None = None
+) -> TrainingData:
     """Build the weekly training snapshots with :mod:`ml.features` (snapshots whose label horizon is covered by
     data up to ``as_of``, default: all data) and wrap them as :class:`TrainingData`."""
     from ml import features
@@ -453,7 +457,9 @@ def train_prepared(
 
 
 # --- registration, gate, the weekly job ---------------------------------------------------------------------------
-def evaluate_champion(engine: Engine, prepared: PreparedData, settings: Settings) -> tuple[str | None, dict[str, Any] | None, str]:
+def evaluate_champion(
+    engine: Engine, prepared: PreparedData, settings: Settings
+) -> tuple[str | None, dict[str, Any] | None, str]:
     """The champion's version and holdout metrics on *this* holdout (None when there is no champion or it cannot
     read these features), and a note."""
     from ml import registry

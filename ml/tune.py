@@ -153,7 +153,8 @@ def open_storage(postgres_url: str) -> Any:
             conn.execute(sa.text("select pg_advisory_lock(:k)"), {"k": _STORAGE_LOCK_KEY})
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
+                    # heartbeats are flagged "experimental" by Optuna
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     storage = optuna.storages.RDBStorage(
                         optuna_storage_url(postgres_url),
                         engine_kwargs={"pool_pre_ping": True},

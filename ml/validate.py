@@ -260,7 +260,9 @@ class ParsedEvents:
 
 
 # --- reading ----------------------------------------------------------------------------------------------------------
-def read_events(data: bytes, file_format: str, settings: Settings, compression: str | None = None) -> ParsedEvents:
+def read_events(
+    data: bytes, file_format: str, settings: Settings, compression: str | None = None
+) -> ParsedEvents:
     """Read the bytes of one file (``csv`` or ``parquet``; ``compression`` None or ``gzip``) into typed columns plus
     structural rule results. Never raises for bad content: structural problems become failed rules.
     """

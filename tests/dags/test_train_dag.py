@@ -1,6 +1,7 @@
 """The train_ensemble DAG through Airflow's ``dag.test()``: generated events in PostgreSQL, Great Expectations-checked
 snapshots, real Optuna studies, artifacts, registry, gate and report; then the manual promote and rollback paths of
-the same DAG and the CLI. The database of generated events is shared with tests/integration/test_train.py (one per session), so
+the same DAG and the CLI. The database of generated events is shared with tests/integration/test_train.py (one per
+session), so
 the registry may already hold versions: assertions are about what each run adds or changes."""
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def test_weekly_run_trains_registers_reports_then_manual_actions(airflow_db, dag
         assert run2.state == "success", _states(run2)
         with engine.connect() as c:
             assert _champion(c) == second
-            d = c.execute(sa.text("select manual, reason, champion_version from ml.gate_decisions "
-                                  "where version = :v order by decision_id desc limit 1"), {"v": second}).mappings().one()
+            d = c.execute(sa.text("select manual, reason, champion_version from ml.gate_decisions where version = :v "
+                                  "order by decision_id desc limit 1"), {"v": second}).mappings().one()
         assert d["manual"] and d["reason"].startswith("manual") and d["champion_version"] == champion_before_promote
 
         # rollback through the CLI (the same ml.registry function): the previous champion is back

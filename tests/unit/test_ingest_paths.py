@@ -13,7 +13,12 @@ from ml.settings import Settings
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("a.csv", ("csv", None)), ("A.CSV.GZ", ("csv", "gzip")), ("x.parquet", ("parquet", None)), ("x.pq", ("parquet", None))],
+    [
+        ("a.csv", ("csv", None)),
+        ("A.CSV.GZ", ("csv", "gzip")),
+        ("x.parquet", ("parquet", None)),
+        ("x.pq", ("parquet", None)),
+    ],
 )
 def test_file_format(name: str, expected: tuple[str, str | None]) -> None:
     assert file_format(name) == expected
