@@ -16,7 +16,7 @@ EXPECTED = {"ingest_events", "train_ensemble", "score_active_pairs"}
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS_DIR), include_examples=False)
+    return DagBag(dag_folder=str(DAGS_DIR))
 
 
 def test_no_import_errors(dagbag) -> None:
@@ -55,6 +55,6 @@ def test_parse_does_not_touch_services(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("PROPENSITY_POSTGRES_URL", "postgresql://nobody@127.0.0.1:1/none")
     monkeypatch.setenv("PROPENSITY_REDIS_URL", "redis://127.0.0.1:1/0")
-    bag = DagBag(dag_folder=str(DAGS_DIR), include_examples=False)
+    bag = DagBag(dag_folder=str(DAGS_DIR))
     assert bag.import_errors == {}
     assert EXPECTED <= set(bag.dag_ids)

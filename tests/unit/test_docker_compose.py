@@ -17,7 +17,7 @@ def compose() -> dict:
 
 REQUIRED = {
     "postgres", "redis", "scores-redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-    "airflow-triggerer", "airflow-worker", "airflow-init",
+    "airflow-triggerer", "airflow-worker", "airflow-init", "scores-api", "prometheus",
 }
 
 
@@ -64,3 +64,12 @@ def test_dockerfile_matches_pinned_airflow() -> None:
     pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("apache-airflow=="))
     version = pin.split("==")[1]
     assert f"FROM apache/airflow:{version}-python3.11" in (ROOT / "Dockerfile").read_text()
+
+
+def test_lookup_api_reads_the_scores_redis(compose: dict) -> None:
+    api = compose["services"]["scores-api"]
+    assert api["environment"]["PROPENSITY_REDIS_URL"].startswith("redis://scores-redis:")
+    assert "healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"]["scores-redis"]["condition"] == "service_healthy"
+    prom = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    assert any("scores-api:8000" in t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"])
