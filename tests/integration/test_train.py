@@ -315,3 +315,11 @@ def test_gate_refuses_a_worse_model_then_manual_promote_and_rollback(trained: di
     assert registry.get_version(gen_engine, reg.version).status == "rolled_back"
     d = registry.gate_decisions(gen_engine, champion)[0]
     assert d["action"] == "rollback" and d["manual"] and d["champion_version"] == reg.version
+
+    # force_promote (the DAG param / CLI flag) overrides a refusal, and says so in the recorded decision
+    forced = register_result(gen_engine, gen_settings, worse, shuffled, force_promote=True, dag_run_id="test-force")
+    assert forced.status == "champion" and forced.decision.manual
+    d = registry.gate_decisions(gen_engine, forced.version)[0]
+    assert d["manual"] and d["reason"].startswith("manual: force_promote") and "refused" in d["reason"]
+    assert d["champion_metrics"]["pr_auc"] > d["challenger_metrics"]["pr_auc"]
+    assert registry.rollback_champion(gen_engine, reason="test cleanup").version == champion
