@@ -191,7 +191,9 @@ def _node_label(node: dict[str, Any], owner: str) -> str:
     return f"{where}{kind} {detail}".strip()
 
 
-def explain_breakdown(engine: sa.Engine, sql: str, params: dict[str, Any], settings: Any) -> tuple[list[list[Any]], float]:
+def explain_breakdown(
+    engine: sa.Engine, sql: str, params: dict[str, Any], settings: Any
+) -> tuple[list[list[Any]], float]:
     """EXPLAIN (ANALYZE, FORMAT JSON) of ``sql``: exclusive wall milliseconds per plan node (node total minus its
     children's; a CTE Scan counts 0 because the CTE's producer is counted where it runs; inside a parallel section
     a node's time is its per-process average), merged by label, top 10. The label names the materialised CTE a

@@ -15,8 +15,9 @@ Time (all UTC, half-open windows; see docs/features.md):
 An event at exactly ``as_of`` is therefore future: it can make a label, never a feature or an active pair.
 
 Buckets: ``bucket_of(user_id, K)`` equals ``ml.user_bucket(user_id, K)`` in SQL (migration 0020) for every bigint
-id; fetching bucket k of K filters the user's events by that expression before any aggregation, so a scoring task
-aggregates only its own users' events (the product/category/brand statistics always use every user's events).
+id. Fetching bucket k of K filters the events by the equivalent hash range (``bucket_hash_range``, migration 0022) in
+the first scan, before any aggregation, so a scoring task aggregates only its own users' events (the
+product/category/brand statistics always use every user's events, computed once per key: ``prepare_item_stats``).
 """
 
 from __future__ import annotations
@@ -524,7 +525,9 @@ def drop_item_stats(engine: Engine, key: str | None = None) -> int:
     """Delete the item statistics of ``key`` (None: every key); returns the number of keys deleted."""
     params = {"k": key}
     with engine.begin() as conn:
-        conn.execute(sa.text("delete from ml.feature_item_stats where cast(:k as text) is null or cache_key = :k"), params)
+        conn.execute(
+            sa.text("delete from ml.feature_item_stats where cast(:k as text) is null or cache_key = :k"), params
+        )
         return int(conn.execute(
             sa.text("delete from ml.feature_item_stats_keys where cast(:k as text) is null or cache_key = :k"), params
         ).rowcount)
@@ -543,7 +546,9 @@ def build_labels(
     _check_buckets(bucket, n_buckets)
     sql = render_sql("labels")
     with engine.connect() as conn:
-        conn.execute(sa.text(_SESSION_SQL.replace("%(work_mem)s", ":work_mem")), {"work_mem": settings.feature_work_mem})
+        conn.execute(
+            sa.text(_SESSION_SQL.replace("%(work_mem)s", ":work_mem")), {"work_mem": settings.feature_work_mem}
+        )
         frame = pd.read_sql_query(
             sa.text(sql), conn, params={**window.params(), "bucket": bucket, "n_buckets": n_buckets}
         )
@@ -789,9 +794,8 @@ def check_snapshot(frame: pd.DataFrame, settings: Settings, previous_rows: int |
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_definition = (
-        ctx.data_sources.add_pandas("snapshots").add_dataframe_asset("snapshot").add_batch_definition_whole_dataframe("all")
-    )
+    asset = ctx.data_sources.add_pandas("snapshots").add_dataframe_asset("snapshot")
+    batch_definition = asset.add_batch_definition_whole_dataframe("all")
     suite = ctx.suites.add(build_snapshot_suite(previous_rows, settings))
     validation = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
         suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}
@@ -848,7 +852,8 @@ def write_snapshot_parquet(frame: pd.DataFrame, uri: str, metadata: dict[str, st
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k: v.encode() for k, v in metadata.items()}})
+    extra = {k: v.encode() for k, v in metadata.items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     fs, path = pafs.FileSystem.from_uri(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     score_additivity_tolerance: float = Field(
         1e-4, description="Largest allowed |sum(contributions) + base_value - logit(probability)|, log-odds."
     )
+    score_verify_fraction: float = Field(
+        1.0,
+        description="Share of scored rows also predicted by the model libraries themselves. 1: every row (the "
+        "probability is the libraries' prediction, and every row's contributions must add up to it); below 1: the "
+        "probability is base + sum of the exact contributions and a deterministic sample checks it (faster).",
+    )
     score_db_pool: str = Field(
         "propensity_db_writers",
         description="Airflow pool of the COPY-writing scoring tasks (create it: airflow pools set "

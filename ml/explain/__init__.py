@@ -63,7 +63,13 @@ class TreeExplainer:
 
     @classmethod
     def from_model(
-        cls, model: Any, *, max_bits: int = 8, max_unique: int = 10, block_rows: int | None = None
+        cls,
+        model: Any,
+        *,
+        max_bits: int = 8,
+        max_unique: int = 10,
+        block_rows: int | None = None,
+        data: Any = None,
     ) -> TreeExplainer:
         """Parse ``model`` and build its tables.
 
@@ -71,9 +77,14 @@ class TreeExplainer:
         with symmetric trees; numeric splits only. ``max_bits``: largest number of condition bits indexing one
         table (tables have 2^max_bits rows per feature). ``max_unique``: paths with more unique features than this
         that fit no group use the per-row fallback. ``block_rows``: rows per parallel block (default: by feature
-        count, see :func:`default_block_rows`). Raises :class:`ml.errors.ModelError` for unsupported models.
+        count, see :func:`default_block_rows`). ``data``: CatBoost only - the rows CatBoost's own ShapValues would be
+        given; it matters only for a model with non-zero values on zero-weight leaves (monotone constraints), where
+        CatBoost adds those rows' per-leaf counts to the leaf weights, so its values depend on the pool. Pass the
+        rows you explain to reproduce ``get_feature_importance(Pool(data), type="ShapValues")`` exactly; leave it
+        None for values that depend on the model only (the default; always additive). Ignored for other libraries.
+        Raises :class:`ml.errors.ModelError` for unsupported models.
         """
-        forest = parse_model(model)
+        forest = parse_model(model, data)
         return cls(forest, compile_forest(forest, max_bits, max_unique), block_rows)
 
     # -- properties ---------------------------------------------------------------------------------------------
@@ -96,7 +107,7 @@ class TreeExplainer:
             "group_bits": c.group_bits_hist,
             "table_leaves": c.n_table_leaves,
             "fallback_leaves": c.n_fallback_leaves,
-            "zero_cover_leaves": c.n_skipped_leaves,
+            "zero_cover_leaves": c.n_zero_cover_leaves,
             "table_bytes": c.table_bytes,
             "total_bytes": c.total_bytes,
             "build_seconds": round(c.build_seconds, 3),
@@ -151,7 +162,7 @@ class TreeExplainer:
                 a["tree_cond_start"], a["cond_feat"], a["cond_thr"], a["cond_nan_left"], a["cond_zero_dir"],
                 a["tree_group_start"], a["group_nbits"], a["group_bit_start"], a["bit_term_start"], a["term_cond"],
                 a["term_flip"], a["group_table_start"], a["group_slot_start"], a["slot_feat"], a["tables"],
-                a["tree_fb_start"], a["fb_value"], a["fb_feat_start"], a["fbf_feat"], a["fbf_z"], a["fbf_term_start"],
+                a["tree_fb_start"], a["fb_value"], a["fb_reach_only"], a["fb_feat_start"], a["fbf_feat"], a["fbf_z"], a["fbf_term_start"],
                 a["fbt_cond"], a["fbt_flip"],
             )  # fmt: skip
         return out

@@ -40,7 +40,7 @@ class CompiledForest:
     n_groups: int
     n_table_leaves: int
     n_fallback_leaves: int
-    n_skipped_leaves: int
+    n_zero_cover_leaves: int  # leaves with zero cover (tabled like the others; weight 0 in the expectation)
     build_seconds: float
     max_bits: int
     max_unique: int
@@ -63,6 +63,7 @@ class _Leaf:
     feats: list[int]  # unique features, first-appearance order along the path
     z: list[float]
     terms: list[list[tuple[int, int]]]  # per feature: (tree-local condition, want_left)
+    reach_only: bool = False  # zero cover: contributes only to rows that reach it (see _leaf_info)
 
 
 class _Lists:
@@ -93,24 +94,39 @@ def _leaves_of(tree: _Lists) -> tuple[dict[int, list[tuple[int, int]]], dict[int
         cov = tree.node_cover[ref]
         for child, left in ((tree.node_left[ref], 1), (tree.node_right[ref], 0)):
             ccov = tree.leaf_cover[~child] if child < 0 else tree.node_cover[child]
-            stack.append((child, path + [(ref, left)], pr * (ccov / cov) if cov > 0 else 0.0))
+            stack.append((child, path + [(ref, left)], pr * _cover_ratio(ccov, cov)))
     return paths, ratio
 
 
-def _leaf_info(tree: _Lists, leaf: int, path: list[tuple[int, int]]) -> _Leaf | None:
+def _cover_ratio(child_cover: float, cover: float) -> float:
+    """Fraction of a node's cover that goes to one child: ``child_cover / cover``; 1/2 below a zero-cover node.
+
+    A zero-cover node is only reached through a zero ratio (its own cover is 0), so the convention below it never
+    changes the expected value; it keeps the path-dependent conditional expectation a weighted average there.
+    """
+    return child_cover / cover if cover > 0 else 0.0
+
+
+def _leaf_info(tree: _Lists, leaf: int, path: list[tuple[int, int]]) -> _Leaf:
     """Unique features of the path with zero fractions (products of cover ratios, root to leaf, as TreeSHAP does)
-    and their terms. None for a leaf with zero cover: CatBoost skips zero-weight subtrees, and such a leaf carries
-    no weight in the expectation either."""
+    and their terms.
+
+    A leaf below a zero-cover branch carries no weight in the expectation. CatBoost's TreeSHAP skips such subtrees
+    (its values are the Shapley values of the game without those leaves), which is additive only for rows whose own
+    leaf has weight. With monotone constraints CatBoost fills empty leaves with non-zero values, so a row can reach
+    one: such a leaf is marked ``reach_only`` and contributes only to the rows that reach it (the game without the
+    other empty leaves): equal to CatBoost's values wherever those are additive, and additive for every row.
+    """
     feats: list[int] = []
     z: list[float] = []
     terms: list[list[tuple[int, int]]] = []
     pos: dict[int, int] = {}
+    empty = False
     for i, (node, left) in enumerate(path):
         child = path[i + 1][0] if i + 1 < len(path) else ~leaf
         ccov = tree.leaf_cover[~child] if child < 0 else tree.node_cover[child]
         cov = tree.node_cover[node]
-        if cov <= 0 or ccov <= 0:
-            return None
+        empty = empty or cov <= 0 or ccov <= 0
         cond = tree.node_cond[node]
         f = tree.cond_feat[cond]
         if f not in pos:
@@ -119,9 +135,9 @@ def _leaf_info(tree: _Lists, leaf: int, path: list[tuple[int, int]]) -> _Leaf | 
             z.append(1.0)
             terms.append([])
         j = pos[f]
-        z[j] *= ccov / cov
+        z[j] *= _cover_ratio(ccov, cov)
         terms[j].append((cond, left))
-    return _Leaf(tree.leaf_value[leaf], feats, z, terms)
+    return _Leaf(tree.leaf_value[leaf], feats, z, terms, empty)
 
 
 class _Builder:
@@ -141,6 +157,7 @@ class _Builder:
         # table build: leaves of each group
         self.g_leaf_start: list[int] = [0]
         self.l_value: list[float] = []
+        self.l_reach_only: list[int] = []
         self.l_feat_start: list[int] = [0]
         self.lf_z: list[float] = []
         self.lf_slot: list[int] = []
@@ -149,6 +166,7 @@ class _Builder:
         self.t_want: list[int] = []
         # fallback leaves
         self.fb_value: list[float] = []
+        self.fb_reach_only: list[int] = []
         self.fb_feat_start: list[int] = [0]
         self.fbf_feat: list[int] = []
         self.fbf_z: list[float] = []
@@ -185,6 +203,7 @@ class _Builder:
         self.table_size += len(slots) << nb
         for lf, lterms in zip(leaves, leaf_terms):
             self.l_value.append(lf.value)
+            self.l_reach_only.append(int(lf.reach_only))
             for j, f in enumerate(lf.feats):
                 self.lf_z.append(lf.z[j])
                 self.lf_slot.append(slots[f])
@@ -198,6 +217,7 @@ class _Builder:
 
     def add_fallback(self, lf: _Leaf) -> None:
         self.fb_value.append(lf.value)
+        self.fb_reach_only.append(int(lf.reach_only))
         for j, f in enumerate(lf.feats):
             self.fbf_feat.append(f)
             self.fbf_z.append(lf.z[j])
@@ -240,7 +260,7 @@ def _leaves_under(tree: _Lists, ref: int) -> list[int]:
     return out
 
 
-def _group_tree(tree: _Lists, infos: dict[int, _Leaf | None], bld: _Builder, max_bits: int, max_unique: int) -> int:
+def _group_tree(tree: _Lists, infos: dict[int, _Leaf], bld: _Builder, max_bits: int, max_unique: int) -> int:
     """Partition the tree's leaves into groups / single-leaf tables / fallback leaves. Returns fallback count."""
     sub = _subtree_conds(tree)
     n_fb = 0
@@ -259,8 +279,6 @@ def _group_tree(tree: _Lists, infos: dict[int, _Leaf | None], bld: _Builder, max
         leaf_terms: list[list[list[tuple[int, int]]]] = []
         for li in _leaves_under(tree, ref):
             lf = infos[li]
-            if lf is None:
-                continue
             lt: list[list[tuple[int, int]]] = []
             for j, f in enumerate(lf.feats):
                 terms = []
@@ -285,8 +303,6 @@ def _group_tree(tree: _Lists, infos: dict[int, _Leaf | None], bld: _Builder, max
             return
         if ref < 0:  # a deep leaf: alone with its unique-feature bits, or the per-row fallback
             lf = infos[~ref]
-            if lf is None:
-                return
             if len(lf.feats) <= max_unique:
                 emit(ref, anc)
             else:
@@ -319,13 +335,13 @@ def compile_forest(forest: ParsedForest, max_bits: int = 8, max_unique: int = 10
     node_cond, node_left, node_right, leaf_value, leaf_id = [], [], [], [], []
     expected = 0.0
     n_fb = 0
-    n_skipped = 0
+    n_zero_cover = 0
     max_conds = 1
     for tree in forest.trees:
         lt = _Lists(tree)
         paths, ratio = _leaves_of(lt)
         infos = {li: _leaf_info(lt, li, p) for li, p in paths.items()} if tree.root >= 0 else {}
-        n_skipped += sum(1 for v in infos.values() if v is None)
+        n_zero_cover += sum(1 for li in paths if lt.leaf_cover[li] <= 0) if tree.root >= 0 else 0
         if tree.root < 0:
             expected += float(tree.leaf_value[0])
         else:
@@ -354,7 +370,7 @@ def compile_forest(forest: ParsedForest, max_bits: int = 8, max_unique: int = 10
         K.build_group_tables(
             np.array(bld.group_nbits, i32), np.array(bld.group_table_start, i64),
             np.diff(np.array(bld.group_slot_start, i64)), np.array(bld.g_leaf_start, i64),
-            np.array(bld.l_value, f64), np.array(bld.l_feat_start, i64), np.array(bld.lf_z, f64),
+            np.array(bld.l_value, f64), np.array(bld.l_reach_only, u8), np.array(bld.l_feat_start, i64), np.array(bld.lf_z, f64),
             np.array(bld.lf_slot, i64), np.array(bld.lf_term_start, i64), np.array(bld.t_pos, i32),
             np.array(bld.t_want, i32), tables,
         )  # fmt: skip
@@ -377,6 +393,7 @@ def compile_forest(forest: ParsedForest, max_bits: int = 8, max_unique: int = 10
         "tables": tables,
         "tree_fb_start": np.array(tree_fb_start, i64),
         "fb_value": np.array(bld.fb_value, f64),
+        "fb_reach_only": np.array(bld.fb_reach_only, u8),
         "fb_feat_start": np.array(bld.fb_feat_start, i64),
         "fbf_feat": np.array(bld.fbf_feat, i32),
         "fbf_z": np.array(bld.fbf_z, f64),
@@ -403,7 +420,7 @@ def compile_forest(forest: ParsedForest, max_bits: int = 8, max_unique: int = 10
         n_groups=len(bld.group_nbits),
         n_table_leaves=bld.n_table_leaves,
         n_fallback_leaves=n_fb,
-        n_skipped_leaves=n_skipped,
+        n_zero_cover_leaves=n_zero_cover,
         build_seconds=time.perf_counter() - t0,
         max_bits=max_bits,
         max_unique=max_unique,

@@ -286,13 +286,21 @@ def catboost_json(model: Any) -> dict:
         os.unlink(path)
 
 
-def parse_catboost(model: Any) -> ParsedForest:
+def parse_catboost(model: Any, data: Any = None) -> ParsedForest:
     """Parse a CatBoost model with oblivious (symmetric) trees over numeric features.
 
     Each oblivious tree of depth d is expanded into a complete binary tree (CatBoost's leaf index has bit k =
     ``x > border_k``); the root tests the last split, as CatBoost's own TreeSHAP does. Node covers are the sums of
     the leaf weights below. Leaf values are multiplied by the model scale; the bias is the base margin.
-    Raises :class:`ModelError` for categorical/text features, CTRs, non-symmetric trees or multi-output models.
+
+    Zero-weight leaves with a non-zero value (monotone constraints fill empty leaves): CatBoost's ShapValues then
+    add the per-leaf row counts of the pool being explained to the model's leaf weights (``CollectLeavesStatistics``
+    in catboost/libs/fstr), so its covers - and its values - depend on that pool. Pass the same rows as ``data``
+    (float[n, n_features], NaN = missing, no sample weights) to reproduce it exactly; without ``data`` the model's
+    own leaf weights are used (additive and independent of the batch, but not CatBoost's numbers for such models).
+    ``data`` changes nothing for a model without such leaves, where CatBoost uses the model's weights alone.
+    Raises :class:`ModelError` for categorical/text features, CTRs, non-symmetric trees or multi-output models and
+    ValueError for ``data`` of the wrong shape.
     """
     cj = catboost_json(model)
     if "oblivious_trees" not in cj:
@@ -309,14 +317,24 @@ def parse_catboost(model: Any) -> ParsedForest:
     bias_list = bias if isinstance(bias, list) else [bias]
     if len(bias_list) > 1:
         raise ModelError("CatBoost multi-output models are not supported")
+    raw_trees = cj["oblivious_trees"]
+    n_filled = sum(
+        int(np.count_nonzero((np.asarray(t["leaf_weights"]) == 0) & (np.abs(np.asarray(t["leaf_values"])) >= 1e-9)))
+        for t in raw_trees
+    )  # CatBoost's HasNonZeroApproxForZeroWeightLeaf (per leaf, single output)
+    x_data = None
+    if data is not None and n_filled:
+        x_data = _as_float32_rows(data, n_features)
     trees = []
-    for t in cj["oblivious_trees"]:
+    for t in raw_trees:
         splits = t["splits"]
         d = len(splits)
         values = np.asarray(t["leaf_values"], dtype=np.float64)
         weights = np.asarray(t["leaf_weights"], dtype=np.float64)
         if len(values) != (1 << d):
             raise ModelError("CatBoost multi-output models are not supported")
+        if x_data is not None:
+            weights = weights + _catboost_leaf_counts(splits, flat_of, nan_left_of, x_data)
         b = _TreeBuilder()
         conds = []
         for s in splits:
@@ -350,13 +368,42 @@ def parse_catboost(model: Any) -> ParsedForest:
         n_features=n_features,
         input_dtype=np.float32,
         feature_names=names or None,
-        details={"scale": float(scale)},
+        details={
+            "scale": float(scale),
+            "filled_zero_weight_leaves": n_filled,
+            "leaf_weights": "model" if x_data is None else f"model + {len(x_data)} data rows",
+        },
     )
 
 
-def parse_model(model: Any) -> ParsedForest:
+def _as_float32_rows(data: Any, n_features: int) -> np.ndarray:
+    """``data`` (array or DataFrame, positional columns) as float32[n, n_features], the way CatBoost sees it."""
+    arr = data.to_numpy(dtype=np.float64, na_value=np.nan) if hasattr(data, "to_numpy") else np.asarray(data)
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        raise ValueError(f"data must have shape (n, {n_features}) for this catboost model, got {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def _catboost_leaf_counts(
+    splits: list[dict], flat_of: dict[int, int], nan_left_of: dict[int, bool], x: np.ndarray
+) -> np.ndarray:
+    """Rows of ``x`` (float32) per leaf of one oblivious tree: float64[2^depth], leaf bit k = ``x > border_k``."""
+    idx = np.zeros(len(x), dtype=np.int64)
+    for k, sp in enumerate(splits):
+        fi = int(sp["float_feature_index"])
+        col = x[:, flat_of[fi]]
+        bit = col > np.float32(sp["border"])
+        if not nan_left_of[fi]:
+            bit |= np.isnan(col)
+        idx |= bit.astype(np.int64) << k
+    return np.bincount(idx, minlength=1 << len(splits)).astype(np.float64)
+
+
+def parse_model(model: Any, data: Any = None) -> ParsedForest:
     """Dispatch on the library type: sklearn-style classifiers/regressors and raw boosters of the three libraries.
 
+    ``data``: CatBoost only, see :func:`parse_catboost`; ignored for LightGBM and XGBoost, whose TreeSHAP covers
+    never depend on the explained rows.
     Raises :class:`ModelError` for anything else (e.g. a sklearn RandomForest: use LightGBM boosting_type="rf").
     """
     mod = type(model).__module__.split(".")[0]
@@ -370,7 +417,7 @@ def parse_model(model: Any) -> ParsedForest:
             return parse_xgboost(booster, n_iterations=None if best is None else int(best) + 1)
         return parse_xgboost(model)
     if mod == "catboost":
-        return parse_catboost(model)
+        return parse_catboost(model, data)
     raise ModelError(
         f"cannot explain a {type(model).__module__}.{type(model).__name__}: not a LightGBM, XGBoost or CatBoost model"
     )

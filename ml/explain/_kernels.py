@@ -87,13 +87,14 @@ def leaf_table(z: np.ndarray, v: float) -> np.ndarray:
 @njit(cache=True)
 def build_group_tables(
     g_nbits, g_table_off, g_nslots, g_leaf_start,
-    l_value, l_feat_start, lf_z, lf_slot, lf_term_start, t_pos, t_want,
+    l_value, l_reach_only, l_feat_start, lf_z, lf_slot, lf_term_start, t_pos, t_want,
     tables,
 ):  # fmt: skip
     """Fill every group's table: ``tables[off + slot * 2^K + p]`` = sum over the group's leaves of the contribution
     to the slot's feature when the group's condition bits are ``p``.
 
-    A leaf feature's one-bit is the AND of its terms ``bit[t_pos] == t_want``.
+    A leaf feature's one-bit is the AND of its terms ``bit[t_pos] == t_want``. A ``l_reach_only`` leaf (zero cover)
+    contributes only where all its one-bits are set (rows that reach it).
     """
     n_groups = g_nbits.shape[0]
     for g in range(n_groups):
@@ -104,6 +105,7 @@ def build_group_tables(
             f0 = l_feat_start[leaf]
             u = l_feat_start[leaf + 1] - f0
             lt = leaf_table(lf_z[f0 : f0 + u], l_value[leaf])
+            full = (1 << u) - 1
             for p in range(P):
                 o = 0
                 for j in range(u):
@@ -113,6 +115,8 @@ def build_group_tables(
                             ok = 0
                             break
                     o |= ok << j
+                if l_reach_only[leaf] and o != full:
+                    continue
                 for j in range(u):
                     tables[off + lf_slot[f0 + j] * P + p] += lt[o, j]
 
@@ -206,7 +210,7 @@ def shap_blocks(
     tree_cond_start, cond_feat, cond_thr, cond_nan_left, cond_zero_dir,
     tree_group_start, group_nbits, group_bit_start, bit_term_start, term_cond, term_flip,
     group_table_start, group_slot_start, slot_feat, tables,
-    tree_fb_start, fb_value, fb_feat_start, fbf_feat, fbf_z, fbf_term_start, fbt_cond, fbt_flip,
+    tree_fb_start, fb_value, fb_reach_only, fb_feat_start, fbf_feat, fbf_z, fbf_term_start, fbt_cond, fbt_flip,
 ):  # fmt: skip
     """Accumulate every tree's contributions for the rows of ``X`` (float64[n, F], already rounded the library's
     way) into ``out`` (float64[n, F]). Rows are processed in blocks of ``block`` rows in parallel; inside a block,
@@ -216,7 +220,8 @@ def shap_blocks(
     2. per group: build the table index from its bits (a bit with several terms - an ancestor feature split more
        than once - is AND-ed into a scratch row first), then for each slot gather one table entry per row and add
        it to that feature's accumulator (two slots per pass),
-    3. per fallback leaf: per row, compute its one-bits and its contributions directly (O(u^2)).
+    3. per fallback leaf: per row, compute its one-bits and its contributions directly (O(u^2)); a reach-only
+       (zero-cover) leaf only for the rows that reach it.
     """
     n, F = X.shape
     n_trees = tree_cond_start.shape[0] - 1
@@ -306,11 +311,15 @@ def shap_blocks(
                 o = ob[:u]
                 out_u = contrib[:u]
                 for r in range(R):
+                    n_ok = 0
                     for j in range(u):
                         ok = np.uint8(1)
                         for tt in range(fbf_term_start[f0 + j], fbf_term_start[f0 + j + 1]):
                             ok &= cb[fbt_cond[tt], r] ^ fbt_flip[tt]
                         o[j] = ok
+                        n_ok += ok
+                    if fb_reach_only[leaf] and n_ok != u:
+                        continue
                     _path_contrib(z, o, fb_value[leaf], w, q, out_u)
                     for j in range(u):
                         acc[fbf_feat[f0 + j], r] += out_u[j]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -43,7 +44,8 @@ def feat_url(server_pg_url: str) -> Iterator[str]:
     yield url
     with admin.connect() as c:
         c.execute(
-            sa.text("select pg_terminate_backend(pid) from pg_stat_activity where datname = :d and pid <> pg_backend_pid()"),
+            sa.text("select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where datname = :d and pid <> pg_backend_pid()"),
             {"d": name},
         )
         c.execute(sa.text(f'drop database if exists "{name}"'))
@@ -433,3 +435,32 @@ def test_snapshot_dates_from_the_database(feat_engine, fs, generated, hand_loade
     dates = F.snapshot_dates(feat_engine, fs)
     assert dates == F.weekly_as_of_dates(span[0], span[1], fs)
     assert dates and dates[-1] <= span[1]
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------------
+def test_cli_features_and_snapshot_dates(feat_engine, feat_url, redis_url, fs, generated, tmp_path,  # noqa: ANN001
+                                         monkeypatch) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    monkeypatch.setenv("PROPENSITY_POSTGRES_URL", feat_url)
+    monkeypatch.setenv("PROPENSITY_REDIS_URL", redis_url)
+    monkeypatch.setenv("PROPENSITY_STATE_DIR", str(tmp_path / "state"))
+    out = tmp_path / "bucket0.parquet"
+    as_of = generated["as_of"] - dt.timedelta(days=7)
+    result = CliRunner().invoke(app, ["features", "--as-of", f"{as_of:%Y-%m-%d}", "--bucket", "0", "--buckets", "2",
+                                      "--labels", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    summary = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    assert summary["rows"] == F.count_active_pairs(feat_engine, as_of, fs, bucket=0, n_buckets=2) > 0
+    table = pq.read_table(out)
+    assert table.num_rows == summary["rows"] and "label" in table.column_names
+    result = CliRunner().invoke(app, ["snapshots", "--list"])
+    assert result.exit_code == 0, result.output
+    listed = [line for line in result.stdout.splitlines() if re.fullmatch(r"\d{4}-\d\d-\d\d 00:00", line)]
+    assert listed == [f"{d:%Y-%m-%d %H:%M}" for d in F.snapshot_dates(feat_engine, fs)]

@@ -224,6 +224,12 @@ def test_rerun_replaces_the_date_with_identical_rows(world: World, wengine: sa.E
     assert third.scored_pairs == first.scored_pairs
     assert [(r[0], r[1], r[2], r[4]) for r in rows3] == [(r[0], r[1], r[2], r[4]) for r in rows1]
     assert max(abs(math.fsum(r[9]) + r[8] - logit(r[2])) for r in rows3) <= 1e-4
+    # sampled verification: probabilities from the exact sums, equal to the libraries' to float32 rounding
+    run_scoring(wengine, world.settings(score_verify_fraction=0.1), day, n_buckets=2)
+    rows4 = fetch(wengine, day)
+    assert [r[:2] for r in rows4] == [r[:2] for r in rows1]
+    np.testing.assert_allclose([r[2] for r in rows4], [r[2] for r in rows1], rtol=1e-5, atol=0)
+    assert max(abs(math.fsum(r[9]) + r[8] - logit(r[2])) for r in rows4) <= 1e-5
 
 
 def test_crash_mid_run_leaves_the_previous_partition_intact(

@@ -140,7 +140,8 @@ def test_catboost_equals_native(data, nan_mode: str) -> None:
     model.fit(X, y)
     ex = TreeExplainer.from_model(model)
     assert ex.stats()["group_bits"] == {6: 30}  # one table lookup per tree
-    assert ex.stats()["zero_cover_leaves"] > 0  # empty leaves are skipped exactly like CatBoost skips them
+    assert ex.stats()["zero_cover_leaves"] > 0  # empty leaves (value 0 here) carry nothing, as in CatBoost
+    assert ex.details["filled_zero_weight_leaves"] == 0
     pool = Pool(rows)
     np.testing.assert_array_equal(ex.predict_leaf(rows), model.calc_leaf_indexes(pool))
     np.testing.assert_allclose(
@@ -151,6 +152,34 @@ def test_catboost_equals_native(data, nan_mode: str) -> None:
     np.testing.assert_allclose(phi, native[:, :-1], rtol=0, atol=F64_TOL)
     assert ex.expected_value == pytest.approx(native[0, -1], abs=F64_TOL)
     _assert_additive(ex, phi, rows)
+
+
+def test_catboost_with_monotone_constraints_is_additive_and_equals_native(data) -> None:
+    """Monotone constraints make CatBoost fill empty (zero-weight) leaves with non-zero values; its ShapValues then
+    add the explained pool's per-leaf row counts to the leaf weights. Model-only values stay additive; with
+    ``data=rows`` they equal CatBoost's to float64 rounding, NaN rows included."""
+    from catboost import CatBoostClassifier, Pool
+
+    X, y, rows = data
+    model = CatBoostClassifier(
+        iterations=30, depth=6, border_count=128, monotone_constraints=[1, -1, 0, 0, 0, 0, 0, 0], verbose=0,
+        thread_count=1, random_seed=0,
+    ).fit(X, y)  # fmt: skip
+    margin = model.predict(rows, prediction_type="RawFormulaVal")
+    ex = TreeExplainer.from_model(model)
+    assert ex.details["filled_zero_weight_leaves"] > 0 and ex.details["leaf_weights"] == "model"
+    phi = ex.shap_values(rows)
+    np.testing.assert_allclose(ex.predict_margin(rows), margin, rtol=0, atol=F64_TOL)
+    _assert_additive(ex, phi, rows)
+    ex_data = TreeExplainer.from_model(model, data=rows)
+    assert ex_data.details["leaf_weights"] == f"model + {len(rows)} data rows"
+    native = model.get_feature_importance(Pool(rows), type="ShapValues")  # default shap_calc_type "Regular"
+    phi_data = ex_data.shap_values(rows)
+    np.testing.assert_allclose(phi_data, native[:, :-1], rtol=0, atol=F64_TOL)
+    assert ex_data.expected_value == pytest.approx(native[0, -1], abs=F64_TOL)
+    np.testing.assert_allclose(phi_data.sum(1) + ex_data.expected_value, margin, rtol=0, atol=F64_TOL)
+    # the model-only values differ from CatBoost's pool-dependent ones for this model (that is the point of data=)
+    assert np.abs(phi - native[:, :-1]).max() > 1e-3
 
 
 def test_catboost_scale_and_bias_enter_the_margin(data) -> None:

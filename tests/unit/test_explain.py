@@ -242,3 +242,69 @@ def test_ensemble_contributions_add_up_to_the_calibrated_logit(small_models) -> 
     logit = a * sum(w * ex.predict_margin(X) for w, ex in members) + b
     np.testing.assert_allclose(out.logit, logit, rtol=0, atol=1e-12)
     assert out.values.shape == X.shape
+
+
+# --- zero-cover leaves with a value (CatBoost with monotone constraints fills empty leaves) -------------------------
+def _tree_with_filled_empty_leaves() -> ParsedForest:
+    """x0 <= 0 ? (x1 <= 0 ? A : B) : (x0 <= 1 ? C : D); B and D have cover 0 but a non-zero value."""
+    tree = ParsedTree(
+        cond_feat=np.array([0, 1, 0], np.int32), cond_thr=np.array([0.0, 0.0, 1.0]),
+        cond_nan_left=np.array([1, 1, 1], np.uint8), cond_zero_dir=np.array([-1, -1, -1], np.int8),
+        node_cond=np.array([0, 1, 2], np.int32), node_left=np.array([1, ~0, ~2], np.int32),
+        node_right=np.array([2, ~1, ~3], np.int32), node_cover=np.array([8.0, 5.0, 3.0]),
+        leaf_value=np.array([1.0, 2.0, -1.0, 4.0]), leaf_cover=np.array([5.0, 0.0, 3.0, 0.0]),
+        leaf_id=np.arange(4, dtype=np.int32),
+    )  # fmt: skip
+    return ParsedForest("catboost", [tree], base_margin=0.5, n_features=3, input_dtype=np.float64)
+
+
+def _reach_only_shap(tree: ParsedTree, x: np.ndarray, F: int) -> np.ndarray:
+    """Shapley values of v(S) = sum over leaves of value * prod_{j in S} o_j * prod_{j not in S} z_j, where a
+    zero-cover leaf counts only if x reaches it (CatBoost's game, made additive for rows in empty leaves)."""
+    leaves = []
+    stack = [(tree.root, [])]
+    while stack:
+        ref, path = stack.pop()
+        if ref < 0:
+            leaves.append((~ref, path))
+            continue
+        stack += [(int(tree.node_left[ref]), path + [(ref, True)]), (int(tree.node_right[ref]), path + [(ref, False)])]
+    cover = lambda r: tree.leaf_cover[~r] if r < 0 else tree.node_cover[r]  # noqa: E731
+    games = []
+    for leaf, path in leaves:
+        z, o, empty = np.ones(F), np.ones(F), False
+        for i, (node, left) in enumerate(path):
+            child = path[i + 1][0] if i + 1 < len(path) else ~leaf
+            f = tree.cond_feat[tree.node_cond[node]]
+            z[f] *= cover(child) / tree.node_cover[node]
+            o[f] *= float(_go_left(tree, node, x) == left)
+            empty |= cover(child) == 0
+        if not empty or o.all():
+            games.append((tree.leaf_value[leaf], z, o))
+    phi = np.zeros(F)
+    for i in range(F):
+        others = [j for j in range(F) if j != i]
+        for size in range(F):
+            w = math.factorial(size) * math.factorial(F - size - 1) / math.factorial(F)
+            for S in itertools.combinations(others, size):
+                for v, z, o in games:
+                    g = lambda T: np.prod([o[j] if j in T else z[j] for j in range(F)])  # noqa: E731
+                    phi[i] += w * v * (g(set(S) | {i}) - g(set(S)))
+    return phi
+
+
+def test_filled_empty_leaves_stay_additive_and_equal_the_reach_only_game() -> None:
+    from ml.explain._compile import compile_forest
+
+    forest = _tree_with_filled_empty_leaves()
+    rows = np.array([[-1, -1, 0], [-1, 1, 0], [0.5, 3, 0], [2, -1, 0], [2, 1, 9], [np.nan, 1, 0], [np.nan] * 3])
+    for max_bits, max_unique in ((8, 10), (1, 1)):  # one table per tree / every leaf in the per-row fallback
+        ex = TreeExplainer(forest, compile_forest(forest, max_bits=max_bits, max_unique=max_unique))
+        assert ex.expected_value == pytest.approx(0.5 + (5 * 1.0 + 3 * -1.0) / 8, abs=1e-15)
+        assert ex.stats()["zero_cover_leaves"] == 2
+        phi = ex.shap_values(rows)
+        margin = ex.predict_margin(rows)
+        np.testing.assert_allclose(margin, 0.5 + np.array([1.0, 2.0, -1.0, 4.0, 4.0, 2.0, 1.0]), rtol=0, atol=0)
+        np.testing.assert_allclose(phi.sum(1) + ex.expected_value, margin, rtol=0, atol=1e-12)
+        for x, p in zip(rows, phi):
+            np.testing.assert_allclose(p, _reach_only_shap(forest.trees[0], x, 3), rtol=0, atol=1e-12)

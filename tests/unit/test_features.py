@@ -170,7 +170,8 @@ def test_weekly_dates_for_the_generator_default(s: Settings) -> None:
 def test_weekly_dates_are_stable_as_data_grows_and_capped(s: Settings) -> None:
     first = dt.datetime(2019, 10, 1, tzinfo=dt.UTC)
     short = F.weekly_as_of_dates(first, dt.datetime(2019, 11, 30, tzinfo=dt.UTC), s)
-    longer = F.weekly_as_of_dates(first, dt.datetime(2020, 1, 30, tzinfo=dt.UTC), s.model_copy(update={"max_snapshots": 100}))
+    many = s.model_copy(update={"max_snapshots": 100})
+    longer = F.weekly_as_of_dates(first, dt.datetime(2020, 1, 30, tzinfo=dt.UTC), many)
     assert set(short) <= set(longer)
     last = dt.datetime(2020, 6, 1, tzinfo=dt.UTC)
     capped = F.weekly_as_of_dates(first, last, s.model_copy(update={"max_snapshots": 3}))
