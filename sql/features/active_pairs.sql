@@ -9,5 +9,6 @@ where e.event_time >= :active_since
   and e.event_type in ('view', 'cart')
   and (cast(:n_buckets as integer) is null  -- bucket k of K as a hash range (ml.bucket_hash_lo)
        or (ml.user_hash32(e.user_id) >= ml.bucket_hash_lo(cast(:bucket as integer), cast(:n_buckets as integer))
-           and ml.user_hash32(e.user_id) < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
+           and ml.user_hash32(e.user_id)
+               < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
 group by e.user_id, e.product_id

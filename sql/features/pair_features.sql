@@ -7,12 +7,12 @@
 --   as_of, since, active_since, since_7d, since_24h, label_until  timestamptz
 --   n_buckets, bucket                                             integer, or both null
 --   with_labels boolean;  negative_rate float8 in (0, 1];  sample_salt bigint (seeds the negative subsample)
--- Double-brace placeholders below are replaced by the static text of the SQL file of that name (ml.features.render_sql),
--- so "active", "label" and the item statistics each have one definition.
+-- Double-brace placeholders below are replaced by the static text of the SQL file of that name
+-- (ml.features.render_sql), so "active", "label" and the item statistics each have one definition.
 --
--- Shape (see docs/features.md, "Where the time goes"): the bucket filter and the active-user semi-join sit in the
--- scan of raw.events, before any aggregation; each aggregate reads its own scan (cheaper than materialising the
--- events); aggregate states are by-value (counts, timestamps, one packed bigint) so hash tables stay small.
+-- Shape (see docs/features.md, "Performance"): the bucket filter (a hash range) and the active-user semi-join sit in
+-- the scan of raw.events, before any aggregation; the bucket's events are read once (materialised) and feed three
+-- aggregates; aggregate states are by-value (counts, timestamps, one packed bigint), so hash tables stay small.
 -- Price at a view is carried as a packed key: (whole seconds since :since) * 2^36 + price in cents, so min/max of
 -- one bigint gives the first/last view's price (ties within a second: lowest/highest price).
 with
@@ -41,7 +41,8 @@ stg_events as materialized (
       and e.event_time < :as_of
       and (cast(:n_buckets as integer) is null  -- bucket k of K as a hash range (ml.bucket_hash_lo)
            or (ml.user_hash32(e.user_id) >= ml.bucket_hash_lo(cast(:bucket as integer), cast(:n_buckets as integer))
-               and ml.user_hash32(e.user_id) < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
+               and ml.user_hash32(e.user_id)
+                   < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
       and e.user_id in (select user_id from active_users)
 ),
 
@@ -175,7 +176,8 @@ feat_pairs as (
         p.views_24h::float8 as pair_views_24h,
         p.views_7d::float8 as pair_views_7d,
         ((p.last_view_price - p.first_view_price) / nullif(p.first_view_price, 0))::float8 as pair_price_change,
-        (p.last_cart_at is not null and (p.last_purchase_at is null or p.last_purchase_at < p.last_cart_at))::int::float8
+        (p.last_cart_at is not null
+         and (p.last_purchase_at is null or p.last_purchase_at < p.last_cart_at))::int::float8
             as pair_cart_without_purchase,
         -- user --------------------------------------------------------------------------------------------------
         u.events::float8 as user_events,
