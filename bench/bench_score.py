@@ -25,6 +25,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -422,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.dispose()
         if not args.keep:
+            import shutil
+
             drop_database(server, url)
+            shutil.rmtree(state, ignore_errors=True)  # the benchmark's model artifacts
 
     base_shap = sum(results[f"baseline shap {m}"]["seconds"] for m in ens.active_members())
     base_stage = {"predict": results["baseline predict"]["seconds"], "explain": base_shap,
@@ -482,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(<= {settings.score_additivity_tolerance:g}). End-to-end `run_scoring` on the real data (features SQL, "
         f"checks, swap included): {summary.scored_pairs:,} pairs in {summary.wall_seconds:,.1f} s.",
     ]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    body.append("")
+    body.append(f"Machine load average (1/5/15 min) at the end of the run: {load} (other jobs share these 2 cores; "
+                "compare ratios). Run: `.venv/bin/python bench/bench_score.py` (`--help` for sizes).")
     text = "\n".join(body)
     print(text)
     if not args.no_doc:

@@ -1,7 +1,8 @@
 """
 ### score_active_pairs
 
-Nightly batch scoring of every active (user, product) pair, **03:00 UTC**. Emits the Asset `scores` when the new
+Nightly batch scoring of every active (user, product) pair, **03:00 UTC**, and whenever `train_ensemble` registers a
+model (Asset `model`). Emits the Asset `scores` when the new
 score date is live in Postgres.
 
 1. **plan**: resolves the model (param `model_version`, default: the registry's champion), drops stage tables of
@@ -36,8 +37,8 @@ import logging
 from typing import Any
 
 import pendulum
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, SCORES, TAGS, pipeline_settings
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
+from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, pipeline_settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def _engine(s: Any) -> Any:
 
 @dag(
     dag_id="score_active_pairs",
-    schedule="0 3 * * *",
+    # nightly, and also as soon as a new model version is registered (Asset `model`)
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=MODEL),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

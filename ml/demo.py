@@ -192,6 +192,7 @@ def run_demo(
     af.start()
     try:
         af.wait_for_dags(DAG_IDS)
+        af.ensure_pool(settings.score_db_pool, 2, "scoring COPY writers")
         for d in DAG_IDS:
             af.unpause(d)
         started = dt.datetime.now(dt.UTC).isoformat()

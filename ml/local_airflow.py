@@ -197,6 +197,16 @@ class LocalAirflow:
                 time.sleep(2)
         raise AirflowError(f"DAGs {dag_ids} not parsed after {timeout:.0f}s")
 
+    def ensure_pool(self, name: str, slots: int, description: str = "") -> None:
+        """Create or resize a pool (e.g. the scoring COPY writers' pool)."""
+        with self._client() as c:
+            body = {"name": name, "slots": slots, "description": description}
+            r = c.patch(f"/pools/{name}", json=body)
+            if r.status_code == 404:
+                r = c.post("/pools", json=body)
+            if r.status_code >= 300:
+                raise AirflowError(f"pool {name}: {r.status_code} {r.text}")
+
     def unpause(self, dag_id: str) -> None:
         with self._client() as c:
             c.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()

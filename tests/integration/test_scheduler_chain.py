@@ -31,7 +31,7 @@ def test_chain_runs_through_the_scheduler(settings, engine: sa.Engine, redis_cli
     today = dt.datetime.now(dt.UTC).date()
     landing = tmp_path / "landing"
     events = generate_events(
-        GeneratorConfig(start=today - dt.timedelta(days=35), days=35, n_users=220, n_products=120, seed=11)
+        GeneratorConfig(start=today - dt.timedelta(days=56), days=56, n_users=220, n_products=120, seed=11)
     )
     write_daily_files(events, landing, formats=("csv",))
 
@@ -56,6 +56,7 @@ def test_chain_runs_through_the_scheduler(settings, engine: sa.Engine, redis_cli
     try:
         dags = ["ingest_events", "train_ensemble", "score_active_pairs"]
         af.wait_for_dags(dags)
+        af.ensure_pool(settings.score_db_pool, 2, "scoring COPY writers")
         for d in dags:
             af.unpause(d)
         started = dt.datetime.now(dt.UTC).isoformat()
