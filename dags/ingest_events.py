@@ -35,19 +35,20 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, pipeline_settings
+from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, pipeline_settings, schedule_for
 
 log = logging.getLogger(__name__)
 
 
-def _schedule() -> str:
+def _schedule() -> str | None:
     """settings.ingest_schedule, read from the environment only (no I/O at parse time)."""
     from ml.settings import get_settings
 
     try:
-        return get_settings().ingest_schedule
+        cron = get_settings().ingest_schedule
     except Exception:  # noqa: BLE001 - a bad env var must not break parsing
-        return "@hourly"
+        cron = "@hourly"
+    return schedule_for(cron)
 
 
 @dag(

@@ -60,6 +60,24 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
+def schedule_for(timetable: Any, assets: Any = None) -> Any:
+    """A DAG's schedule: its timetable (cron string or timetable), OR'ed with ``assets`` when given. With
+    ``settings.time_schedules`` off, only the assets (or nothing: manual runs only). Reads the environment only."""
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from ml.settings import get_settings
+
+    try:
+        timed = get_settings().time_schedules
+    except Exception:  # noqa: BLE001 - a bad env var must not break parsing; keep the production schedule
+        timed = True
+    if not timed:
+        return assets
+    if assets is None:
+        return timetable
+    return AssetOrTimeSchedule(timetable=timetable, assets=assets)
+
+
 def _conn_url(conn_id: str) -> str | None:
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException

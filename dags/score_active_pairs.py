@@ -37,8 +37,8 @@ import logging
 from typing import Any
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, pipeline_settings
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
+from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, pipeline_settings, schedule_for
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _engine(s: Any) -> Any:
 @dag(
     dag_id="score_active_pairs",
     # nightly, and also as soon as a new model version is registered (Asset `model`)
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=MODEL),
+    schedule=schedule_for(CronTriggerTimetable("0 3 * * *", timezone="UTC"), MODEL),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

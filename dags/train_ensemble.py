@@ -29,8 +29,8 @@ import logging
 from typing import Any
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, EVENTS, MODEL, TAGS, pipeline_settings
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from pipeline_common import DEFAULT_ARGS, EVENTS, MODEL, TAGS, pipeline_settings, schedule_for
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _schedule() -> Any:
         on_events = get_settings().train_on_new_events
     except Exception:  # noqa: BLE001 - a bad env var must not break parsing; the weekly schedule still holds
         on_events = False
-    return AssetOrTimeSchedule(timetable=WEEKLY, assets=EVENTS) if on_events else WEEKLY
+    return schedule_for(WEEKLY, EVENTS if on_events else None)
 
 
 def _run_key(context: dict[str, Any]) -> str:

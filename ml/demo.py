@@ -185,7 +185,8 @@ def run_demo(
         _say(f"landing already has files ({landing}); not generating")
 
     af = local_airflow(settings, port=port)
-    af.extra_env["PROPENSITY_TRAIN_ON_NEW_EVENTS"] = "true"
+    # the chain flows by Assets only: no cron runs start when the DAGs are unpaused
+    af.extra_env.update({"PROPENSITY_TRAIN_ON_NEW_EVENTS": "true", "PROPENSITY_TIME_SCHEDULES": "false"})
     _say("migrating Airflow's metadata database (first time takes a minute) ...")
     af.migrate()
     _say(f"starting Airflow (scheduler, dag-processor, api-server on {af.base_url}) ...")

@@ -746,7 +746,10 @@ def _feature_blocks(
     from ml.features import iter_pair_feature_batches
 
     day = as_date(spec.score_date)
-    batches = iter_pair_feature_batches(engine, as_of_of(day), settings, spec.bucket, spec.n_buckets)
+    # one product/category/brand statistics cache per run: the first bucket computes it, the others reuse it
+    batches = iter_pair_feature_batches(
+        engine, as_of_of(day), settings, spec.bucket, spec.n_buckets, item_stats_key=spec.run_id
+    )
     size = max(1, int(settings.score_block_rows))
     pending: list[Any] = []
     rows = 0
@@ -1003,6 +1006,9 @@ def fail_run(engine: Engine, run_id: str, error: BaseException | str) -> None:
             conn.execute(sa.text(
                 "update scoring.runs set status = 'failed', error = :e, finished_at = now()"
                 " where run_id = :r and status = 'running'"), {"e": str(error)[:8000], "r": run_id})
+        from ml.features import drop_item_stats
+
+        drop_item_stats(engine, run_id)  # a retry of the date plans a new run with a fresh cache
     except sa.exc.SQLAlchemyError:
         log.exception("could not mark scoring run %s failed", run_id)
 
@@ -1077,6 +1083,9 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
                  "r": run_id})
     except sa.exc.DBAPIError as e:
         raise ScoringError(f"{what}: partition swap failed (the previous partition is intact): {e.orig}") from e
+    from ml.features import drop_item_stats
+
+    drop_item_stats(engine, run_id)  # the run's feature statistics cache is no longer needed
     for line in summary.lines():
         log.info(line)
     log.debug("finalize took %.1fs", time.perf_counter() - t0)

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     )
     gate_pr_auc_tolerance: float = Field(0.0, description="Challenger PR-AUC may trail the champion's by this much.")
     gate_ece_tolerance: float = Field(0.01, description="Challenger ECE may exceed the champion's by this much.")
+    time_schedules: bool = Field(
+        True,
+        description="Run the DAGs on their cron schedules. False: only manual triggers and Assets start runs (the local "
+        "demo and the scheduler test use this, so unpausing a DAG does not also start its latest cron run).",
+    )
     train_on_new_events: bool = Field(
         False,
         description="Also run train_ensemble whenever new events land (Asset 'events'), not only weekly. The demo "

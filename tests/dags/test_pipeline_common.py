@@ -32,3 +32,18 @@ def test_environment_used_without_connections(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("PROPENSITY_REDIS_URL", "redis://env-host:6379/0")
     s = pipeline_settings(state_dir=tmp_path)
     assert (s.postgres_url, s.redis_url) == ("postgresql://env-host/db", "redis://env-host:6379/0")
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_schedule_for_honours_time_schedules(monkeypatch: pytest.MonkeyPatch, timed: bool) -> None:
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+    from pipeline_common import MODEL, schedule_for
+
+    monkeypatch.setenv("PROPENSITY_TIME_SCHEDULES", str(timed).lower())
+    cron = CronTriggerTimetable("0 3 * * *", timezone="UTC")
+    with_assets = schedule_for(cron, MODEL)
+    alone = schedule_for("@hourly")
+    if timed:
+        assert isinstance(with_assets, AssetOrTimeSchedule) and alone == "@hourly"
+    else:
+        assert with_assets == MODEL and alone is None  # Assets only; no cron run at all

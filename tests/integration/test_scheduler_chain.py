@@ -44,6 +44,7 @@ def test_chain_runs_through_the_scheduler(settings, engine: sa.Engine, redis_cli
         "PROPENSITY_TUNE_TIMEOUT_S": "60",
         "PROPENSITY_SCORE_BUCKETS": "2",
         "PROPENSITY_TRAIN_ON_NEW_EVENTS": "true",
+        "PROPENSITY_TIME_SCHEDULES": "false",
     }
     for k, v in knobs.items():
         monkeypatch.setenv(k, v)
@@ -66,9 +67,12 @@ def test_chain_runs_through_the_scheduler(settings, engine: sa.Engine, redis_cli
         assert train["run_type"] == "asset_triggered"
         score = af.wait_for_run("score_active_pairs", after=started, timeout=900)
         assert score["run_type"] == "asset_triggered"
+        runs_by_dag = {d: af.runs(d) for d in dags}
     finally:
         af.stop()
 
+    # with cron schedules off, every run was started by hand (ingest) or by an Asset: none by the clock
+    assert all(r["run_type"] != "scheduled" for d in dags for r in runs_by_dag[d])
     with engine.connect() as c:
         loaded = c.execute(sa.text("select count(*) from raw.events where file_id in "
                                    "(select file_id from raw.ingested_files where file_uri like :l)"),
