@@ -46,6 +46,44 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     return sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, future=True, **kwargs)  # type: ignore[arg-type]
 
 
+def create_database(server_url: str, name: str, *, migrated: bool = True) -> str:
+    """Create database ``name`` on the server of ``server_url`` (migrated to head unless ``migrated=False``) and
+    return its URL. Used for scratch databases in tests and benchmarks. ``name`` must be a plain identifier."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"database name {name!r} is not a plain lower-case identifier")
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'create database "{name}"'))
+    finally:
+        admin.dispose()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    if migrated:
+        eng = make_engine(url)
+        try:
+            migrate(eng)
+        finally:
+            eng.dispose()
+    return url
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Terminate the sessions of database ``name`` and drop it (no error when it is gone)."""
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(
+                sa.text(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = :d and pid <> pg_backend_pid()"
+                ),
+                {"d": name},
+            )
+            c.execute(sa.text(f'drop database if exists "{name}"'))
+    finally:
+        admin.dispose()
+
+
 def read_sql(relative: str) -> str:
     """Read a SQL file under ``sql/`` (e.g. ``features/feat_pairs.sql``)."""
     return (SQL_DIR / relative).read_text()

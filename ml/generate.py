@@ -47,18 +47,7 @@ import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
 
-REES46_COLUMNS: tuple[str, ...] = (
-    "event_time",
-    "event_type",
-    "product_id",
-    "category_id",
-    "category_code",
-    "brand",
-    "price",
-    "user_id",
-    "user_session",
-)
-EVENT_TYPES: tuple[str, ...] = ("view", "cart", "remove_from_cart", "purchase")
+from ml.schema import EVENT_TYPES, REES46_COLUMNS  # noqa: E402 - the one definition
 CORRUPTION_KINDS: tuple[str, ...] = (
     "missing_column",
     "extra_column",

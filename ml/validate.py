@@ -46,18 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUITE_NAME = "raw_events"
-EVENT_COLUMNS: tuple[str, ...] = (
-    "event_time",
-    "event_type",
-    "product_id",
-    "category_id",
-    "category_code",
-    "brand",
-    "price",
-    "user_id",
-    "user_session",
-)
-EVENT_TYPES: tuple[str, ...] = ("view", "cart", "remove_from_cart", "purchase")
+from ml.schema import EVENT_TYPES  # noqa: E402 - the one definition
+from ml.schema import REES46_COLUMNS as EVENT_COLUMNS  # noqa: E402
 INT_FIELDS: tuple[str, ...] = ("product_id", "category_id", "user_id")
 TEXT_FIELDS: tuple[str, ...] = ("category_code", "brand")
 PARSED_FIELDS: tuple[str, ...] = ("event_time", "product_id", "category_id", "price", "user_id")

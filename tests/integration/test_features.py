@@ -33,23 +33,11 @@ COLUMNS = ["event_time", "event_type", "product_id", "category_id", "category_co
 @pytest.fixture(scope="module")
 def feat_url(server_pg_url: str) -> Iterator[str]:
     """A private migrated database for this module (dropped afterwards)."""
+    from ml.db import create_database, drop_database
+
     name = f"feat_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'create database "{name}"'))
-    url = sa.engine.make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
-    eng = make_engine(url)
-    migrate(eng)
-    eng.dispose()
-    yield url
-    with admin.connect() as c:
-        c.execute(
-            sa.text("select pg_terminate_backend(pid) from pg_stat_activity "
-                    "where datname = :d and pid <> pg_backend_pid()"),
-            {"d": name},
-        )
-        c.execute(sa.text(f'drop database if exists "{name}"'))
-    admin.dispose()
+    yield create_database(server_pg_url, name)
+    drop_database(server_pg_url, name)
 
 
 @pytest.fixture(scope="module")

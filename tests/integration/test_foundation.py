@@ -15,12 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 def _fresh_db(server_pg_url: str) -> str:
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'create database "{name}"'))
-    admin.dispose()
-    return sa.engine.make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
+    from ml.db import create_database
+
+    return create_database(server_pg_url, f"mig_{uuid.uuid4().hex[:8]}", migrated=False)
 
 
 def test_migrate_twice_is_noop(server_pg_url: str) -> None:

@@ -32,30 +32,15 @@ GENERATED = {"start": dt.date(2019, 10, 1), "days": 42, "n_users": 500, "n_produ
 # --- helpers shared with tests/dags/test_train_dag.py ---------------------------------------------------------------
 def create_database(server_pg_url: str, prefix: str) -> str:
     """A fresh, migrated database on the test server; returns its URL."""
-    from ml.db import make_engine, migrate
+    from ml import db
 
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'create database "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
-    eng = make_engine(url)
-    migrate(eng)
-    eng.dispose()
-    return url
+    return db.create_database(server_pg_url, f"{prefix}_{uuid.uuid4().hex[:10]}")
 
 
 def drop_database(server_pg_url: str, url: str) -> None:
-    from ml.db import make_engine
+    from ml import db
 
-    name = sa.engine.make_url(url).database
-    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity where datname = :d "
-                          "and pid <> pg_backend_pid()"), {"d": name})
-        c.execute(sa.text(f'drop database if exists "{name}"'))
-    admin.dispose()
+    db.drop_database(server_pg_url, sa.engine.make_url(url).database)
 
 
 def load_generated_events(url: str, **config: object) -> pd.DataFrame:
