@@ -78,7 +78,7 @@ def _metric(metrics: Any, key: str) -> str:
         metrics = json.loads(metrics)
     if not isinstance(metrics, dict):
         return ""
-    for scope in (metrics.get("holdout"), metrics):
+    for scope in (metrics.get("ensemble"), metrics.get("holdout"), metrics):  # registry: metrics["ensemble"]
         if isinstance(scope, dict) and isinstance(scope.get(key), (int, float)):
             return f"{scope[key]:.4f}"
     return ""

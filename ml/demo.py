@@ -132,19 +132,24 @@ def summarize(engine: sa.Engine, settings: Settings) -> list[str]:
         "order by created_at desc limit 1"
     ).first()
     if champ:
-        m = champ.metrics.get("holdout", champ.metrics) if isinstance(champ.metrics, dict) else {}
+        # metrics = {"ensemble": holdout metrics, "members": {...}, "equal_weights": ..., "validation": ...}
+        m = (champ.metrics or {}).get("ensemble", {}) if isinstance(champ.metrics, dict) else {}
         keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "hit_rate_at_10")
         shown = ", ".join(f"{k}={m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
-        out.append(f"champion model: {champ.version}  {shown}")
+        out.append(f"champion model: {champ.version}  holdout {shown}")
         out.append(f"  model report: {champ.report_uri}")
     run = q(
-        "select run_id, score_date, scored_pairs, timings, model_version from scoring.runs "
-        "where status = 'succeeded' order by finished_at desc limit 1"
+        "select run_id, score_date, scored_pairs, timings, model_version,"
+        " extract(epoch from finished_at - started_at) as wall from scoring.runs"
+        " where status = 'succeeded' order by finished_at desc limit 1"
     ).first()
     if run:
-        total = sum(v for v in (run.timings or {}).values() if isinstance(v, (int, float))) or None
-        rate = f", {run.scored_pairs / total:,.0f} pairs/s over {total:.1f}s of stage time" if total else ""
+        wall = float(run.wall or 0)
+        rate = f" in {wall:.0f}s wall from plan to swap ({run.scored_pairs / wall:,.0f} pairs/s)" if wall > 0 else ""
         out.append(f"pairs scored: {run.scored_pairs:,} for {run.score_date} by {run.model_version}{rate}")
+        stages = {k: v for k, v in (run.timings or {}).items() if isinstance(v, (int, float)) and k != "total"}
+        if stages:
+            out.append("  task seconds summed over buckets: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     pub = q("select * from scoring.publications order by published_at desc limit 1").mappings().first()
     if pub:
         out.append(
@@ -201,7 +206,8 @@ def run_demo(
         _say(f"triggered ingest_events ({run_id}); train_ensemble and score_active_pairs follow by Assets")
         t0 = time.perf_counter()
         ingest = af.wait_for_run("ingest_events", run_id=run_id, timeout=timeout_s, allow_failed=True)
-        _say(f"ingest_events finished: {ingest['state']} ({time.perf_counter() - t0:.0f}s)")
+        note = " (expected: the corrupt file was quarantined; the good files loaded)" if ingest["state"] == "failed" else ""
+        _say(f"ingest_events finished: {ingest['state']}{note} ({time.perf_counter() - t0:.0f}s)")
         train = af.wait_for_run("train_ensemble", after=started, timeout=timeout_s)
         _say(f"train_ensemble finished: {train['state']} ({time.perf_counter() - t0:.0f}s)")
         score = af.wait_for_run("score_active_pairs", after=started, timeout=timeout_s)
