@@ -29,7 +29,7 @@ def test_expected_dags_present(dagbag) -> None:
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))
 def test_dag_is_documented_and_operable(dagbag, dag_id: str) -> None:
-    dag = dagbag.get_dag(dag_id)
+    dag = dagbag.dags[dag_id]
     assert dag is not None
     assert dag.doc_md and len(dag.doc_md) > 200, "doc_md explains the DAG in the UI"
     assert "propensity" in dag.tags
@@ -45,7 +45,7 @@ def test_dag_is_documented_and_operable(dagbag, dag_id: str) -> None:
 
 def test_scoring_fan_out_param_is_bounded(dagbag) -> None:
     """Mapped scoring batches must stay well under Airflow's max_map_length (1024)."""
-    schema = dagbag.get_dag("score_active_pairs").params.get_param("buckets").schema
+    schema = dagbag.dags["score_active_pairs"].params.get_param("buckets").schema
     assert 1 <= schema.get("minimum", 0) and schema.get("maximum", 10**9) <= 512
 
 

@@ -23,11 +23,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_chain_runs_through_the_scheduler(settings, engine: sa.Engine, redis_client, monkeypatch, tmp_path) -> None:
+@pytest.fixture
+def own_db(server_pg_url: str):
+    """A private pipeline database: ingest's trailing-average row-count rule must not see other tests' files."""
+    from ml.db import create_database, drop_database, make_engine
+
+    name = f"chain_{uuid.uuid4().hex[:8]}"
+    url = create_database(server_pg_url, name)
+    eng = make_engine(url)
+    yield url, eng
+    eng.dispose()
+    drop_database(server_pg_url, name)
+
+
+def test_chain_runs_through_the_scheduler(settings, own_db, redis_client, monkeypatch, tmp_path) -> None:
     from ml.generate import GeneratorConfig, generate_events, write_daily_files
     from ml.local_airflow import local_airflow
     from ml.publish import current_version, version_meta
 
+    url, engine = own_db
+    settings = settings.model_copy(update={"postgres_url": url})
     today = dt.datetime.now(dt.UTC).date()
     landing = tmp_path / "landing"
     events = generate_events(
