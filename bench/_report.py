@@ -42,6 +42,27 @@ def machine() -> str:
     )
 
 
+def reset_peak() -> None:
+    """Reset this process's peak RSS (VmHWM) so the next :func:`peak_mib` covers only what follows (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_mib() -> float:
+    """This process's peak resident set size in MiB since start or the last :func:`reset_peak`."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def write_section(name: str, title: str, body: str) -> Path:
     """Replace (or append) the section ``name`` of docs/BENCHMARKS.md with ``body`` under ``title``."""
     DOC.parent.mkdir(parents=True, exist_ok=True)

@@ -40,29 +40,12 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
-from bench._report import md_table, write_section  # noqa: E402
+from bench._report import md_table, peak_mib, reset_peak, write_section  # noqa: E402
 
 log = logging.getLogger("bench.features")
 
 
 # --- memory and spill ------------------------------------------------------------------------------------------------
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def temp_bytes(engine: sa.Engine) -> int:

@@ -30,37 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
 
 from bench._report import md_table, write_section  # noqa: E402
 
 log = logging.getLogger("bench.ingest")
-
-
-def _fresh_database(server_url: str) -> str:
-    from ml.db import make_engine, migrate
-
-    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'create database "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    eng = make_engine(url)
-    migrate(eng)
-    eng.dispose()
-    return url
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    from ml.db import make_engine
-
-    name = sa.engine.make_url(url).database
-    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity where datname = :d"), {"d": name})
-        c.execute(sa.text(f'drop database if exists "{name}"'))
-    admin.dispose()
 
 
 def _copy_write_row(engine, table, file_id: int) -> None:  # noqa: ANN001
@@ -143,7 +116,10 @@ def main() -> None:
     setup_logging("INFO")
     base = get_settings()
     server = resolve_services(base).postgres_url
-    url = _fresh_database(server)
+    from ml.db import create_database, drop_database
+
+    db_name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
+    url = create_database(server, db_name)
     work = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
     try:
         # about 1.8 events per user-day with the generator's defaults; one rescaling pass hits the target closely
@@ -249,7 +225,7 @@ def main() -> None:
         engine.dispose()
     finally:
         if not args.keep:
-            _drop_database(server, url)
+            drop_database(server, db_name)
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept database {url} and files in {work}")

@@ -36,30 +36,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import md_table, write_section  # noqa: E402
+from bench._report import md_table, peak_mib, reset_peak, write_section  # noqa: E402
 
 log = logging.getLogger("bench_score")
 MEMBERS = ("catboost", "xgboost", "lightgbm", "random_forest")
 
 
 # --- memory -----------------------------------------------------------------------------------------------------------
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mib() -> float:
@@ -91,34 +74,6 @@ class Step:
 
 
 # --- setup ------------------------------------------------------------------------------------------------------------
-def make_database(server_url: str) -> str:
-    import sqlalchemy as sa
-
-    from ml.db import make_engine, migrate
-
-    name = f"bench_score_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'create database "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    eng = make_engine(url)
-    migrate(eng)
-    eng.dispose()
-    return url
-
-
-def drop_database(server_url: str, url: str) -> None:
-    import sqlalchemy as sa
-
-    from ml.db import make_engine
-
-    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'drop database if exists "{sa.engine.make_url(url).database}" with (force)'))
-    admin.dispose()
-
-
 def train_model(engine: Any, settings: Any, as_ofs: list[dt.datetime], trees: int) -> tuple[Any, dict[str, Any]]:
     """Fixed-size members (no early stopping) on weekly snapshots; blend + Platt on the last snapshot."""
     import pandas as pd
@@ -340,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base_settings = get_settings()
     server = args.postgres_url or resolve_services(base_settings).postgres_url
-    url = make_database(server)
+    from ml.db import create_database, drop_database
+
+    db_name = f"bench_score_{uuid.uuid4().hex[:8]}"
+    url = create_database(server, db_name)
     state = Path(base_settings.state_dir) / "bench-score"
     settings = get_settings(postgres_url=url, state_dir=state, score_block_rows=args.block_rows)
     engine = make_engine(url)
@@ -425,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             import shutil
 
-            drop_database(server, url)
+            drop_database(server, db_name)
             shutil.rmtree(state, ignore_errors=True)  # the benchmark's model artifacts
 
     base_shap = sum(results[f"baseline shap {m}"]["seconds"] for m in ens.active_members())

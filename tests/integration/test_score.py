@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from ml.db import make_engine, migrate
+from ml.db import create_database, drop_database, make_engine
 from ml.errors import ScoringError
 from ml.settings import Settings
 
@@ -52,14 +52,8 @@ def build_world(server_pg_url: str, state_dir: Path) -> World:
     from ml.ingest import load_events_frame
     from ml.train import as_training_data, run_training
 
-    name = f"score_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(server_pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'create database "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
+    url = create_database(server_pg_url, f"score_{uuid.uuid4().hex[:10]}")
     engine = make_engine(url)
-    migrate(engine)
     load_events_frame(engine, generate_events(GeneratorConfig(days=42, n_users=250, n_products=150, seed=3)),
                       file_id=1)
     s = Settings(postgres_url=url, state_dir=state_dir)
@@ -81,10 +75,7 @@ def drop_world() -> None:
     server = _WORLD.pop("admin", None)
     if world is None or server is None:
         return
-    admin = make_engine(str(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'drop database if exists "{sa.engine.make_url(world.url).database}" with (force)'))
-    admin.dispose()
+    drop_database(str(server), sa.engine.make_url(world.url).database)
 
 
 @pytest.fixture(scope="session")
