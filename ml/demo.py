@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -120,42 +119,43 @@ def _api_lookup(settings: Settings, redis_url: str, pg_url: str, port: int) -> l
 
 def summarize(engine: sa.Engine, settings: Settings) -> list[str]:
     """Counts and pointers from Postgres for the closing summary."""
-    q = lambda sql: engine.connect().execute(sa.text(sql))  # noqa: E731 - tiny local helper
     out: list[str] = []
-    ev, files = q("select (select count(*) from raw.events), (select count(*) from raw.ingested_files)").one()
-    bad = q("select file_name, failed_rules, quarantine_uri from quality.validation_runs where not success").all()
-    out.append(f"events loaded: {ev:,} from {files} files; files quarantined: {len(bad)}")
-    for b in bad:
-        out.append(f"  quarantined {b.file_name}: rules {', '.join(b.failed_rules)} -> {b.quarantine_uri}")
-    champ = q(
-        "select version, metrics, report_uri from ml.model_versions where status = 'champion' "
-        "order by created_at desc limit 1"
-    ).first()
-    if champ:
-        # metrics = {"ensemble": holdout metrics, "members": {...}, "equal_weights": ..., "validation": ...}
-        m = (champ.metrics or {}).get("ensemble", {}) if isinstance(champ.metrics, dict) else {}
-        keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "hit_rate_at_10")
-        shown = ", ".join(f"{k}={m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
-        out.append(f"champion model: {champ.version}  holdout {shown}")
-        out.append(f"  model report: {champ.report_uri}")
-    run = q(
-        "select run_id, score_date, scored_pairs, timings, model_version,"
-        " extract(epoch from finished_at - started_at) as wall from scoring.runs"
-        " where status = 'succeeded' order by finished_at desc limit 1"
-    ).first()
-    if run:
-        wall = float(run.wall or 0)
-        rate = f" in {wall:.0f}s wall from plan to swap ({run.scored_pairs / wall:,.0f} pairs/s)" if wall > 0 else ""
-        out.append(f"pairs scored: {run.scored_pairs:,} for {run.score_date} by {run.model_version}{rate}")
-        stages = {k: v for k, v in (run.timings or {}).items() if isinstance(v, (int, float)) and k != "total"}
-        if stages:
-            out.append("  task seconds summed over buckets: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-    pub = q("select * from scoring.publications order by published_at desc limit 1").mappings().first()
-    if pub:
-        out.append(
-            f"hot pairs published to Redis: {pub.get('pairs', pub.get('hot_pairs', '?')):,} for "
-            f"{pub.get('users', '?'):,} users as version {pub.get('version')}"
-        )
+    with engine.connect() as conn:
+        q = lambda sql: conn.execute(sa.text(sql))  # noqa: E731 - every query on the one connection
+        ev, files = q("select (select count(*) from raw.events), (select count(*) from raw.ingested_files)").one()
+        bad = q("select file_name, failed_rules, quarantine_uri from quality.validation_runs where not success").all()
+        out.append(f"events loaded: {ev:,} from {files} files; files quarantined: {len(bad)}")
+        for b in bad:
+            out.append(f"  quarantined {b.file_name}: rules {', '.join(b.failed_rules)} -> {b.quarantine_uri}")
+        champ = q(
+            "select version, metrics, report_uri from ml.model_versions where status = 'champion' "
+            "order by created_at desc limit 1"
+        ).first()
+        if champ:
+            # metrics = {"ensemble": holdout metrics, "members": {...}, "equal_weights": ..., "validation": ...}
+            m = (champ.metrics or {}).get("ensemble", {}) if isinstance(champ.metrics, dict) else {}
+            keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "hit_rate_at_10")
+            shown = ", ".join(f"{k}={m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
+            out.append(f"champion model: {champ.version}  holdout {shown}")
+            out.append(f"  model report: {champ.report_uri}")
+        run = q(
+            "select run_id, score_date, scored_pairs, timings, model_version,"
+            " extract(epoch from finished_at - started_at) as wall from scoring.runs"
+            " where status = 'succeeded' order by finished_at desc limit 1"
+        ).first()
+        if run:
+            wall = float(run.wall or 0)
+            rate = f" in {wall:.0f}s wall from plan to swap ({run.scored_pairs / wall:,.0f} pairs/s)" if wall > 0 else ""
+            out.append(f"pairs scored: {run.scored_pairs:,} for {run.score_date} by {run.model_version}{rate}")
+            stages = {k: v for k, v in (run.timings or {}).items() if isinstance(v, (int, float)) and k != "total"}
+            if stages:
+                out.append("  task seconds summed over buckets: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+        pub = q("select * from scoring.publications order by published_at desc limit 1").mappings().first()
+        if pub:
+            out.append(
+                f"hot pairs published to Redis: {pub.get('pairs', pub.get('hot_pairs', '?')):,} for "
+                f"{pub.get('users', '?'):,} users as version {pub.get('version')}"
+            )
     return out
 
 
