@@ -38,7 +38,8 @@ log = logging.getLogger("bench.ingest")
 
 def _copy_write_row(engine, table, file_id: int) -> None:  # noqa: ANN001
     """psycopg 3 binary COPY from Python objects (one write_row per event): the usual hand-written loader."""
-    from ml.ingest import COPY_COLUMNS, _psycopg_connect
+    from ml.ingest import COPY_COLUMNS
+    from ml.pgcopy import connect as _psycopg_connect
 
     cols = {name: table.column(name).to_pylist() for name in table.column_names}
     sessions = [uuid.UUID(s) if s else None for s in cols["user_session"]]
@@ -58,7 +59,8 @@ def _copy_csv(engine, table, file_id: int) -> None:  # noqa: ANN001
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    from ml.ingest import COPY_COLUMNS, _psycopg_connect
+    from ml.ingest import COPY_COLUMNS
+    from ml.pgcopy import connect as _psycopg_connect
 
     t = table.append_column("file_id", pa.array([file_id] * table.num_rows, pa.int64())).select(list(COPY_COLUMNS))
     buf = io.BytesIO()
@@ -71,7 +73,8 @@ def _copy_csv(engine, table, file_id: int) -> None:  # noqa: ANN001
 
 def _copy_unindexed(engine, table, file_id: int) -> None:  # noqa: ANN001
     """Our binary COPY into an index-free copy of raw.events: what the client and the heap alone can do."""
-    from ml.ingest import COPY_COLUMNS, _psycopg_connect, encode_events_binary
+    from ml.ingest import COPY_COLUMNS, encode_events_binary
+    from ml.pgcopy import connect as _psycopg_connect
 
     with _psycopg_connect(engine) as conn:
         conn.execute("create table if not exists public.bench_events_noidx (like raw.events)")

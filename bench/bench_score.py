@@ -148,12 +148,11 @@ def run_new_path(engine: Any, settings: Any, ens: Any, users: np.ndarray, produc
                  day: dt.date, version: str) -> tuple[dict[str, float], float, float, int]:
     """score_block + encode_score_rows + binary COPY, block by block, into a stage table. Returns (seconds per
     stage, wall seconds, peak RSS MiB, native fallback rows)."""
-    import psycopg
     import sqlalchemy as sa
     from psycopg.copy import QueuedLibpqWriter
 
-    from ml.db import libpq_url
-    from ml.score import COPY_HEADER, COPY_TRAILER, SCORE_COLUMNS, encode_score_rows, score_block
+    from ml.pgcopy import COPY_HEADER, COPY_TRAILER, connect
+    from ml.score import SCORE_COLUMNS, encode_score_rows, score_block
 
     with engine.begin() as c:
         c.execute(sa.text("drop table if exists scoring.bench_stage"))
@@ -165,7 +164,7 @@ def run_new_path(engine: Any, settings: Any, ens: Any, users: np.ndarray, produc
     gc.collect()
     reset_peak()
     t0 = time.perf_counter()
-    with psycopg.connect(libpq_url(engine.url.render_as_string(hide_password=False))) as conn:
+    with connect(engine) as conn:
         with conn.cursor() as cur, cur.copy(f"copy scoring.bench_stage ({', '.join(SCORE_COLUMNS)})"
                                             " from stdin (format binary)", writer=QueuedLibpqWriter(cur)) as cp:
             cp.write(COPY_HEADER)

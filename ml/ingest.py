@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from ml.errors import PipelineError, ValidationFailed
+from ml.pgcopy import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US, connect
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,9 +71,6 @@ COPY_COLUMNS: tuple[str, ...] = (
     "brand",
 )
 COPY_CHUNK_ROWS = 65_536
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in microseconds since 1970-01-01
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-_COPY_TRAILER = b"\xff\xff"
 # the fixed-width head of every binary COPY tuple: field count, then (length, value) for the fixed-size columns,
 # then the length word of user_session (16, or -1 for NULL); big-endian as the protocol wants
 _FIXED = np.dtype(
@@ -121,7 +119,7 @@ class IngestResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: read, validate, load, move
     message: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (what a DAG task returns through XCom)."""
         return asdict(self)
 
@@ -287,7 +285,7 @@ def record_validation(
     dag_run_id: str | None = None,
 ) -> int:
     """Insert one row of ``quality.validation_runs`` (committed at once) and return its validation_id."""
-    d = report.to_dict()
+    d = report.as_dict()
     with engine.begin() as c:
         return c.execute(
             sa.text(
@@ -329,6 +327,7 @@ def ensure_partitions(engine: Engine, days: Sequence[dt.date]) -> None:
 
 
 # --- binary COPY ------------------------------------------------------------------------------------------------------
+# The raw.events row layout; the framing (header, trailer, epoch) and the connection are ml.pgcopy's.
 def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(data bytes, start offsets, lengths with 0 for nulls, valid mask) of a string array, zero-copy."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
@@ -367,11 +366,11 @@ def encode_events_binary(table: pa.Table, file_id: int, chunk_rows: int = COPY_C
 
     Built with numpy (a ragged gather per chunk), no per-row Python. Types: event_time timestamptz (microseconds),
     ids/file_id int8, price float8, line_no int4, user_session uuid, text columns as UTF-8."""
-    yield _COPY_HEADER
+    yield COPY_HEADER
     n = table.num_rows
     for lo in range(0, n, chunk_rows):
         yield _encode_chunk(table.slice(lo, min(chunk_rows, n - lo)), file_id)
-    yield _COPY_TRAILER
+    yield COPY_TRAILER
 
 
 def _encode_chunk(t: pa.Table, file_id: int) -> bytes:
@@ -385,7 +384,7 @@ def _encode_chunk(t: pa.Table, file_id: int) -> bytes:
         fixed[lname] = size
     ts = t.column("event_time").combine_chunks()
     ts = pc.cast(ts, pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    fixed["event_time"] = ts.to_numpy() - _PG_EPOCH_US
+    fixed["event_time"] = ts.to_numpy() - PG_EPOCH_US
     for col in ("product_id", "category_id", "user_id"):
         fixed[col] = t.column(col).combine_chunks().cast(pa.int64()).to_numpy()
     fixed["price"] = t.column("price").combine_chunks().cast(pa.float64()).to_numpy()
@@ -422,14 +421,6 @@ def _encode_chunk(t: pa.Table, file_id: int) -> bytes:
     return src[idx].tobytes()
 
 
-def _psycopg_connect(engine: Engine):  # noqa: ANN202 - psycopg.Connection
-    import psycopg
-
-    from ml.db import libpq_url
-
-    return psycopg.connect(libpq_url(engine.url.render_as_string(hide_password=False)))
-
-
 def load_events_table(
     engine: Engine,
     table: pa.Table,
@@ -451,7 +442,7 @@ def load_events_table(
     columns = ", ".join(COPY_COLUMNS)
     if table.num_rows > 1:
         table = table.take(pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("event_time", "ascending")]))
-    with _psycopg_connect(engine) as conn:
+    with connect(engine) as conn:
         with conn.transaction():
             if file_record is not None:
                 sha = file_record["checksum_sha256"]
@@ -530,7 +521,7 @@ def _quarantine(
     qdir = settings.location("quarantine")
     target = _free_uri(qdir, report.file_name, report.checksum_sha256)
     report_uri = target + ".report.json"
-    body = report.to_dict()
+    body = report.as_dict()
     body["quarantine_uri"] = target
     _write_text(report_uri, json.dumps(body, indent=2, default=str) + "\n")
     _write_text(target + ".summary.txt", report.summary_text())

@@ -371,11 +371,10 @@ def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterato
     """Stream the day's hot pairs, one row per user in ascending user_id: (user_id, product_ids, probabilities,
     tiers, reason codes joined by U+001F per pair, reason texts joined likewise), arrays strongest first, over one
     binary COPY (psycopg 3)."""
-    import psycopg
+    from ml.pgcopy import connect
 
     sql = read_sql("publish/hot_pairs.sql")
-    url = libpq_url(engine.url.render_as_string(hide_password=False))
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
+    with connect(engine) as conn, conn.cursor() as cur:
         with cur.copy(
             f"copy ({sql}) to stdout (format binary)",
             {"score_date": day, "min_probability": floor, "top_n": top_n},

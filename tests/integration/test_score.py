@@ -227,6 +227,8 @@ def test_crash_mid_run_leaves_the_previous_partition_intact(
     world: World, wengine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ml.score as S
+    import ml.score.batch as B
+    import ml.score.finalize as F
 
     s = world.settings(score_block_rows=100)  # several COPY blocks per bucket
     day = dt.date(2019, 11, 7)
@@ -234,7 +236,7 @@ def test_crash_mid_run_leaves_the_previous_partition_intact(
     before = fetch(wengine, day)
 
     # 1) a batch dies in the middle of its COPY (third block of the second bucket)
-    real_encode = S.encode_score_rows
+    real_encode = B.encode_score_rows
     calls = {"n": 0}
 
     def flaky_encode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -246,10 +248,10 @@ def test_crash_mid_run_leaves_the_previous_partition_intact(
     plan = S.plan_run(wengine, s, day, n_buckets=2)
     S.score_batch(wengine, s, plan.batches[0])
     calls["n"], calls["bucket1"] = 0, True
-    monkeypatch.setattr(S, "encode_score_rows", flaky_encode)
+    monkeypatch.setattr(B, "encode_score_rows", flaky_encode)
     with pytest.raises(ScoringError, match="bucket 1/2 failed: RuntimeError: worker lost mid-COPY"):
         S.score_batch(wengine, s, plan.batches[1])
-    monkeypatch.setattr(S, "encode_score_rows", real_encode)
+    monkeypatch.setattr(B, "encode_score_rows", real_encode)
     with wengine.connect() as c:  # nothing of the failed attempt is in the stage; readers still see the old day
         in_stage = c.execute(sa.text(f'select count(*) from scoring."{plan.stage_table}"')).scalar_one()
     assert in_stage == plan.bucket_pairs[0]
@@ -264,20 +266,20 @@ def test_crash_mid_run_leaves_the_previous_partition_intact(
     for batch in plan2.batches:
         S.score_batch(wengine, s, batch)
     assert fetch(wengine, day) == before  # batches done, not swapped: still the old day
-    real_swap = S._swap_partition
+    real_swap = F._swap_partition
 
     def swap_then_die(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         real_swap(*args, **kwargs)
         raise sa.exc.OperationalError("attach", {}, Exception("server closed the connection unexpectedly"))
 
-    monkeypatch.setattr(S, "_swap_partition", swap_then_die)
+    monkeypatch.setattr(F, "_swap_partition", swap_then_die)
     with pytest.raises(ScoringError, match="partition swap failed"):
         S.finalize_run(wengine, s, plan2.run_id)
     assert fetch(wengine, day) == before
     assert plan2.stage_table in stage_tables(wengine) and "scores_p20191107" in partitions(wengine)
 
     # 3) the next run replaces the day and cleans up
-    monkeypatch.setattr(S, "_swap_partition", real_swap)
+    monkeypatch.setattr(F, "_swap_partition", real_swap)
     S.fail_run(wengine, plan2.run_id, "swap failed")
     after = S.run_scoring(wengine, s, day, n_buckets=2)
     assert [r[:-1] for r in fetch(wengine, day)] == [r[:-1] for r in before]

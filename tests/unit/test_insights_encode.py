@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ml.score import _put_number
+from ml.score.encode import _put_number
 
 
 def render(x: float) -> str:

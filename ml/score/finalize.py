@@ -1,0 +1,255 @@
+"""Finalizing a scoring run (step 3 of the :mod:`ml.score` life of a run): check the stage table with Great
+Expectations, then swap it in as the score date's partition of ``scoring.scores`` in one transaction; and
+:func:`run_scoring`, the whole run (plan, every batch, finalize) in one process for the CLI, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from psycopg import sql as psql
+from sqlalchemy.engine import Engine
+
+from ml.errors import ScoringError
+from ml.jsonutil import dumps, to_jsonable
+from ml.pgcopy import pg_days
+from ml.score.batch import score_batch
+from ml.score.plan import load_model, plan_run, run_row
+from ml.score.records import CheckResult, RunSummary
+from ml.score.tables import partition_name, scoring_table, sql_text
+from ml.settings import Settings
+
+if TYPE_CHECKING:
+    from ml.ensemble import Ensemble
+
+log = logging.getLogger(__name__)
+
+_CHECK_SUITE = "score_output"
+_SWAP_LOCK_NS = 7_262_040  # pg_advisory_xact_lock(namespace, day): one swap of a given day at a time
+
+
+# --- checks --------------------------------------------------------------------------------------------------------
+def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckResult]:
+    """Great Expectations checks of a run's stage table (SQL datasource; the data never leaves PostgreSQL):
+
+    * ``row_count_equals_planned``: rows == the pairs planned for the run;
+    * ``probability_in_0_1`` and not-null checks of probability, base_value, contributions, top_contributions;
+    * ``contributions_length`` / ``contributions_complete``: every vector has one entry per feature, none null/NaN;
+    * ``additivity_residual_max``: on a sample of ``score_check_sample_rows`` rows (Bernoulli, repeatable),
+      max |sum(contributions) + base_value - logit(probability)| <= ``score_additivity_tolerance``.
+
+    The outcome is recorded in ``quality.validation_runs`` (suite ``score_output``).
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    with engine.connect() as conn:
+        run = run_row(conn, run_id)
+    if run is None or run.stage_table is None:
+        raise ScoringError(f"scoring run {run_id}: no run or no stage table to check")
+    stage, planned, n_features = run.stage_table, int(run.planned_pairs or 0), len(run.feature_names)
+    sample = stage + "_chk"
+    pct = min(100.0, 100.0 * settings.score_check_sample_rows / max(planned, 1))
+    drop_sample = sa.text(sql_text("drop_table", table=scoring_table(sample)))
+    with engine.begin() as conn:
+        conn.execute(drop_sample)
+        conn.execute(sa.text(sql_text("check_sample", sample=scoring_table(sample), stage=scoring_table(stage))),
+                     {"percent": pct})
+        sampled = conn.execute(sa.text(sql_text("count_rows", table=scoring_table(sample)))).scalar_one()
+    try:
+        import warnings
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
+        ctx = gx.get_context(mode="ephemeral")
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        ds = ctx.data_sources.add_sql("scoring", connection_string=engine.url.render_as_string(hide_password=False))
+        suites: list[tuple[Any, list[tuple[str, Any]]]] = [
+            (ds.add_table_asset("stage", table_name=stage, schema_name="scoring"), [
+                ("row_count_equals_planned", gxe.ExpectTableRowCountToEqual(value=planned)),
+                ("probability_in_0_1", gxe.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0,
+                                                                         max_value=1.0)),
+                *[(f"{c}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=c))
+                  for c in ("probability", "base_value", "contributions", "top_contributions")],
+            ]),
+            (ds.add_query_asset("contributions", query=(
+                "select cardinality(contributions) as n_contributions, (array_position(contributions, null) is null"
+                " and array_position(contributions, 'NaN'::real) is null) as contributions_complete"
+                f" from {scoring_table(stage).as_string()}")), [
+                ("contributions_length", gxe.ExpectColumnValuesToBeBetween(
+                    column="n_contributions", min_value=n_features, max_value=n_features)),
+                ("contributions_complete", gxe.ExpectColumnValuesToBeInSet(
+                    column="contributions_complete", value_set=[True])),
+            ]),
+        ]
+        if sampled or planned:
+            suites.append((ds.add_table_asset("residuals", table_name=sample, schema_name="scoring"), [
+                ("additivity_sample_not_empty", gxe.ExpectTableRowCountToBeBetween(min_value=1)),
+                ("additivity_residual_max", gxe.ExpectColumnMaxToBeBetween(
+                    column="residual", max_value=settings.score_additivity_tolerance)),
+            ]))
+        checks: list[CheckResult] = []
+        raw: list[dict[str, Any]] = []
+        for asset, rules in suites:
+            suite = gx.ExpectationSuite(name=f"{_CHECK_SUITE}_{asset.name}", expectations=[e for _, e in rules])
+            batch = asset.add_batch_definition_whole_table("all").get_batch()
+            result = batch.validate(suite)
+            by_type: dict[str, list[Any]] = {}
+            for r in result.results:
+                by_type.setdefault(r.expectation_config.type, []).append(r)
+            for rule, exp in rules:
+                r = by_type[exp.expectation_type].pop(0)
+                observed = r.result.get("observed_value", r.result.get("unexpected_count"))
+                expected = json.dumps({k: v for k, v in exp.configuration.kwargs.items()
+                                       if k in ("value", "min_value", "max_value", "value_set")}, default=str)
+                checks.append(CheckResult(rule, bool(r.success), to_jsonable(observed), expected))
+                raw.append({"rule": rule, "success": bool(r.success), "observed": to_jsonable(observed),
+                            "expected": expected, "result": to_jsonable(r.result)})
+    finally:
+        with engine.begin() as conn:
+            conn.execute(drop_sample)
+    failed = [c.rule for c in checks if not c.success]
+    with engine.begin() as conn:
+        conn.execute(sa.text(sql_text("check_record")), {
+            "suite_name": _CHECK_SUITE, "file_name": stage, "file_uri": f"postgresql:scoring.{stage}",
+            "success": not failed, "row_count": planned,
+            "statistics": dumps({"run_id": run_id, "score_date": str(run.score_date), "sampled_rows": sampled}),
+            "results": dumps(raw), "failed_rules": failed, "dag_run_id": run.orchestrator_run_id})
+    return checks
+
+
+# --- the run's end: failed, or checked and swapped -----------------------------------------------------------------
+def fail_run(engine: Engine, run_id: str, error: BaseException | str) -> None:
+    """Mark a running run failed (its stage stays for inspection until the next plan drops it). Never raises."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql_text("run_failed")), {"error": str(error)[:8000], "run_id": run_id})
+        from ml.features import drop_item_stats
+
+        drop_item_stats(engine, run_id)  # a retry of the date plans a new run with a fresh cache
+    except sa.exc.SQLAlchemyError:
+        log.exception("could not mark scoring run %s failed", run_id)
+
+
+def _stage_facts(conn: sa.Connection, stage: str) -> tuple[dict[str, int], dict[str, int]]:
+    table = scoring_table(stage)
+    tiers = {r.tier: int(r.n) for r in conn.execute(sa.text(sql_text("finalize_stage_tiers", stage=table)))}
+    reasons = {r.code: int(r.n) for r in conn.execute(sa.text(sql_text("finalize_stage_reasons", stage=table)))}
+    return tiers, reasons
+
+
+def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
+    """Check the run's stage and swap it in as the score date's partition of scoring.scores, in one transaction
+    (:mod:`ml.score`, step 3). Idempotent: finalizing a succeeded run returns its summary. Raises ScoringError
+    (and marks the run failed) when a bucket did not succeed or a check fails; the previous partition is intact."""
+    t0 = time.perf_counter()
+    with engine.connect() as conn:
+        run = run_row(conn, run_id)
+        if run is None:
+            raise ScoringError(f"scoring run {run_id}: no such run")
+        if run.status == "succeeded" and run.summary:
+            log.info("scoring run %s is already finalized", run_id)
+            return RunSummary.from_dict(run.summary)
+        if run.status != "running":
+            raise ScoringError(f"scoring run {run_id} (score_date {run.score_date}) is {run.status}; plan a new run")
+        batches = conn.execute(sa.text(sql_text("finalize_batches")), {"run_id": run_id}).all()
+    day = run.score_date
+    what = f"scoring run {run_id} (score_date {day})"
+    unfinished = [b.bucket for b in batches if b.status != "succeeded"]
+    if unfinished:
+        msg = f"{what}: bucket(s) {unfinished} did not succeed; nothing was swapped"
+        fail_run(engine, run_id, msg)
+        raise ScoringError(msg)
+    t = time.perf_counter()
+    checks = check_stage(engine, settings, run_id)
+    check_s = time.perf_counter() - t
+    failed = [c for c in checks if not c.success]
+    if failed:
+        msg = f"{what}: output checks failed, partition not swapped: " + "; ".join(
+            f"{c.rule} (observed {c.observed}, expected {c.expected})" for c in failed)
+        fail_run(engine, run_id, msg)
+        raise ScoringError(msg)
+    timings: dict[str, float] = {"plan": float((run.timings or {}).get("plan", 0.0))}
+    for b in batches:
+        for key, value in (b.timings or {}).items():
+            timings[key] = round(timings.get(key, 0.0) + float(value), 4)
+    timings["check"] = round(check_s, 4)
+    scored = sum(int(b.scored_pairs or 0) for b in batches)
+    stage, part = run.stage_table, partition_name(day)
+    with engine.connect() as conn:
+        tiers, reasons = _stage_facts(conn, stage)
+    t = time.perf_counter()
+    try:
+        with engine.begin() as conn:
+            replaced = _swap_partition(conn, settings, stage, part, day)
+            conn.execute(sa.text(sql_text("finalize_delete_samples")), {"score_date": day, "run_id": run_id})
+            timings["swap"] = round(time.perf_counter() - t, 4)
+            wall = float(conn.execute(sa.text(sql_text("finalize_wall_seconds")), {"run_id": run_id}).scalar_one())
+            summary = RunSummary(run_id, day, run.model_version, "succeeded", int(run.planned_pairs or 0), scored,
+                                 int(run.buckets), part, replaced, timings, wall, tiers, reasons, checks)
+            conn.execute(sa.text(sql_text("finalize_succeeded")),
+                         {"scored_pairs": scored, "timings": dumps(timings), "summary": dumps(summary.as_dict()),
+                          "run_id": run_id})
+    except sa.exc.DBAPIError as e:
+        raise ScoringError(f"{what}: partition swap failed (the previous partition is intact): {e.orig}") from e
+    from ml.features import drop_item_stats
+
+    drop_item_stats(engine, run_id)  # the run's feature statistics cache is no longer needed
+    for line in summary.lines():
+        log.info(line)
+    log.debug("finalize took %.1fs", time.perf_counter() - t0)
+    return summary
+
+
+def _swap_partition(conn: sa.Connection, settings: Settings, stage: str, part: str, day: dt.date) -> bool:
+    """Inside the caller's transaction: replace partition ``part`` of scoring.scores by table ``stage``. Returns
+    whether a previous partition was replaced."""
+    conn.execute(sa.text(sql_text("swap_lock_timeout")), {"lock_timeout": f"{settings.score_lock_timeout_s}s"})
+    conn.execute(sa.text(sql_text("swap_lock_day")), {"namespace": _SWAP_LOCK_NS, "day": pg_days(day)})
+    conn.execute(sa.text(sql_text("swap_lock_scores")))
+    existing = conn.execute(sa.text(sql_text("swap_partition_state")), {"partition": part}).one_or_none()
+    if existing is not None:
+        if existing.attached:
+            conn.execute(sa.text(sql_text("swap_detach", partition=scoring_table(part))))
+        conn.execute(sa.text(sql_text("drop_table", table=scoring_table(part))))
+    conn.execute(sa.text(sql_text("swap_rename_table", table=scoring_table(stage), new_name=psql.Identifier(part))))
+    for (index,) in conn.execute(sa.text(sql_text("swap_partition_indexes")), {"partition": part}).all():
+        if index.startswith(stage):
+            conn.execute(sa.text(sql_text("swap_rename_index", index=scoring_table(index),
+                                          new_name=psql.Identifier(part + index[len(stage):]))))
+    conn.execute(sa.text(sql_text("swap_rename_constraint", table=scoring_table(part),
+                                  constraint=psql.Identifier(stage + "_day"), new_name=psql.Identifier(part + "_day"))))
+    conn.execute(sa.text(sql_text("swap_attach", partition=scoring_table(part))),
+                 {"from_date": day, "to_date": day + dt.timedelta(days=1)})
+    return existing is not None and bool(existing.attached)
+
+
+# --- the whole run in one process (CLI, tests, benchmarks) ---------------------------------------------------------
+def run_scoring(
+    engine: Engine,
+    settings: Settings,
+    score_date: dt.date | dt.datetime | str,
+    *,
+    model_version: str | None = None,
+    n_buckets: int | None = None,
+    orchestrator_run_id: str | None = "cli",
+    ensemble: Ensemble | None = None,
+) -> RunSummary:
+    """Plan, score every bucket in this process (the model loaded once), finalize. On any failure the run is marked
+    failed and the error re-raised; the score date's previous partition is then unchanged."""
+    plan = plan_run(engine, settings, score_date, model_version=model_version, n_buckets=n_buckets,
+                    orchestrator_run_id=orchestrator_run_id)
+    try:
+        ens = ensemble if ensemble is not None else load_model(engine, settings, plan.model_version)
+        for batch in plan.batches:
+            score_batch(engine, settings, batch, ensemble=ens)
+        return finalize_run(engine, settings, plan.run_id)
+    except BaseException as e:
+        fail_run(engine, plan.run_id, f"{type(e).__name__}: {e}")
+        raise

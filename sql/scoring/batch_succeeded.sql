@@ -1,0 +1,10 @@
+-- Close one bucket of a run as succeeded (in the transaction of its COPY): rows written, seconds per stage (jsonb),
+-- the largest additivity residual.
+update scoring.run_batches
+set status = 'succeeded',
+    scored_pairs = :scored_pairs,
+    timings = cast(:timings as jsonb),
+    max_residual = :max_residual,
+    finished_at = now()
+where run_id = :run_id
+  and bucket = :bucket

@@ -1,0 +1,7 @@
+-- A running run whose stage table is being dropped (superseded by a new run of its date, or stale) becomes failed;
+-- an error it already recorded is kept.
+update scoring.runs
+set status = 'failed',
+    finished_at = now(),
+    error = coalesce(error, 'abandoned: superseded by a newer run or stale')
+where run_id = :run_id
