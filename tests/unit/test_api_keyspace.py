@@ -8,7 +8,7 @@ import pytest
 
 from ml.api import _validation_message
 from ml.errors import ConfigError
-from ml.publish import KeySpace, decode_details, encode_details
+from ml.keyspace import KeySpace, decode_details, encode_details
 
 
 def test_keys_of_one_user_share_a_hash_tag_and_versions_stay_apart() -> None:
