@@ -59,8 +59,9 @@ def publish_synthetic(redis_url: str, users: int, per_user: int, seed: int = 3) 
     (user_id, a hot product_id) per user."""
     import redis
 
+    from ml.keyspace import KeySpace
     from ml.observe import Progress
-    from ml.publish import KeySpace, _Heartbeat, _write_version
+    from ml.publish import _Heartbeat, _write_version
 
     class _NoLock:
         def reacquire(self) -> None:
@@ -310,7 +311,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ml.api_auth import new_api_key
-    from ml.services import redis_uri, start_redis, stop_redis
+    from ml.dev.services import redis_uri, start_redis, stop_redis
 
     load_start = os.getloadavg()[0]
     state = args.state_dir.absolute()

@@ -1,7 +1,7 @@
 """Benchmark the vectorised REES46 generator and its daily-file writer against naive baselines (same run).
 
 Measures:
-- generation: ``ml.generate.generate_events`` on a ~10M-event config, events/s (wall and CPU), peak memory;
+- generation: ``ml.dev.generate.generate_events`` on a ~10M-event config, events/s (wall and CPU), peak memory;
   baseline: a per-session Python-loop generator of the same funnel (users, sessions, views -> cart -> remove ->
   purchase, uuid4 sessions), run on a subset and extrapolated per event;
 - CSV writing: ``write_daily_files`` (Arrow string kernels, one thread per day file) vs ``DataFrame.to_csv`` with
@@ -30,7 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._report import md_table, write_section  # noqa: E402
-from ml.generate import CATEGORY_TREE, GeneratorConfig, generate_events, write_daily_files  # noqa: E402
+from ml.dev.generate import CATEGORY_TREE, GeneratorConfig, generate_events, write_daily_files  # noqa: E402
 
 
 def naive_generate(n_sessions: int, n_users: int, n_products: int, seed: int = 0) -> pd.DataFrame:

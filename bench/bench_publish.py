@@ -134,15 +134,16 @@ def main() -> None:
     import redis
 
     from ml.db import make_engine, migrate
+    from ml.dev.services import redis_uri, start_postgres, start_redis, stop_postgres, stop_redis
+    from ml.keyspace import KeySpace
     from ml.observe import Progress
-    from ml.publish import KeySpace, _Heartbeat, _hot_rows, _write_version, publish_version
-    from ml.services import redis_uri, start_postgres, start_redis, stop_postgres, stop_redis
+    from ml.publish import _Heartbeat, _hot_rows, _write_version, publish_version
     from ml.settings import Settings
 
     load_start = os.getloadavg()[0]
     state = args.state_dir.absolute()
     redis_was_up = redis_uri(state) is not None
-    from ml.services import postgres_uri
+    from ml.dev.services import postgres_uri
 
     pg_was_up = postgres_uri(state) is not None
     pg_url = start_postgres(state, databases=("bench_publish",)).replace("/propensity?", "/bench_publish?")

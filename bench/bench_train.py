@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.bench_features import prepare_database
     from ml.db import make_engine
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
     from ml.settings import Settings, get_settings
     from ml.train import prepare_training_data, run_training, split_training_data, train_prepared
     from ml.tune import open_storage, study_name

@@ -2,27 +2,25 @@
 
 ``create_app(settings)`` builds the app; uvicorn runs it (``propensity api`` or
 ``uvicorn --factory ml.api:app_from_env``). Every lookup follows the reader protocol documented in
-:mod:`ml.publish`: the pointer GET is pipelined with the reads of the user's two keys in the version seen last, and
+:mod:`ml.keyspace`: the pointer GET is pipelined with the reads of the user's two keys in the version seen last, and
 the reads are repeated for the new version only when the pointer moved, so a response always comes from one version
 (even while a publish or rollback flips the pointer) at one round trip in the steady state. That round trip goes
 through :mod:`ml.api_redis` (hiredis, a bounded connection pool) on standalone Redis, through redis-py otherwise.
 Version metadata and reason texts are immutable per version and cached in the process.
 
 Routes: ``GET /v1/users/{user_id}/recommendations?limit=``, ``GET /v1/users/{user_id}/products/{product_id}`` (bearer
-auth + per-client rate limit), ``GET /healthz`` (503 while Redis is unreachable), ``GET /metrics`` (Prometheus),
-``/openapi.json`` and ``/docs``. Errors are JSON ``{"detail": ...}``; a stack trace never reaches a client.
+auth + per-client rate limit, :mod:`ml.api_auth`), ``GET /healthz`` (503 while Redis is unreachable), ``GET /metrics``
+(Prometheus, :mod:`ml.api_metrics`), ``/openapi.json`` and ``/docs``. Errors are JSON ``{"detail": ...}``; a stack
+trace never reaches a client.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import math
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -33,16 +31,17 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ml.api_auth import Authenticator, Principal
+from ml.api_auth import Authenticator, Principal, RateLimiter
+from ml.api_metrics import ApiMetrics, MetricsMiddleware
 from ml.api_redis import FastRedis
 from ml.errors import ConfigError
-from ml.publish import KeySpace, decode_details
+from ml.keyspace import KeySpace, decode_details, decode_reason
 from ml.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -208,8 +207,7 @@ class ScoreReader:
         missing = sorted(i for i in ids if i not in cache)
         if missing:
             for rid, raw in zip(missing, await self.client.hmget(self.keys.reasons(vid), missing), strict=True):
-                code, text = json.loads(raw) if raw is not None else ("", "")
-                cache[rid] = (code, text)
+                cache[rid] = decode_reason(raw)
         return cache
 
     async def _items(self, vid: int, ranked: list[tuple[bytes, float]], details: dict[bytes, bytes]) -> list[dict]:
@@ -261,116 +259,11 @@ class ScoreReader:
         return version, True, items[0]
 
 
-# --- metrics --------------------------------------------------------------------------------------------------------
-class _Metrics:
-    """Prometheus metrics of one app. With PROMETHEUS_MULTIPROC_DIR set (several uvicorn workers), values live in
-    that directory and /metrics aggregates every worker."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("propensity_api_requests", "HTTP requests.", ["route", "method", "status"], registry=r)
-        self.latency = Histogram(
-            "propensity_api_request_seconds", "Request latency, seconds.", ["route"], registry=r,
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-        )
-        self.lookups = Counter("propensity_api_lookups", "Score lookups by result.", ["kind", "result"], registry=r)
-        self.served_version = Gauge(
-            "propensity_api_served_version", "Redis publish version served by the last lookup.", registry=r,
-            multiprocess_mode="mostrecent",
-        )
-        self.served_info = Gauge(
-            "propensity_api_served_info", "1 for the (version, model_version, score_date) served, 0 for earlier.",
-            ["version", "model_version", "score_date"], registry=r, multiprocess_mode="mostrecent",
-        )
-        self._last: tuple[str, str, str] | None = None
-
-    def served(self, version: _Version) -> None:
-        labels = (str(version.id), version.served.model_version, version.served.score_date.isoformat())
-        if labels != self._last:
-            if self._last is not None:
-                self.served_info.labels(*self._last).set(0)
-            self.served_info.labels(*labels).set(1)
-            self.served_version.set(version.id)
-            self._last = labels
-
-    def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
-
-
-class _MetricsMiddleware:
-    """Pure ASGI middleware: counts and times every HTTP request by route template (bounded label values)."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]], metrics: _Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
-
-
-# --- rate limiting --------------------------------------------------------------------------------------------------
-class _RateLimiter:
-    """Per-client limits (``limits`` library, sliding-window counters) on the configured storage."""
-
-    def __init__(self, settings: Settings) -> None:
-        from limits import parse_many
-        from limits.aio.strategies import SlidingWindowCounterRateLimiter
-        from limits.storage import storage_from_string
-
-        spec = settings.api_rate_limit.strip()
-        self.items = parse_many(spec) if spec and spec.lower() not in ("none", "off", "0") else []
-        uri = settings.api_rate_limit_storage
-        options: dict[str, Any] = {}
-        if uri.startswith(("redis://", "rediss://", "unix://")):  # shared counters, through redis-py
-            scheme, rest = uri.split("://", 1)
-            uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
-            options = {"implementation": "redispy"}
-        elif not uri.startswith("async+"):
-            uri = "async+" + uri
-        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options)) if self.items else None
-
-    async def check(self, principal: Principal) -> None:
-        """Count one hit; raise 429 (with Retry-After) when any limit is exceeded."""
-        if self.limiter is None:
-            return
-        for item in self.items:
-            if not await self.limiter.hit(item, "propensity-api", principal.id):
-                stats = await self.limiter.get_window_stats(item, "propensity-api", principal.id)
-                retry = max(1, math.ceil(stats.reset_time - time.time()))
-                raise HTTPException(
-                    429, f"rate limit exceeded ({item}); retry in {retry}s", headers={"Retry-After": str(retry)}
-                )
-
-
 # --- the app --------------------------------------------------------------------------------------------------------
 def _redis_url(settings: Settings) -> str:
     if settings.redis_url:
         return settings.redis_url
-    from ml.services import redis_uri
+    from ml.dev.services import redis_uri
 
     url = redis_uri(settings.state_dir)
     if url is None:
@@ -420,7 +313,12 @@ async def _authorize(request: Request, credentials: HTTPAuthorizationCredentials
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
     else:
         principal = Principal(id="ip:" + (request.client.host if request.client else "unknown"), kind="anonymous")
-    await state.limiter.check(principal)
+    exceeded = await state.limiter.hit(principal)
+    if exceeded is not None:
+        limit, retry = exceeded
+        raise HTTPException(
+            429, f"rate limit exceeded ({limit}); retry in {retry}s", headers={"Retry-After": str(retry)}
+        )
     return principal
 
 
@@ -443,8 +341,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     url = _redis_url(settings)
     keys = KeySpace(settings.redis_prefix)
     auth = Authenticator(settings)
-    limiter = _RateLimiter(settings)
-    metrics = _Metrics()
+    limiter = RateLimiter(settings)
+    metrics = ApiMetrics()
     if settings.api_auth_enabled and not auth.configured:
         log.warning("API auth is on but no api_key_hashes / api_jwt_secret is configured: every /v1 call gets 401")
 
@@ -486,7 +384,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Every response names the model_version and score_date it came from.",
         lifespan=lifespan,
     )
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     # --- errors: JSON bodies, never a stack trace ---------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
@@ -513,7 +411,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def _serving(version: _Version | None) -> _Version:
         if version is None:
             raise HTTPException(503, "no scores are published yet")
-        metrics.served(version)
+        metrics.served(version.id, version.served.model_version, version.served.score_date)
         return version
 
     # --- routes -----------------------------------------------------------------------------------------------------
@@ -586,7 +484,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body = HealthResponse(status="unavailable", redis="down")
             return JSONResponse(body.model_dump(mode="json"), status_code=503)
         if version is not None:
-            metrics.served(version)
+            metrics.served(version.id, version.served.model_version, version.served.score_date)
         return HealthResponse(status="ok", redis="up", serving=version.served if version else None)
 
     @app.get(

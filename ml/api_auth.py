@@ -1,19 +1,27 @@
-"""Bearer-token authentication for the lookup API: API keys stored as sha256 digests, optionally JWTs.
+"""Access control of the lookup API: who calls (bearer tokens: API keys stored as sha256 digests, optionally
+JWTs) and how often (per-client rate limits).
 
 API keys are random strings handed to a client once; only their sha256 hex digest is configured
 (``PROPENSITY_API_KEY_HASHES='["<digest>", ...]'``), so a leaked config file leaks no usable key. A presented key is
 hashed and compared with every configured digest in constant time (``hmac.compare_digest``, no early exit).
 With ``api_jwt_secret`` set, JWTs signed with it (``api_jwt_algorithms``; ``exp`` and ``sub`` required, ``aud``
 checked when ``api_jwt_audience`` is set) are accepted as well.
+
+Rate limits (``api_rate_limit``, e.g. ``"600/minute;20/second"``; ``none`` turns them off) are sliding-window
+counters of the ``limits`` library, keyed on :attr:`Principal.id`, stored in memory or, for several workers, in Redis
+(``api_rate_limit_storage``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -89,3 +97,35 @@ class Authenticator:
         except jwt.PyJWTError:
             return None
         return Principal(id="jwt:" + str(claims["sub"]), kind="jwt")
+
+
+class RateLimiter:
+    """Per-client limits (``limits`` library, sliding-window counters) on the configured storage."""
+
+    def __init__(self, settings: Settings) -> None:
+        from limits import parse_many
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+        from limits.storage import storage_from_string
+
+        spec = settings.api_rate_limit.strip()
+        self.items = parse_many(spec) if spec and spec.lower() not in ("none", "off", "0") else []
+        uri = settings.api_rate_limit_storage
+        options: dict[str, Any] = {}
+        if uri.startswith(("redis://", "rediss://", "unix://")):  # shared counters, through redis-py
+            scheme, rest = uri.split("://", 1)
+            uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
+            options = {"implementation": "redispy"}
+        elif not uri.startswith("async+"):
+            uri = "async+" + uri
+        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options)) if self.items else None
+
+    async def hit(self, principal: Principal) -> tuple[str, int] | None:
+        """Count one hit of ``principal``: None while within every limit, else (the limit exceeded, whole seconds
+        until it admits a call again, at least 1)."""
+        if self.limiter is None:
+            return None
+        for item in self.items:
+            if not await self.limiter.hit(item, "propensity-api", principal.id):
+                stats = await self.limiter.get_window_stats(item, "propensity-api", principal.id)
+                return str(item), max(1, math.ceil(stats.reset_time - time.time()))
+        return None

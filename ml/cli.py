@@ -1,13 +1,22 @@
 """The ``propensity`` command line (also ``python -m ml``). Every command calls the same ``ml`` function that the
-DAG task and the tests call; this module only parses arguments, resolves services and prints results."""
+DAG task and the tests call; this module only parses arguments, resolves services and prints results.
+
+Dates are coerced here, once, at the boundary: ``--score-date``, ``--start`` and ``--drift-from`` become a UTC
+``datetime.date`` and ``--as-of`` / ``--end`` an aware UTC ``datetime`` (:mod:`ml.dates`); a malformed value is a
+usage error naming the option. Services that are not configured are the embedded ones of :mod:`ml.dev.services`.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Annotated
 
 import typer
 
+from ml.dates import utc_date, utc_datetime
+from ml.errors import ConfigError
+from ml.jsonutil import dumps
 from ml.observe import setup_logging
 from ml.settings import Settings, get_settings
 
@@ -32,10 +41,27 @@ def settings() -> Settings:
     return get_settings()
 
 
+def _date_option(value: str, option: str) -> dt.date:
+    """``value`` of ``option`` as a UTC date (:func:`ml.dates.utc_date`); a bad value is a usage error."""
+    try:
+        return utc_date(value, what=option)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from e
+
+
+def _time_option(value: str, option: str) -> dt.datetime:
+    """``value`` of ``option`` as an aware UTC datetime (:func:`ml.dates.utc_datetime`); a bad value is a usage
+    error."""
+    try:
+        return utc_datetime(value, what=option)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from e
+
+
 def pg_engine(s: Settings | None = None):  # noqa: ANN201 - sqlalchemy Engine, imported lazily
     """Resolve services (starting embedded ones if needed) and return a SQLAlchemy engine on the pipeline DB."""
     from ml.db import make_engine
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
 
     return make_engine(resolve_services(s or settings()).postgres_url)
 
@@ -44,7 +70,7 @@ def pg_engine(s: Settings | None = None):  # noqa: ANN201 - sqlalchemy Engine, i
 @services_app.command("up")
 def services_up() -> None:
     """Start (or reuse) the embedded PostgreSQL and Redis; configured URLs are used as they are."""
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
 
     svc = resolve_services(settings())
     typer.echo(f"postgres: {svc.postgres_url}{' (embedded)' if svc.embedded_postgres else ''}")
@@ -56,7 +82,7 @@ def services_up() -> None:
 @services_app.command("down")
 def services_down() -> None:
     """Stop the embedded services (data stays under the state directory)."""
-    from ml.services import stop_services
+    from ml.dev.services import stop_services
 
     for name, stopped in stop_services(settings()).items():
         typer.echo(f"{name}: {'stopped' if stopped else 'was not running'}")
@@ -65,7 +91,7 @@ def services_down() -> None:
 @services_app.command("status")
 def services_status() -> None:
     """Show where each service is and whether it runs."""
-    from ml.services import service_status
+    from ml.dev.services import service_status
 
     for name, line in service_status(settings()).items():
         typer.echo(f"{name}: {line}")
@@ -74,7 +100,7 @@ def services_status() -> None:
 @services_app.command("env")
 def services_env() -> None:
     """Print `export` lines with the resolved URLs (for a shell or a local Airflow)."""
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
 
     svc = resolve_services(settings())
     typer.echo(f"export PROPENSITY_POSTGRES_URL='{svc.postgres_url}'")
@@ -112,17 +138,15 @@ def generate(
     ] = None,
 ) -> None:
     """Generate synthetic REES46 events (seeded) and write one file per UTC day (events_YYYY-MM-DD.csv/.parquet)."""
-    import datetime as _dt
-
-    from ml.generate import GeneratorConfig, generate_events, write_daily_files
+    from ml.dev.generate import GeneratorConfig, generate_events, write_daily_files
 
     formats = {"csv": ("csv",), "parquet": ("parquet",), "both": ("csv", "parquet")}.get(fmt)
     if formats is None:
         raise typer.BadParameter(f"--format must be csv, parquet or both, not {fmt!r}")
     try:
         config = GeneratorConfig(
-            start=_dt.date.fromisoformat(start), days=days, n_users=users, n_products=products, seed=seed,
-            drift_from=_dt.date.fromisoformat(drift_from) if drift_from else None,
+            start=_date_option(start, "--start"), days=days, n_users=users, n_products=products, seed=seed,
+            drift_from=_date_option(drift_from, "--drift-from") if drift_from else None,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
@@ -130,7 +154,7 @@ def generate(
     per_day = df["event_time"].dt.date.value_counts()
     paths = write_daily_files(df, out or settings().location("landing"), formats=formats)
     for p in paths:
-        day = _dt.date.fromisoformat(str(p).rsplit("events_", 1)[1][:10])
+        day = dt.date.fromisoformat(str(p).rsplit("events_", 1)[1][:10])
         typer.echo(f"{p}\t{int(per_day[day]):,} rows")
     by_type = ", ".join(f"{k} {v:,}" for k, v in df["event_type"].value_counts().items())
     typer.echo(f"wrote {len(paths)} file(s), {len(df):,} events ({by_type})")
@@ -153,7 +177,7 @@ def demo(
     keep_ui: Annotated[bool, typer.Option("--keep-ui", help="Leave Airflow running after the demo.")] = False,
 ) -> None:
     """Run the whole pipeline end to end through a real local Airflow scheduler and print a summary."""
-    from ml.demo import run_demo
+    from ml.dev.demo import run_demo
 
     summary = run_demo(
         settings(), days=days, users=users, products=products, seed=seed, port=port, api_port=api_port,
@@ -165,7 +189,7 @@ def demo(
 @airflow_app.command("up")
 def airflow_up(port: Annotated[int, typer.Option(help="api-server (UI) port.")] = 8080) -> None:
     """Migrate Airflow's metadata DB and start scheduler, dag-processor and api-server in the background."""
-    from ml.local_airflow import local_airflow
+    from ml.dev.local_airflow import local_airflow
 
     af = local_airflow(settings(), port=port)
     af.migrate()
@@ -176,7 +200,7 @@ def airflow_up(port: Annotated[int, typer.Option(help="api-server (UI) port.")] 
 @airflow_app.command("down")
 def airflow_down() -> None:
     """Stop the local Airflow started by `airflow up` or `demo --keep-ui`."""
-    from ml.local_airflow import local_airflow
+    from ml.dev.local_airflow import local_airflow
 
     local_airflow(settings()).stop()
     typer.echo("Airflow stopped")
@@ -185,7 +209,7 @@ def airflow_down() -> None:
 @airflow_app.command("env")
 def airflow_env() -> None:
     """Print `export` lines to run `airflow ...` commands against the local installation (e.g. backfills)."""
-    from ml.local_airflow import local_airflow
+    from ml.dev.local_airflow import local_airflow
 
     env = local_airflow(settings()).env()
     for k in sorted(env):
@@ -211,7 +235,7 @@ def train(
     s = settings()
     engine = pg_engine(s)
     run = run_training(
-        engine, s, as_of, n_trials=n_trials, timeout=timeout,
+        engine, s, _time_option(as_of, "--as-of") if as_of else None, n_trials=n_trials, timeout=timeout,
         members=[m.strip() for m in members.split(",") if m.strip()] if members else None,
         force_promote=force_promote, write_report=not no_report,
     )
@@ -260,9 +284,9 @@ def models(
 
     rows = list_versions(pg_engine(), limit=limit)
     if as_json:
-        typer.echo(json.dumps([{"version": r.version, "status": r.status, "created_at": r.created_at,
-                                "metrics": r.ensemble_metrics, "weights": r.weights, "artifact_uri": r.artifact_uri,
-                                "report_uri": r.report_uri} for r in rows], indent=2, default=str))
+        typer.echo(dumps([{"version": r.version, "status": r.status, "created_at": r.created_at,
+                           "metrics": r.ensemble_metrics, "weights": r.weights, "artifact_uri": r.artifact_uri,
+                           "report_uri": r.report_uri} for r in rows], indent=2))
         return
     keys = ("roc_auc", "pr_auc", "log_loss", "ece")
     typer.echo(f"{'version':24} {'status':11} {'created (UTC)':17} " + " ".join(f"{k:>8}" for k in keys))
@@ -289,15 +313,16 @@ def publish(
 ) -> None:
     """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it."""
     from ml.db import make_engine
+    from ml.dev.services import resolve_services
     from ml.errors import PipelineError
     from ml.publish import connect_redis, publish_version
-    from ml.services import resolve_services
 
+    day = _date_option(score_date, "--score-date")
     s = settings()
     svc = resolve_services(s)
     client = connect_redis(s, svc.redis_url)
     try:
-        result = publish_version(make_engine(svc.postgres_url), client, s, score_date, top_n=top_n,
+        result = publish_version(make_engine(svc.postgres_url), client, s, day, top_n=top_n,
                                  min_probability=min_probability)
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
@@ -313,9 +338,9 @@ def rollback_scores(
 ) -> None:
     """Flip the Redis pointer back to the previously served version (one SET; readers never see a mix)."""
     from ml.db import make_engine
+    from ml.dev.services import resolve_services
     from ml.errors import PipelineError
     from ml.publish import connect_redis, rollback_version
-    from ml.services import resolve_services
 
     s = settings()
     svc = resolve_services(s)
@@ -332,9 +357,9 @@ def rollback_scores(
 def cleanup_scores() -> None:
     """Delete Redis versions beyond publish_keep_versions and leftovers of failed publishes (never the served one
     or its predecessor). Publish runs this by itself; use it after changing publish_keep_versions."""
+    from ml.dev.services import start_redis
     from ml.errors import PipelineError
     from ml.publish import cleanup_versions, connect_redis, current_version, stored_versions
-    from ml.services import start_redis
 
     s = settings()
     client = connect_redis(s, s.redis_url or start_redis(s.state_dir))
@@ -361,7 +386,7 @@ def api(
 
     import uvicorn
 
-    from ml.services import start_redis
+    from ml.dev.services import start_redis
 
     s = settings()
     os.environ["PROPENSITY_REDIS_URL"] = s.redis_url or start_redis(s.state_dir)  # workers read the environment
@@ -408,7 +433,7 @@ def ingest(
     results = ingest_files(found, s, engine)
     for r in results:
         if as_json:
-            typer.echo(json.dumps(r.to_dict(), default=str))
+            typer.echo(dumps(r.as_dict()))
         else:
             typer.echo(f"{r.status:12s} {r.message.splitlines()[0] if r.message else r.file_name}")
             for line in r.failures:
@@ -446,10 +471,11 @@ def score(
     from ml.db import migrate as run_migrations
     from ml.score import run_scoring
 
+    day = _date_option(score_date, "--score-date")
     s = settings()
     engine = pg_engine(s)
     run_migrations(engine)
-    summary = run_scoring(engine, s, score_date, model_version=model_version, n_buckets=buckets)
+    summary = run_scoring(engine, s, day, model_version=model_version, n_buckets=buckets)
     for line in summary.lines():
         typer.echo(line)
     if drift:
@@ -459,14 +485,12 @@ def score(
             if m.kind != "feature_psi":
                 typer.echo(f"drift {m.kind} {m.name}: {m.value if m.value is None else round(m.value, 4)}")
     if publish:
-        import redis
+        from ml.dev.services import resolve_services
+        from ml.publish import connect_redis, publish_version
 
-        from ml.publish import publish_version
-        from ml.services import resolve_services
-
-        client = redis.Redis.from_url(resolve_services(s).redis_url)
+        client = connect_redis(s, resolve_services(s).redis_url)  # a Redis Cluster too, as `propensity publish`
         try:
-            typer.echo(json.dumps(publish_version(engine, client, s, summary.score_date).as_dict(), default=str))
+            typer.echo(dumps(publish_version(engine, client, s, summary.score_date).as_dict()))
         finally:
             client.close()
 
@@ -488,7 +512,8 @@ def features_cmd(
 
     s = settings()
     t = time.perf_counter()
-    table = F.read_pair_features_arrow(pg_engine(s), as_of, s, bucket, buckets, with_labels=labels)
+    at = _time_option(as_of, "--as-of")
+    table = F.read_pair_features_arrow(pg_engine(s), at, s, bucket, buckets, with_labels=labels)
     typer.echo(json.dumps(F.summarize_features(table, time.perf_counter() - t), indent=2))
     if out:
         import pyarrow.parquet as pq
@@ -511,7 +536,10 @@ def snapshots_cmd(
     s = settings()
     engine = pg_engine(s)
     run_migrations(engine)
-    dates = [F.to_utc(d) for d in as_of] if as_of else F.snapshot_dates(engine, s, end=end)
+    if as_of:
+        dates = [_time_option(d, "--as-of") for d in as_of]
+    else:
+        dates = F.snapshot_dates(engine, s, end=_time_option(end, "--end") if end else None)
     if list_only:
         typer.echo("\n".join(f"{d:%Y-%m-%d %H:%M}" for d in dates) or "no snapshot date: too little history")
         return

@@ -16,7 +16,6 @@ Rules of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift (docum
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ml.dates import utc_date
+from ml.jsonutil import dumps
 from ml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,12 @@ def _samples(conn: sa.Connection, day: dt.date) -> tuple[list[str], np.ndarray]:
     return names, X
 
 
-def drift_metrics(engine: Engine, settings: Settings, score_date: dt.date | str) -> tuple[dt.date | None, list[DriftMetric]]:
-    """Compute (do not record) the drift metrics of ``score_date``: returns (reference date or None, metrics)."""
-    day = dt.date.fromisoformat(str(score_date)[:10])
+def drift_metrics(
+    engine: Engine, settings: Settings, score_date: dt.date | str
+) -> tuple[dt.date | None, list[DriftMetric]]:
+    """Compute (do not record) the drift metrics of UTC date ``score_date`` (a string or datetime is coerced once by
+    :func:`ml.dates.utc_date`): returns (reference date or None, metrics)."""
+    day = utc_date(score_date, what="score_date")
     with engine.connect() as conn:
         ref_day = conn.execute(sa.text("select max(score_date) from scoring.scores where score_date < :d"),
                                {"d": day}).scalar_one()
@@ -151,9 +155,10 @@ def drift_metrics(engine: Engine, settings: Settings, score_date: dt.date | str)
 
 
 def record_drift(engine: Engine, settings: Settings, score_date: dt.date | str) -> list[DriftMetric]:
-    """Compute the drift metrics of ``score_date`` and upsert them into ``monitoring.metrics`` (metric_date =
-    score_date). Returns them; with no earlier score date only the row count is recorded."""
-    day = dt.date.fromisoformat(str(score_date)[:10])
+    """Compute the drift metrics of UTC date ``score_date`` and upsert them into ``monitoring.metrics`` (metric_date =
+    score_date). Returns them; with no earlier score date only the row count is recorded. A string or datetime is
+    coerced once by :func:`ml.dates.utc_date` (raises :class:`ml.errors.ConfigError` when it is not a date)."""
+    day = utc_date(score_date, what="score_date")
     ref_day, metrics = drift_metrics(engine, settings, day)
     with engine.begin() as conn:
         model_version = conn.execute(sa.text(
@@ -166,7 +171,7 @@ def record_drift(engine: Engine, settings: Settings, score_date: dt.date | str) 
                 " values (:d, :k, :n, :v, :m, cast(:x as jsonb))"
                 " on conflict (metric_date, kind, name) do update set value = excluded.value,"
                 " model_version = excluded.model_version, details = excluded.details, recorded_at = now()"),
-                {"d": day, "k": m.kind, "n": m.name, "v": value, "m": model_version, "x": json.dumps(m.details)})
+                {"d": day, "k": m.kind, "n": m.name, "v": value, "m": model_version, "x": dumps(m.details)})
     score = next((m.value for m in metrics if m.kind == "score_psi"), None)
     top = sorted((m for m in metrics if m.kind == "feature_psi" and m.value is not None and np.isfinite(m.value)),
                  key=lambda m: -m.value)[:3]

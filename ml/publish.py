@@ -1,23 +1,7 @@
 """Publish a score date's hot scores to Redis as a new immutable version, flip one pointer, roll back, clean up.
 
-Key layout (``P`` = ``settings.redis_prefix``, ``V`` = a version id, ``U`` = a user id; every value is UTF-8 text)::
-
-    P:current          string  the served version id, e.g. "17". One SET flips it: the only key readers must follow.
-    P:versions         zset    version id -> version id: every complete version still stored (rollback targets).
-    P:seq              string  counter handing out version ids (INCR); ids only grow.
-    P:lock             string  lock held by publish / rollback / cleanup; it expires only if its holder died.
-    P:v{V}:meta        hash    version, score_date, model_version, run_id, scored_pairs, users, pairs, reasons, top_n,
-                               min_probability, published_at (ISO-8601 UTC), previous (version served before V).
-    P:v{V}:reasons     hash    reason id -> JSON ["code", "text"]: the version's dictionary of reasons.
-    P:v{V}:u:{U}       zset    product_id -> probability: the user's top-N hot products (ZREVRANGE for best first).
-    P:v{V}:d:{U}       hash    product_id -> "tier|rid,rid,..." (reason ids into P:v{V}:reasons, strongest first).
-
-Reading (the API and any storefront do the same): ``GET P:current`` -> V; then ``ZREVRANGE P:v{V}:u:{U} 0 n-1
-WITHSCORES`` and ``HGETALL P:v{V}:d:{U}`` (same slot, so one pipeline, even on a cluster); reason ids resolve through
-``HMGET P:v{V}:reasons`` and version facts through ``HGETALL P:v{V}:meta`` (both immutable: cache them per version).
-Every lookup is a chain of single-key commands, so it works unchanged on Redis Cluster. The ``{U}`` hash tag puts
-both keys of one user in one slot while users spread over all slots; a per-version tag (``{P:vV}``) was rejected
-because it would put a whole version, millions of keys, on one node.
+The key layout, value formats and the reader protocol are documented (and the key names built) in
+:mod:`ml.keyspace`, which the read-only API shares; this module is the only writer.
 
 Atomicity: a version's keys are written first (pipelined, non-transactional, in chunks), then its meta and
 registration, then the pointer flips with one SET. A reader sees the old version or the new one, never a mix; a
@@ -30,9 +14,7 @@ still finds its version.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -43,75 +25,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ml.dates import utc_date
 from ml.db import libpq_url, read_sql
 from ml.errors import ConfigError, PublishError
+from ml.keyspace import KeySpace, decode_details, decode_reason, encode_details, encode_reason
 from ml.observe import Progress
 from ml.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-# --- key scheme -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KeySpace:
-    """Every Redis key name this project uses, derived from one prefix. The only place key names are built."""
-
-    prefix: str
-
-    def __post_init__(self) -> None:
-        if not self.prefix or any(c in self.prefix for c in "{} \t\r\n"):
-            raise ConfigError(f"redis_prefix {self.prefix!r} must be non-empty, without braces or whitespace")
-
-    def current(self) -> str:
-        return f"{self.prefix}:current"
-
-    def versions(self) -> str:
-        return f"{self.prefix}:versions"
-
-    def seq(self) -> str:
-        return f"{self.prefix}:seq"
-
-    def lock(self) -> str:
-        return f"{self.prefix}:lock"
-
-    def meta(self, version: int) -> str:
-        return f"{self.prefix}:v{version}:meta"
-
-    def reasons(self, version: int) -> str:
-        return f"{self.prefix}:v{version}:reasons"
-
-    def recs(self, version: int, user_id: int) -> str:
-        return f"{self.prefix}:v{version}:u:{{{user_id}}}"
-
-    def details(self, version: int, user_id: int) -> str:
-        return f"{self.prefix}:v{version}:d:{{{user_id}}}"
-
-    def version_glob(self) -> str:
-        """SCAN MATCH pattern covering every key of every version (never the pointer, registry, seq or lock)."""
-        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ":v[0-9]*"
-
-    def version_of(self, key: bytes | str) -> int | None:
-        """The version a key belongs to, or None if it is not a per-version key of this prefix."""
-        text = key.decode() if isinstance(key, bytes) else key
-        head = f"{self.prefix}:v"
-        if not text.startswith(head):
-            return None
-        digits, sep, _ = text[len(head) :].partition(":")
-        return int(digits) if sep and digits.isdigit() else None
-
-
-def encode_details(tier: str, reason_ids: Iterable[int]) -> str:
-    """The per-pair payload stored in ``P:v{V}:d:{U}``: ``"tier|rid,rid"`` (``"hot|"`` when there are no reasons)."""
-    return tier + "|" + ",".join(map(str, reason_ids))
-
-
-def decode_details(payload: bytes | str) -> tuple[str, list[int]]:
-    """Inverse of :func:`encode_details`: (tier, reason ids strongest first)."""
-    text = payload.decode() if isinstance(payload, bytes) else payload
-    tier, _, ids = text.partition("|")
-    return tier, [int(i) for i in ids.split(",")] if ids else []
 
 
 # --- records --------------------------------------------------------------------------------------------------------
@@ -181,17 +102,6 @@ def connect_redis(settings: Settings, url: str | None = None) -> Any:
     return RedisCluster.from_url(target) if settings.redis_cluster else redis.Redis.from_url(target)
 
 
-def _as_date(value: dt.date | str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError as e:
-        raise ConfigError(f"score_date {value!r} is not a YYYY-MM-DD date") from e
-
-
 def _int_or_none(value: bytes | str | None) -> int | None:
     return int(value) if value not in (None, b"", "") else None
 
@@ -227,10 +137,10 @@ def read_hot_items(redis_client: Any, settings: Settings, user_id: int, limit: i
     ranked, details = pipe.execute()
     decoded = {int(k): decode_details(v) for k, v in details.items()}
     ids = sorted({rid for _, rids in decoded.values() for rid in rids})
-    reasons: dict[int, list[str]] = {}
+    reasons: dict[int, tuple[str, str]] = {}
     if ids:
         for rid, raw in zip(ids, redis_client.hmget(ks.reasons(version), ids), strict=True):
-            reasons[rid] = json.loads(raw) if raw is not None else ["", ""]
+            reasons[rid] = decode_reason(raw)
     items = []
     for member, score in ranked:
         pid = int(member)
@@ -402,7 +312,7 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
         payloads = []
         for tier, c, t in zip(tiers, codes, texts, strict=True):
             if not c:
-                payloads.append(tier + "|")
+                payloads.append(encode_details(tier, ()))
                 continue
             cs, ts = c.split(_SEP), t.split(_SEP)
             if len(cs) != len(ts):
@@ -412,8 +322,8 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
                 rid = reason_ids.get(pair)
                 if rid is None:
                     rid = reason_ids[pair] = len(reason_ids) + 1
-                rids.append(str(rid))
-            payloads.append(tier + "|" + ",".join(rids))
+                rids.append(rid)
+            payloads.append(encode_details(tier, rids))
         pipe.zadd(ks.recs(version, user_id), dict(zip(product_ids, probabilities, strict=True)))
         pipe.hset(ks.details(version, user_id), mapping=dict(zip(product_ids, payloads, strict=True)))
         users += 1
@@ -426,7 +336,7 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
             pending = 0
     pipe.execute()
     progress.advance(pending)
-    items = [(rid, json.dumps(list(pair), ensure_ascii=False, separators=(",", ":"))) for pair, rid in reason_ids.items()]
+    items = [(rid, encode_reason(*pair)) for pair, rid in reason_ids.items()]
     for start in range(0, len(items), 5_000):
         pipe.hset(ks.reasons(version), mapping=dict(items[start : start + 5_000]))
     pipe.execute()
@@ -446,7 +356,9 @@ def publish_version(
     version, flip ``P:current`` to it, record it in ``scoring.publications`` / ``scoring.pointer_flips``, then clean
     up versions beyond ``publish_keep_versions`` (never the served one or its predecessor).
 
-    ``redis_client`` is a ``redis.Redis`` (or ``redis.cluster.RedisCluster``) with ``decode_responses=False``.
+    ``score_date`` is the UTC calendar date (a string or datetime from an old caller is coerced once by
+    :func:`ml.dates.utc_date`). ``redis_client`` is a ``redis.Redis`` (or ``redis.cluster.RedisCluster``) with
+    ``decode_responses=False``.
     ``top_n`` / ``min_probability`` default to ``settings.publish_top_n`` / ``publish_min_probability``; pairs tie
     on probability are ranked by product_id. Raises :class:`PublishError` when the date has no scores, no pair
     reaches the floor, another publish holds the lock, or Redis fails midway: in every case the previously served
@@ -454,7 +366,7 @@ def publish_version(
     """
     import redis
 
-    day = _as_date(score_date)
+    day = utc_date(score_date, what="score_date")
     n = top_n if top_n is not None else settings.publish_top_n
     floor = min_probability if min_probability is not None else settings.publish_min_probability
     if n < 1:

@@ -53,7 +53,7 @@ def server_pg_url() -> str:
     url = os.environ.get("PROPENSITY_TEST_POSTGRES_URL")
     if url:
         return url
-    from ml.services import start_postgres
+    from ml.dev.services import start_postgres
 
     return start_postgres(TEST_STATE, databases=("propensity",))
 
@@ -82,7 +82,7 @@ def redis_url() -> str:
     url = os.environ.get("PROPENSITY_TEST_REDIS_URL")
     if url:
         return url
-    from ml.services import start_redis
+    from ml.dev.services import start_redis
 
     return start_redis(TEST_STATE)
 

@@ -39,7 +39,7 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
 ) -> None:
     from ingest_events import ingest_events_dag as dag
 
-    from ml.generate import corrupt_file
+    from ml.dev.generate import corrupt_file
 
     good = _head(rees46_sample, landing / "events_2019-10-01_a.csv", 3000)
     corrupt_file(good, landing / "events_2019-10-01_bad.csv", "unknown_event_type", seed=3)

@@ -17,7 +17,8 @@ from hypothesis import settings as hypothesis_settings
 
 from ml.api import create_app
 from ml.api_auth import new_api_key
-from ml.publish import KeySpace, publish_version, read_hot_items, rollback_version
+from ml.keyspace import KeySpace
+from ml.publish import publish_version, read_hot_items, rollback_version
 from tests.integration.test_publish import as_items, expected_hot, fresh_day, insert_scores, make_rows
 
 pytestmark = pytest.mark.integration

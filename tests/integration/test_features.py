@@ -80,7 +80,7 @@ def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def generated(feat_url: str) -> dict:
     """A small generated dataset in its own period (2031-01-06 .. +42 days), loaded once."""
-    from ml.generate import GeneratorConfig, generate_events
+    from ml.dev.generate import GeneratorConfig, generate_events
 
     cfg = GeneratorConfig(start=dt.date(2031, 1, 6), days=42, n_users=250, n_products=300, seed=3)
     frame = generate_events(cfg)

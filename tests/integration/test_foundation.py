@@ -79,7 +79,7 @@ def test_event_partitions_are_created_on_demand(engine: sa.Engine) -> None:
 def test_embedded_services_start_serve_and_stop(tmp_path: Path) -> None:
     import redis
 
-    from ml.services import resolve_services, service_status, stop_services
+    from ml.dev.services import resolve_services, service_status, stop_services
     from ml.settings import Settings
 
     s = Settings(state_dir=tmp_path / "st")
@@ -101,7 +101,7 @@ def test_embedded_services_start_serve_and_stop(tmp_path: Path) -> None:
 
 
 def test_configured_urls_win(tmp_path: Path, pg_url: str, redis_url: str) -> None:
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
     from ml.settings import Settings
 
     svc = resolve_services(Settings(state_dir=tmp_path / "none", postgres_url=pg_url, redis_url=redis_url))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from ml.generate import GeneratorConfig, generate_events, write_daily_files
+from ml.dev.generate import GeneratorConfig, generate_events, write_daily_files
 
 pytestmark = pytest.mark.integration
 

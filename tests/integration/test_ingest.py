@@ -123,7 +123,7 @@ def test_real_sample_loads_exactly_and_rerun_is_a_noop(cfg, engine, rees46_sampl
 
 
 def test_bad_files_quarantined_good_files_still_load(cfg, engine, rees46_sample: Path, tmp_path: Path) -> None:
-    from ml.generate import CORRUPTION_KINDS, SQL_INJECTION_TEXT, corrupt_file
+    from ml.dev.generate import CORRUPTION_KINDS, SQL_INJECTION_TEXT, corrupt_file
 
 
     assert set(CORRUPTION_KINDS) == set(EXPECTED_RULES)
@@ -192,7 +192,7 @@ def test_bad_files_quarantined_good_files_still_load(cfg, engine, rees46_sample:
 
 
 def test_quarantine_keeps_original_bytes_and_requeue_revalidates(cfg, engine, rees46_sample: Path, tmp_path) -> None:
-    from ml.generate import corrupt_file
+    from ml.dev.generate import corrupt_file
 
     landing = _landing(cfg)
     base = _variant(rees46_sample, tmp_path / "base.csv", 300, f"r{uuid.uuid4().hex[:8]}")
@@ -306,7 +306,7 @@ def test_killed_process_mid_copy_leaves_nothing(cfg, engine, rees46_sample: Path
 
 
 def test_parquet_and_gzip_files_load(cfg, engine, tmp_path: Path) -> None:
-    from ml.generate import GeneratorConfig, generate_events, write_daily_files
+    from ml.dev.generate import GeneratorConfig, generate_events, write_daily_files
 
     df = generate_events(GeneratorConfig(days=2, n_users=60, n_products=120, seed=int(uuid.uuid4().int % 10**6)))
     landing = _landing(cfg)
@@ -378,7 +378,7 @@ def test_object_storage_locations(cfg, engine, rees46_sample: Path, tmp_path: Pa
     """Landing, archive and quarantine on an fsspec filesystem (memory:// stands in for s3://)."""
     import fsspec
 
-    from ml.generate import corrupt_file
+    from ml.dev.generate import corrupt_file
 
     fs = fsspec.filesystem("memory")
     root = f"/t{uuid.uuid4().hex[:8]}"

@@ -19,8 +19,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ml.errors import PublishError
+from ml.keyspace import KeySpace
 from ml.publish import (
-    KeySpace,
     cleanup_versions,
     current_version,
     publish_version,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.publish import KeySpace, publish_version, read_hot_items, rollback_version, stored_versions
+from ml.keyspace import KeySpace
+from ml.publish import publish_version, read_hot_items, rollback_version, stored_versions
 from tests.integration.test_publish import as_items, expected_hot, got_items, insert_scores, make_rows
 
 pytestmark = pytest.mark.integration

@@ -37,8 +37,8 @@ def own_db(server_pg_url: str):
 
 
 def test_chain_runs_through_the_scheduler(settings, own_db, redis_client, monkeypatch, tmp_path) -> None:
-    from ml.generate import GeneratorConfig, generate_events, write_daily_files
-    from ml.local_airflow import local_airflow
+    from ml.dev.generate import GeneratorConfig, generate_events, write_daily_files
+    from ml.dev.local_airflow import local_airflow
     from ml.publish import current_version, version_meta
 
     url, engine = own_db

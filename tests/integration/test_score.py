@@ -48,7 +48,7 @@ def build_world(server_pg_url: str, state_dir: Path) -> World:
     import pandas as pd
 
     from ml import features as F
-    from ml.generate import GeneratorConfig, generate_events
+    from ml.dev.generate import GeneratorConfig, generate_events
     from ml.ingest import load_events_frame
     from ml.train import as_training_data, run_training
 

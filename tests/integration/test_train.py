@@ -48,7 +48,7 @@ def load_generated_events(url: str, **config: object) -> pd.DataFrame:
     import psycopg
 
     from ml.db import libpq_url
-    from ml.generate import GeneratorConfig, generate_events
+    from ml.dev.generate import GeneratorConfig, generate_events
 
     events = generate_events(GeneratorConfig(**{**GENERATED, **config}))
     days = sorted({t.date() for t in pd.to_datetime(events["event_time"], utc=True).dt.floor("D")})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 
 import pytest
 
 from ml.api import _validation_message
 from ml.errors import ConfigError
-from ml.publish import KeySpace, decode_details, encode_details
+from ml.keyspace import KeySpace, decode_details, decode_reason, encode_details, encode_reason
 
 
 def test_keys_of_one_user_share_a_hash_tag_and_versions_stay_apart() -> None:
@@ -48,6 +49,14 @@ def test_prefixes_that_break_hash_tags_or_globs_are_refused(prefix) -> None:
 def test_details_payload_round_trips(tier, ids) -> None:
     payload = encode_details(tier, ids)
     assert decode_details(payload) == (tier, ids) == decode_details(payload.encode())
+
+
+@pytest.mark.parametrize(("code", "text"), [("CART_RECENT", "added to cart 2 times"), ("X", 'ünïcode, "quoted"')])
+def test_reason_entry_round_trips_as_compact_json(code, text) -> None:
+    raw = encode_reason(code, text)
+    assert raw == json.dumps([code, text], ensure_ascii=False, separators=(",", ":"))
+    assert decode_reason(raw) == (code, text) == decode_reason(raw.encode())
+    assert decode_reason(None) == ("", "")
 
 
 def test_validation_message_names_every_field() -> None:

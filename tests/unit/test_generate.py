@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ml.generate import (
+from ml.dev.generate import (
     CORRUPTION_KINDS,
     HUGE_FIELD_BYTES,
     REES46_COLUMNS,

@@ -52,7 +52,7 @@ def _utc_today() -> dt.date:
 
 def prepare_landing(settings: Settings, *, days: int, users: int, products: int, seed: int) -> list[Path]:
     """Write the demo dataset (ending yesterday) plus one deliberately corrupt file into the landing folder."""
-    from ml.generate import GeneratorConfig, corrupt_file, generate_events, write_daily_files
+    from ml.dev.generate import GeneratorConfig, corrupt_file, generate_events, write_daily_files
 
     landing = Path(settings.location("landing"))
     landing.mkdir(parents=True, exist_ok=True)
@@ -173,8 +173,8 @@ def run_demo(
 ) -> DemoSummary:
     """Run the whole pipeline through a local Airflow scheduler on the embedded (or configured) services."""
     from ml.db import make_engine, migrate
-    from ml.local_airflow import local_airflow
-    from ml.services import resolve_services
+    from ml.dev.local_airflow import local_airflow
+    from ml.dev.services import resolve_services
 
     summary = DemoSummary()
     svc = resolve_services(settings)

@@ -35,7 +35,7 @@ from ml.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("scheduler", "dag-processor", "api-server", "triggerer")
 
 
@@ -306,7 +306,7 @@ def local_airflow(
     import sqlalchemy as sa
 
     from ml.db import make_engine
-    from ml.services import AIRFLOW_DB, resolve_services
+    from ml.dev.services import AIRFLOW_DB, resolve_services
 
     svc = resolve_services(settings)
     db = metadata_db or AIRFLOW_DB
