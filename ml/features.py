@@ -16,9 +16,10 @@ Time (all UTC, half-open windows; see docs/features.md):
 An event at exactly ``as_of`` is therefore future: it can make a label, never a feature or an active pair.
 
 Buckets (:mod:`ml.buckets`): ``bucket_of(user_id, K)`` equals ``ml.user_bucket(user_id, K)`` in SQL (migration 0020)
-for every bigint id. Fetching bucket k of K filters the events by the equivalent hash range (``bucket_hash_range``, migration 0022) in
-the first scan, before any aggregation, so a scoring task aggregates only its own users' events (the
-product/category/brand statistics always use every user's events, computed once per key: ``prepare_item_stats``).
+for every bigint id. Fetching bucket k of K filters the events by the equivalent hash range (``bucket_hash_range``,
+migration 0022) in the first scan, before any aggregation, so a scoring task aggregates only its own users' events
+(the product/category/brand statistics always use every user's events, computed once per key:
+``prepare_item_stats``).
 """
 
 from __future__ import annotations

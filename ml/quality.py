@@ -13,8 +13,9 @@
   results as jsonb (coerced by :func:`ml.jsonutil.dumps`: numpy, NaN, dates never break the insert), failed rule
   ids, and optional quarantine/report/Data Docs URIs, Airflow run id and validation time (UTC; default now()).
 
-Used by :mod:`ml.validate` (event files, suite ``raw_events``), :mod:`ml.features` snapshots (suite
-``feature_snapshot``), scoring's output checks (suite ``score_output``) and ingest's record of each file.
+Serves :mod:`ml.validate` (event files, suite ``raw_events``; ingest records each file's report),
+:mod:`ml.snapshots` (training snapshots, suite ``feature_snapshot``) and scoring's output checks on a SQL
+datasource (suite ``score_output``: :meth:`GxRunner.context` + :meth:`GxRunner.validate_batch`).
 """
 
 from __future__ import annotations
@@ -181,9 +182,8 @@ class GxRunner:
         """
         gx_ = self._gx
         ctx = self.context()
-        batch_definition = (
-            ctx.data_sources.add_pandas(datasource).add_dataframe_asset(asset).add_batch_definition_whole_dataframe("all")
-        )
+        frame_asset = ctx.data_sources.add_pandas(datasource).add_dataframe_asset(asset)
+        batch_definition = frame_asset.add_batch_definition_whole_dataframe("all")
         suite = ctx.suites.add(suite)
         vd = ctx.validation_definitions.add(
             gx_.ValidationDefinition(name=run_name, data=batch_definition, suite=suite)

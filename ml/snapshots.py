@@ -429,7 +429,10 @@ def build_training_snapshots(
 
     Raises ConfigError when there is no as_of date (too little history for one label horizon).
     """
-    dates = sorted(utc_datetime(d) for d in as_of_dates) if as_of_dates is not None else snapshot_dates(engine, settings)
+    if as_of_dates is not None:
+        dates = sorted(utc_datetime(d) for d in as_of_dates)
+    else:
+        dates = snapshot_dates(engine, settings)
     if not dates:
         raise ConfigError(
             "no training snapshot date: raw.events must cover at least active_window_days + label_horizon_days "
