@@ -23,6 +23,11 @@ Because every step is affine in the member margins, per-member TreeSHAP contribu
     base      = a * sum_m w_m * base_m + b       and   sum_j phi_j(x) + base == logit(p(x))
 
 Nothing here imports Optuna or a database: :mod:`ml.tune` searches parameters, :mod:`ml.train` orchestrates.
+
+Why one file of ~900 lines: it is one thing, the ensemble model. The four member adapters (fit, margin,
+contributions, native save/load), the blend and Platt fits and :class:`Ensemble` (predict, explain, save/load) share
+one contract, the margin (log-odds) space in which the additivity above holds; splitting the members from the blend
+would spread that invariant over modules that only make sense together.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from ml.errors import ModelError
+from ml.jsonutil import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -827,7 +833,7 @@ class Ensemble:
             "threshold": self.threshold,
             "nan_fill": dict(self.nan_fill),
             "library_versions": library_versions(),
-            "metadata": _jsonable(self.metadata),
+            "metadata": to_jsonable(self.metadata),
         }
         (d / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return manifest
@@ -879,10 +885,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _fast_explain_available() -> bool:

@@ -2,9 +2,10 @@
 
 One feature definition serves training and nightly scoring: the parameterised SQL in ``sql/features/``
 (``pair_features.sql`` including ``active_pairs.sql`` and ``item_stats.sql``). This module binds the parameters,
-streams the result out with ``COPY ... TO STDOUT`` (psycopg 3) straight into Arrow, and adds snapshots, checks and
-fingerprints on top. No value is ever formatted into SQL text: the only text substitution is the inclusion of those
-static SQL files by name.
+streams the result out with ``COPY ... TO STDOUT`` (psycopg 3) straight into Arrow. Training snapshots (build, GX
+check, persist, record, fingerprints) live in :mod:`ml.snapshots` and user hash buckets in :mod:`ml.buckets`; their
+public names are importable from here too. No value is ever formatted into SQL text: the only text substitution is
+the inclusion of those static SQL files by name.
 
 Time (all UTC, half-open windows; see docs/features.md):
 
@@ -14,10 +15,11 @@ Time (all UTC, half-open windows; see docs/features.md):
 
 An event at exactly ``as_of`` is therefore future: it can make a label, never a feature or an active pair.
 
-Buckets: ``bucket_of(user_id, K)`` equals ``ml.user_bucket(user_id, K)`` in SQL (migration 0020) for every bigint
-id. Fetching bucket k of K filters the events by the equivalent hash range (``bucket_hash_range``, migration 0022) in
-the first scan, before any aggregation, so a scoring task aggregates only its own users' events (the
-product/category/brand statistics always use every user's events, computed once per key: ``prepare_item_stats``).
+Buckets (:mod:`ml.buckets`): ``bucket_of(user_id, K)`` equals ``ml.user_bucket(user_id, K)`` in SQL (migration 0020)
+for every bigint id. Fetching bucket k of K filters the events by the equivalent hash range (``bucket_hash_range``,
+migration 0022) in the first scan, before any aggregation, so a scoring task aggregates only its own users' events
+(the product/category/brand statistics always use every user's events, computed once per key:
+``prepare_item_stats``).
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ml.buckets import (  # noqa: F401 - re-exported: scoring and tests import them from ml.features
+    bucket_hash_range,
+    bucket_of,
+    check_buckets,
+    user_bucket_sql,
+    user_hash32,
+)
+from ml.dates import utc_datetime
 from ml.db import libpq_url, read_sql
 from ml.errors import ConfigError
 from ml.observe import Progress
@@ -135,77 +143,9 @@ KEY_COLUMNS: list[str] = ["user_id", "product_id"]
 _SQL_OUTPUT = [*KEY_COLUMNS, *FEATURE_COLUMNS, "label", "weight"]
 
 
-# --- hash buckets --------------------------------------------------------------------------------------------------
-_MASK32 = 0xFFFFFFFF
-_HASH_MULTIPLIER = 1540483477  # odd and < 2^31: a 32-bit value times it stays below 2^63 (no bigint overflow)
-
-
-def user_hash32(user_id: int | np.ndarray) -> int | np.ndarray:
-    """The 32-bit hash of ``user_id`` (int or int64 array), equal to SQL ``ml.user_hash32(user_id)``."""
-    if isinstance(user_id, np.ndarray):
-        x = user_id.astype(np.int64, copy=False)
-        folded = (x ^ (x >> 32)) & _MASK32
-        return (folded * _HASH_MULTIPLIER) & _MASK32
-    x = int(user_id)
-    folded = (x ^ (x >> 32)) & _MASK32  # Python's >> on negative ints is arithmetic, like PostgreSQL's
-    return (folded * _HASH_MULTIPLIER) & _MASK32
-
-
-def bucket_of(user_id: int | np.ndarray, n_buckets: int) -> int | np.ndarray:
-    """Bucket in ``[0, n_buckets)`` of ``user_id``: equal to SQL ``ml.user_bucket(user_id, n_buckets)``.
-
-    Stable across runs, machines and versions; vectorised over int64 arrays. Raises ValueError for ``n_buckets``
-    outside 1 .. 2^31 - 1.
-    """
-    _check_buckets(0, n_buckets)
-    h = user_hash32(user_id)
-    if isinstance(h, np.ndarray):
-        return ((h * np.int64(n_buckets)) >> 32).astype(np.int64)
-    return (h * n_buckets) >> 32
-
-
-def bucket_hash_range(bucket: int, n_buckets: int) -> tuple[int, int]:
-    """The half-open range ``[lo, hi)`` of :func:`user_hash32` values in bucket ``bucket`` of ``n_buckets``; equal
-    to SQL ``[ml.bucket_hash_lo(k, K), ml.bucket_hash_lo(k + 1, K))``. The feature SQL filters buckets this way,
-    so an index on ``ml.user_hash32(user_id)`` can serve "bucket k of K" as a range scan."""
-    _check_buckets(bucket, n_buckets)
-    return -(-(bucket << 32) // n_buckets), -(-((bucket + 1) << 32) // n_buckets)
-
-
-def user_bucket_sql(column: str = "user_id", n_buckets: str = ":n_buckets") -> str:
-    """The SQL expression of a column's bucket, for other queries (e.g. ``where {expr} = :bucket``).
-
-    ``column`` may be qualified (``e.user_id``); each part is quoted as an identifier. ``n_buckets`` is a bind
-    parameter name (``:name``) or an integer literal.
-    """
-    if not re.fullmatch(r":[A-Za-z_]\w*|\d+", n_buckets):
-        raise ValueError(f"n_buckets must be a :bind_name or an integer literal, not {n_buckets!r}")
-    quoted = ".".join('"' + part.replace('"', '""') + '"' for part in column.split("."))
-    return f"ml.user_bucket({quoted}, cast({n_buckets} as integer))"
-
-
-def _check_buckets(bucket: int | None, n_buckets: int | None) -> None:
-    if (bucket is None) != (n_buckets is None):
-        raise ValueError("give both bucket and n_buckets, or neither")
-    if n_buckets is not None:
-        if not 1 <= n_buckets < 2**31:
-            raise ValueError(f"n_buckets must be in 1 .. 2^31 - 1, not {n_buckets}")
-        if bucket is not None and not 0 <= bucket < n_buckets:
-            raise ValueError(f"bucket must be in 0 .. {n_buckets - 1}, not {bucket}")
-
-
 # --- time ----------------------------------------------------------------------------------------------------------
-def to_utc(value: dt.datetime | dt.date | str | pd.Timestamp) -> dt.datetime:
-    """An aware UTC datetime from a datetime (naive means UTC), a date (its midnight UTC) or an ISO string."""
-    if isinstance(value, str):
-        value = pd.Timestamp(value).to_pydatetime()
-    elif isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
-    if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    raise TypeError(f"cannot read a UTC time from {value!r}")
+#: The former name of :func:`ml.dates.utc_datetime`, kept for callers (CLI, training).
+to_utc = utc_datetime
 
 
 @dataclass(frozen=True)
@@ -230,7 +170,7 @@ class FeatureWindow:
             )
         if settings.label_horizon_days <= 0:
             raise ConfigError(f"label_horizon_days must be positive, not {settings.label_horizon_days}")
-        t = to_utc(as_of)
+        t = utc_datetime(as_of)
         return cls(
             as_of=t,
             since=t - dt.timedelta(days=settings.lookback_days),
@@ -372,7 +312,7 @@ def _pair_params(
     negative_rate: float,
     seed: int,
 ) -> dict[str, Any]:
-    _check_buckets(bucket, n_buckets)
+    check_buckets(bucket, n_buckets)
     if not 0.0 < negative_rate <= 1.0:
         raise ConfigError(f"negative_sample_rate must be in (0, 1], not {negative_rate}")
     salt = (seed * 1_000_003 + int(window.as_of.timestamp()) // 86_400) % (2**62)
@@ -494,7 +434,7 @@ def prepare_item_stats(
             "select as_of, since, feature_version from ml.feature_item_stats_keys where cache_key = %s", (key,)
         ).fetchone()
         if row is not None:
-            if (to_utc(row[0]), to_utc(row[1]), row[2]) != (window.as_of, window.since, version):
+            if (utc_datetime(row[0]), utc_datetime(row[1]), row[2]) != (window.as_of, window.since, version):
                 raise ConfigError(
                     f"item statistics key {key!r} holds as_of {row[0]}, since {row[1]}, feature version {row[2]}; "
                     f"asked for as_of {window.as_of}, since {window.since}, {version}: use another key"
@@ -543,7 +483,7 @@ def build_labels(
     """Labels of the pairs active at ``as_of``: columns user_id, product_id (int64), label (int8, 1 when the user
     purchased the product in ``[as_of, as_of + label_horizon_days)``, else 0). One row per active pair."""
     window = FeatureWindow.at(as_of, settings)
-    _check_buckets(bucket, n_buckets)
+    check_buckets(bucket, n_buckets)
     sql = render_sql("labels")
     with engine.connect() as conn:
         conn.execute(
@@ -565,447 +505,11 @@ def count_active_pairs(
     """Number of pairs active at ``as_of`` (a view or cart in ``[as_of - active_window_days, as_of)``), for the
     users of bucket k of K when given. Reads only the active window's partitions."""
     window = FeatureWindow.at(as_of, settings)
-    _check_buckets(bucket, n_buckets)
+    check_buckets(bucket, n_buckets)
     params = {**window.params(), "bucket": bucket, "n_buckets": n_buckets}
     with engine.connect() as conn:
         return int(conn.execute(sa.text(render_sql("active_pair_count")), params).scalar_one())
 
-
-# --- training snapshots ----------------------------------------------------------------------------------------------
-SNAPSHOT_ANCHOR = dt.datetime(2000, 1, 3, tzinfo=dt.UTC)  # a Monday: snapshot dates never move when data grows
-SNAPSHOT_SUITE = "feature_snapshot"
-
-
-def weekly_as_of_dates(
-    first_event: dt.datetime,
-    last_event: dt.datetime,
-    settings: Settings,
-    end: dt.datetime | dt.date | str | None = None,
-) -> list[dt.datetime]:
-    """Snapshot as_of dates (ascending, aware UTC midnights) for data spanning ``first_event`` .. ``last_event``.
-
-    The data is taken to cover whole UTC days: ``[midnight of first_event's day, midnight after last_event's day)``
-    (daily files land whole), capped at ``end``. A date qualifies when its label horizon lies inside the coverage
-    (``as_of + label_horizon_days <= coverage end``) and a full active window precedes it (``as_of -
-    active_window_days >= coverage start``). Dates sit on a grid of ``snapshot_every_days`` anchored on Monday
-    2000-01-03, so they stay put as data grows; the most recent ``max_snapshots`` are returned.
-    """
-    if settings.snapshot_every_days <= 0:
-        raise ConfigError(f"snapshot_every_days must be positive, not {settings.snapshot_every_days}")
-    day = dt.timedelta(days=1)
-    start = to_utc(first_event).replace(hour=0, minute=0, second=0, microsecond=0)
-    stop = to_utc(last_event).replace(hour=0, minute=0, second=0, microsecond=0) + day
-    if end is not None:
-        stop = min(stop, to_utc(end))
-    latest = stop - dt.timedelta(days=settings.label_horizon_days)
-    earliest = start + dt.timedelta(days=settings.active_window_days)
-    step = dt.timedelta(days=settings.snapshot_every_days)
-    n_last = (latest - SNAPSHOT_ANCHOR) // step  # floor: the last grid date <= latest
-    dates: list[dt.datetime] = []
-    current = SNAPSHOT_ANCHOR + n_last * step
-    while current >= earliest and len(dates) < settings.max_snapshots:
-        dates.append(current)
-        current -= step
-    return sorted(dates)
-
-
-def event_time_range(engine: Engine) -> tuple[dt.datetime, dt.datetime] | None:
-    """(first, last) event_time in raw.events, or None when it is empty.
-
-    Reads only the first and last non-empty daily partitions (raw.events has no index on event_time alone), so it
-    costs milliseconds on any history.
-    """
-    sql = sa.text(
-        "select c.oid::regclass::text as part, pg_get_expr(c.relpartbound, c.oid) as bound "
-        "from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-        "where i.inhparent = 'raw.events'::regclass"
-    )
-    with engine.connect() as conn:
-        parts = conn.execute(sql).all()
-        lower = re.compile(r"FROM \('([^']+)'\)")
-
-        def key(row: Any) -> str:
-            m = lower.search(row.bound or "")
-            return m.group(1) if m else ""
-
-        ordered = sorted(parts, key=key)
-
-        def first_nonempty(rows: list[Any], agg: str) -> dt.datetime | None:
-            for row in rows:
-                # the partition name comes from the catalog (regclass text is already quoted)
-                value = conn.execute(sa.text(f"select {agg}(event_time) from {row.part}")).scalar()
-                if value is not None:
-                    return to_utc(value)
-            return None
-
-        first = first_nonempty(ordered, "min")
-        last = first_nonempty(list(reversed(ordered)), "max")
-    return None if first is None or last is None else (first, last)
-
-
-def snapshot_dates(
-    engine: Engine, settings: Settings, end: dt.datetime | dt.date | str | None = None
-) -> list[dt.datetime]:
-    """Weekly as_of dates whose label horizon is fully covered by the events in raw.events (ascending, aware UTC;
-    at most ``settings.max_snapshots``, the most recent). Empty when there is too little history.
-    See :func:`weekly_as_of_dates` for the rule."""
-    span = event_time_range(engine)
-    if span is None:
-        return []
-    return weekly_as_of_dates(span[0], span[1], settings, end)
-
-
-def frame_fingerprint(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
-    """sha256 (hex) of a frame's content, independent of row order and of the storage format.
-
-    Rows are sorted by the key columns present (as_of, user_id, product_id), then each column's values are hashed
-    with pandas' stable ``hash_pandas_object``; column names and dtypes are part of the digest.
-    """
-    import hashlib
-
-    columns = columns or list(frame.columns)
-    keys = [c for c in ("as_of", "user_id", "product_id") if c in columns]
-    ordered = frame[columns].sort_values(keys, kind="stable").reset_index(drop=True) if keys else frame[columns]
-    digest = hashlib.sha256()
-    for c in columns:
-        digest.update(f"{c}:{ordered[c].dtype}\n".encode())
-        digest.update(pd.util.hash_pandas_object(ordered[c], index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """One persisted, checked training snapshot."""
-
-    as_of: dt.datetime
-    rows: int
-    positives: int
-    uri: str
-    fingerprint: str
-    success: bool
-    snapshot_id: int | None = None
-    validation_id: int | None = None
-    failed_rules: tuple[str, ...] = ()
-
-
-@dataclass
-class TrainingSet:
-    """Labelled training rows over several as_of dates.
-
-    ``frame`` columns: as_of (datetime64[us, UTC]), user_id, product_id (int64), FEATURE_COLUMNS (float64),
-    label (int8, 0/1), weight (float64; 1 for positives, 1/negative_sample_rate for kept negatives).
-    ``fingerprint`` (sha256 hex) identifies the content: the feature version plus each snapshot's content hash, in
-    as_of order; the model registry records it.
-    """
-
-    frame: pd.DataFrame
-    fingerprint: str
-    feature_version: str
-    snapshots: list[SnapshotInfo]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(FEATURE_COLUMNS)
-
-
-def snapshot_params(settings: Settings) -> dict[str, Any]:
-    """The settings that shape a training snapshot's rows (recorded with it; their hash is part of its path)."""
-    return {
-        "lookback_days": settings.lookback_days,
-        "active_window_days": settings.active_window_days,
-        "label_horizon_days": settings.label_horizon_days,
-        "negative_sample_rate": settings.negative_sample_rate,
-        "seed": settings.seed,
-    }
-
-
-def _params_key(params: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _snapshot_columns() -> list[str]:
-    return ["as_of", *KEY_COLUMNS, *FEATURE_COLUMNS, "label", "weight"]
-
-
-def build_snapshot_frame(engine: Engine, as_of: dt.datetime | dt.date | str, settings: Settings) -> pd.DataFrame:
-    """Features and labels of every pair active at ``as_of`` (negatives subsampled by
-    ``settings.negative_sample_rate``), as one frame with the :class:`TrainingSet` columns, sorted by
-    (user_id, product_id). Not checked, not persisted: see :func:`build_training_snapshot`."""
-    t = to_utc(as_of)
-    table = read_pair_features_arrow(
-        engine, t, settings, with_labels=True, negative_rate=settings.negative_sample_rate
-    )
-    frame = table.to_pandas()
-    frame.insert(0, "as_of", pd.Timestamp(t).as_unit("us"))
-    frame["label"] = frame["label"].astype("int8")
-    return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)[_snapshot_columns()]
-
-
-@dataclass(frozen=True)
-class SnapshotCheck:
-    """Great Expectations results of one snapshot: ``results`` holds one dict per expectation."""
-
-    success: bool
-    results: list[dict[str, Any]]
-    failed_rules: list[str]
-    statistics: dict[str, Any]
-
-
-def build_snapshot_suite(previous_rows: int | None, settings: Settings) -> Any:
-    """The GX suite of a training snapshot: columns and order, keys unique and present, no NaN outside
-    NULLABLE_FEATURES, every feature inside FEATURE_RANGES, label in {0, 1}, weight >= 1, and a row count within
-    ``snapshot_row_tolerance`` times the previous snapshot's (at least one row when there is none)."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-
-    tol = settings.snapshot_row_tolerance
-    exps: list[Any] = [
-        gxe.ExpectTableColumnsToMatchOrderedList(column_list=_snapshot_columns()),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=max(1, int(previous_rows / tol)) if previous_rows else 1,
-            max_value=int(previous_rows * tol) + 1 if previous_rows else None,
-        ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=KEY_COLUMNS),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
-        gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=1.0),
-    ]
-    for column in [*KEY_COLUMNS, "label", "weight"]:
-        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-    for column in FEATURE_COLUMNS:
-        if column not in NULLABLE_FEATURES:
-            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-        lo, hi = FEATURE_RANGES[column]
-        exps.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column=column, min_value=lo if lo > -_INF else None, max_value=hi if hi < _INF else None
-            )
-        )
-    return gx.ExpectationSuite(name=SNAPSHOT_SUITE, expectations=exps)
-
-
-def check_snapshot(frame: pd.DataFrame, settings: Settings, previous_rows: int | None = None) -> SnapshotCheck:
-    """Validate one snapshot frame with Great Expectations (:func:`build_snapshot_suite`); never raises on a
-    failed expectation (the caller decides), only on a GX error."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    asset = ctx.data_sources.add_pandas("snapshots").add_dataframe_asset("snapshot")
-    batch_definition = asset.add_batch_definition_whole_dataframe("all")
-    suite = ctx.suites.add(build_snapshot_suite(previous_rows, settings))
-    validation = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
-        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}
-    )
-    results: list[dict[str, Any]] = []
-    failed: list[str] = []
-    for r in validation.results:
-        cfg = r.expectation_config
-        column = cfg.kwargs.get("column") or ",".join(cfg.kwargs.get("column_list", []) or [])
-        rule = f"{cfg.type}:{column}" if column and len(column) < 60 else cfg.type
-        res = r.result or {}
-        entry = {
-            "rule": rule,
-            "success": bool(r.success),
-            "unexpected_count": res.get("unexpected_count"),
-            "unexpected_percent": res.get("unexpected_percent"),
-            "observed_value": _jsonable(res.get("observed_value")),
-            "partial_unexpected_list": _jsonable(res.get("partial_unexpected_list")),
-            "exception": (r.exception_info or {}).get("exception_message") if not r.success else None,
-        }
-        results.append(entry)
-        if not r.success:
-            failed.append(rule)
-    stats = {
-        "rows": int(len(frame)),
-        "positives": int(frame["label"].sum()) if "label" in frame else None,
-        "evaluated_expectations": len(results),
-        "nan_share": {c: float(frame[c].isna().mean()) for c in NULLABLE_FEATURES if c in frame},
-    }
-    return SnapshotCheck(success=not failed, results=results, failed_rules=failed, statistics=stats)
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        if isinstance(value, list | tuple):
-            return [_jsonable(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): _jsonable(v) for k, v in value.items()}
-        if isinstance(value, np.generic):
-            return value.item()
-        return str(value)
-
-
-def write_snapshot_parquet(frame: pd.DataFrame, uri: str, metadata: dict[str, str]) -> str:
-    """Write ``frame`` to Parquet at ``uri`` (local path or object-storage URL) via a temporary name then a move,
-    so a reader never sees a partial file. Returns ``uri``."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    extra = {k: v.encode() for k, v in metadata.items()}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-    fs, path = pafs.FileSystem.from_uri(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{path}.tmp"
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
-    fs.move(tmp, path)
-    return uri
-
-
-def read_snapshot_parquet(uri: str) -> pd.DataFrame:
-    """A persisted snapshot back as a frame (the columns of :class:`TrainingSet`)."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return pq.read_table(path, filesystem=fs).to_pandas()
-
-
-def _snapshot_uri(settings: Settings, version: str, params_key: str, as_of: dt.datetime) -> str:
-    base = settings.location("artifacts").rstrip("/")
-    if "://" not in base:
-        base = str(Path(base).absolute())
-    return f"{base}/snapshots/{version}/{params_key}/as_of={as_of:%Y-%m-%dT%H%M}.parquet"
-
-
-def _previous_rows(engine: Engine, version: str, params_key: str, as_of: dt.datetime) -> int | None:
-    sql = sa.text(
-        "select row_count from ml.feature_snapshots where feature_version = :v and params_key = :k "
-        "and as_of < :t and success order by as_of desc, created_at desc limit 1"
-    )
-    with engine.connect() as conn:
-        value = conn.execute(sql, {"v": version, "k": params_key, "t": as_of}).scalar()
-    return None if value is None else int(value)
-
-
-def build_training_snapshot(
-    engine: Engine,
-    as_of: dt.datetime | dt.date | str,
-    settings: Settings,
-    *,
-    previous_rows: int | None = None,
-    raise_on_failure: bool = True,
-) -> tuple[pd.DataFrame, SnapshotInfo]:
-    """Build, check, persist and record the training snapshot at ``as_of``.
-
-    Steps: :func:`build_snapshot_frame` → :func:`check_snapshot` (row count against ``previous_rows``, or the
-    latest recorded successful snapshot before ``as_of`` with the same feature version and parameters) → Parquet
-    under ``artifacts/snapshots/<feature_version>/<params_key>/`` → one row in quality.validation_runs
-    (suite_name 'feature_snapshot') and one in ml.feature_snapshots. A failed check still persists and records
-    the snapshot (for inspection), then raises ValidationFailed naming the as_of and rules, unless
-    ``raise_on_failure`` is False.
-    """
-    import json
-
-    from ml.errors import ValidationFailed
-
-    t = to_utc(as_of)
-    version = feature_version()
-    params = snapshot_params(settings)
-    key = _params_key(params)
-    frame = build_snapshot_frame(engine, t, settings)
-    if previous_rows is None:
-        previous_rows = _previous_rows(engine, version, key, t)
-    check = check_snapshot(frame, settings, previous_rows)
-    fingerprint = frame_fingerprint(frame)
-    uri = _snapshot_uri(settings, version, key, t)
-    write_snapshot_parquet(
-        frame, uri, {"feature_version": version, "fingerprint": fingerprint, "params": json.dumps(params)}
-    )
-    positives = int(frame["label"].sum())
-    with engine.begin() as conn:
-        validation_id = conn.execute(
-            sa.text(
-                "insert into quality.validation_runs (suite_name, file_name, file_uri, checksum_sha256, success, "
-                "row_count, statistics, results, failed_rules) values (:suite, :name, :uri, :fp, :ok, :rows, "
-                "cast(:stats as jsonb), cast(:results as jsonb), :failed) returning validation_id"
-            ),
-            {
-                "suite": SNAPSHOT_SUITE,
-                "name": uri.rsplit("/", 1)[-1],
-                "uri": uri,
-                "fp": fingerprint,
-                "ok": check.success,
-                "rows": len(frame),
-                "stats": json.dumps({**check.statistics, "previous_rows": previous_rows}),
-                "results": json.dumps(check.results),
-                "failed": check.failed_rules,
-            },
-        ).scalar_one()
-        snapshot_id = conn.execute(
-            sa.text(
-                "insert into ml.feature_snapshots (as_of, feature_version, params, params_key, row_count, positives, "
-                "uri, fingerprint, validation_id, success) values (:t, :v, cast(:p as jsonb), :k, :rows, :pos, :uri, "
-                ":fp, :vid, :ok) returning snapshot_id"
-            ),
-            {
-                "t": t, "v": version, "p": json.dumps(params), "k": key, "rows": len(frame), "pos": positives,
-                "uri": uri, "fp": fingerprint, "vid": validation_id, "ok": check.success,
-            },
-        ).scalar_one()
-    info = SnapshotInfo(
-        as_of=t, rows=len(frame), positives=positives, uri=uri, fingerprint=fingerprint, success=check.success,
-        snapshot_id=int(snapshot_id), validation_id=int(validation_id), failed_rules=tuple(check.failed_rules),
-    )
-    log.info(
-        "snapshot %s: %s rows, %s positives, checks %s (%s)", f"{t:%Y-%m-%d}", f"{len(frame):,}", f"{positives:,}",
-        "passed" if check.success else "FAILED", uri,
-    )
-    if not check.success and raise_on_failure:
-        raise ValidationFailed(
-            f"training snapshot at {t:%Y-%m-%d %H:%M} UTC failed {len(check.failed_rules)} check(s): "
-            + ", ".join(check.failed_rules[:10]) + f" (see {uri}, validation_id {validation_id})",
-            failures=[f"snapshot {t:%Y-%m-%d}: {rule}" for rule in check.failed_rules],
-        )
-    return frame, info
-
-
-def build_training_snapshots(
-    engine: Engine,
-    settings: Settings,
-    as_of_dates: list[dt.datetime | dt.date | str] | None = None,
-) -> TrainingSet:
-    """Training rows over several as_of dates (default :func:`snapshot_dates`), each snapshot checked, persisted
-    and recorded by :func:`build_training_snapshot` (which raises ValidationFailed on a failed check).
-
-    Raises ConfigError when there is no as_of date (too little history for one label horizon).
-    """
-    import hashlib
-
-    dates = sorted(to_utc(d) for d in as_of_dates) if as_of_dates is not None else snapshot_dates(engine, settings)
-    if not dates:
-        raise ConfigError(
-            "no training snapshot date: raw.events must cover at least active_window_days + label_horizon_days "
-            f"({settings.active_window_days} + {settings.label_horizon_days} days)"
-        )
-    version = feature_version()
-    frames: list[pd.DataFrame] = []
-    infos: list[SnapshotInfo] = []
-    previous: int | None = None
-    progress = Progress("training snapshots", total=len(dates), unit="snapshots", every_s=0.0)
-    for t in dates:
-        frame, info = build_training_snapshot(engine, t, settings, previous_rows=previous)
-        frames.append(frame)
-        infos.append(info)
-        previous = info.rows
-        progress.advance(1)
-    progress.finish()
-    digest = hashlib.sha256(version.encode())
-    for info in infos:
-        digest.update(f"{info.as_of.isoformat()}:{info.fingerprint}\n".encode())
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return TrainingSet(frame=frame, fingerprint=digest.hexdigest(), feature_version=version, snapshots=infos)
 
 
 def summarize_features(table: Any, seconds: float | None = None) -> dict[str, Any]:
@@ -1027,3 +531,22 @@ def summarize_features(table: Any, seconds: float | None = None) -> dict[str, An
         out["seconds"] = round(seconds, 2)
         out["rows_per_second"] = round(table.num_rows / seconds) if seconds > 0 else None
     return out
+
+
+# --- training snapshots (ml.snapshots), importable from here ----------------------------------------------------------
+_SNAPSHOT_NAMES = frozenset({
+    "SNAPSHOT_ANCHOR", "SNAPSHOT_SUITE", "SnapshotCheck", "SnapshotInfo", "TrainingSet", "build_snapshot_frame",
+    "build_snapshot_suite", "build_training_snapshot", "build_training_snapshots", "check_snapshot",
+    "event_time_range", "frame_fingerprint", "read_snapshot_parquet", "snapshot_dates", "snapshot_params",
+    "weekly_as_of_dates", "write_snapshot_parquet",
+})
+
+
+def __getattr__(name: str) -> Any:
+    """``ml.features.<snapshot name>``: resolved from :mod:`ml.snapshots` on first use. ml.snapshots imports this
+    module, so a top-level import here would be circular whenever ml.snapshots is imported first."""
+    if name in _SNAPSHOT_NAMES:
+        from ml import snapshots
+
+        return getattr(snapshots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

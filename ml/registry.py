@@ -14,13 +14,11 @@ fsspec URL (``s3://...``); remote artifacts are staged through a local temporary
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +27,7 @@ from sqlalchemy.engine import Engine
 from ml.ensemble import Ensemble
 from ml.errors import ModelError
 from ml.evaluate import GateDecision
+from ml.jsonutil import dumps
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def register_version(engine: Engine, mv: ModelVersion) -> ModelVersion:
     values = {k: getattr(mv, k) for k in _COLUMNS if k not in ("created_at", "promoted_at", "retired_at")}
     values["status"] = "candidate"
     for k in _JSON_COLUMNS:
-        values[k] = to_json(values[k])
+        values[k] = dumps(values[k])
     cols = ", ".join(values)
     binds = ", ".join(f"cast(:{k} as jsonb)" if k in _JSON_COLUMNS else f":{k}" for k in values)
     try:
@@ -154,9 +153,9 @@ def _record_decision(conn: sa.Connection, *, version: str, champion_version: str
         ),
         {
             "v": version, "c": champion_version, "a": action, "r": reason, "m": manual,
-            "cm": to_json(challenger_metrics),
-            "km": to_json(champion_metrics) if champion_metrics is not None else None,
-            "t": json.dumps(tolerances or {}), "by": decided_by,
+            "cm": dumps(challenger_metrics),
+            "km": dumps(champion_metrics) if champion_metrics is not None else None,
+            "t": dumps(tolerances or {}), "by": decided_by,
         },
     )
 
@@ -301,34 +300,6 @@ def load_version(engine: Engine, settings: Any = None, version: str | None = Non
     if list(ens.feature_names) != list(mv.features):
         raise ModelError(f"artifacts of {mv.version} list features that differ from the registry row")
     return mv, ens
-
-
-def _finite(obj: Any) -> Any:
-    """``obj`` with NaN/inf floats replaced by None (jsonb has no NaN)."""
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "item") and not hasattr(obj, "__len__"):
-        return _finite(obj.item())
-    return obj
-
-
-def to_json(obj: Any) -> str:
-    """JSON for a jsonb column: numpy scalars unwrapped, datetimes ISO, NaN/inf as null."""
-    return json.dumps(_finite(obj), default=_json_default)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, (dt.datetime, dt.date)):
-        return o.isoformat()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def fmt_metric(v: Any) -> str:

@@ -90,7 +90,7 @@ def test_bucket_hash_ranges_tile_the_hash_space_and_match_bucket_of(n_buckets: i
 @pytest.mark.parametrize(("bucket", "n_buckets"), [(0, 0), (8, 8), (-1, 4), (None, 4), (1, None), (0, 2**31)])
 def test_bad_buckets_are_refused(bucket: int | None, n_buckets: int | None) -> None:
     with pytest.raises(ValueError):
-        F._check_buckets(bucket, n_buckets)
+        F.check_buckets(bucket, n_buckets)
 
 
 def test_user_bucket_sql_quotes_and_refuses_values() -> None:
