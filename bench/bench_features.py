@@ -1,6 +1,6 @@
 """Benchmark: point-in-time pair features from PostgreSQL (ml.features) at scale.
 
-Builds (or, with --reuse, reuses) a database of synthetic REES46 events (ml.generate; the defaults give about 22M
+Builds (or, with --reuse, reuses) a database of synthetic REES46 events (ml.dev.generate; the defaults give about 22M
 events over 84 days and about 1.4M active pairs at the last labelled as_of), then measures in the same run:
 
 * ``item statistics``: the product/category/brand aggregate over every user's lookback events, materialised once
@@ -80,7 +80,7 @@ class Step:
 def prepare_database(server_url: str, name: str, n_users: int, n_products: int, days: int, reuse: bool) -> str:
     """Create (or reuse) database ``name`` on the server of ``server_url`` with generated events; return its URL."""
     from ml.db import make_engine, migrate
-    from ml.generate import GeneratorConfig, generate_events
+    from ml.dev.generate import GeneratorConfig, generate_events
     from ml.ingest import load_events_frame
 
     admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ml import features as F
     from ml.db import make_engine
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
     from ml.settings import get_settings
 
     base = get_settings()

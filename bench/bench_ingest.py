@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ml.db import make_engine
-    from ml.generate import GeneratorConfig, generate_events, write_daily_files
+    from ml.dev.generate import GeneratorConfig, generate_events, write_daily_files
     from ml.ingest import (
         ensure_partitions,
         event_days,
@@ -112,7 +112,7 @@ def main() -> None:
         load_events_table,
     )
     from ml.observe import setup_logging
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
     from ml.settings import get_settings
     from ml.validate import EVENT_COLUMNS, GxRunner, validate_bytes
 

@@ -5,7 +5,7 @@ run, on the same machine.
 What it does:
 
 1. makes a private database on the configured (or embedded) PostgreSQL, generates REES46-style events
-   (``ml.generate``), loads them, and trains one ensemble of realistic size (CatBoost depth 6, XGBoost depth 6 and
+   (``ml.dev.generate``), loads them, and trains one ensemble of realistic size (CatBoost depth 6, XGBoost depth 6 and
    LightGBM 31 leaves with ``--trees`` trees each, a LightGBM random forest with half as many) on weekly snapshots;
 2. runs the whole pipeline once on that data (``ml.score.run_scoring``: features SQL, predict, SHAP, insights, COPY,
    Great Expectations checks, partition swap) to measure the features stage on real SQL;
@@ -286,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml import features as F
     from ml.db import make_engine
-    from ml.generate import GeneratorConfig, generate_events
+    from ml.dev.generate import GeneratorConfig, generate_events
     from ml.ingest import load_events_frame
     from ml.score import load_model, run_scoring
-    from ml.services import resolve_services
+    from ml.dev.services import resolve_services
     from ml.settings import get_settings
 
     base_settings = get_settings()

@@ -47,8 +47,9 @@ from ml.buckets import (  # noqa: F401 - re-exported: scoring and tests import t
     user_hash32,
 )
 from ml.dates import utc_datetime
-from ml.db import libpq_url, read_sql
+from ml.db import read_sql
 from ml.errors import ConfigError
+from ml.pgcopy import connect
 from ml.observe import Progress
 from ml.settings import Settings
 
@@ -256,12 +257,6 @@ _SESSION_SQL = (
 )
 
 
-def _connect(engine: Engine):  # noqa: ANN202 - psycopg.Connection, imported lazily
-    import psycopg
-
-    return psycopg.connect(libpq_url(engine.url.render_as_string(hide_password=False)))
-
-
 def _copy_batches(
     engine: Engine,
     sql: str,
@@ -275,7 +270,7 @@ def _copy_batches(
 
     statement = to_pyformat(f"copy ({sql}) to stdout (format csv)")
     progress = Progress(what, unit="rows")
-    with _connect(engine) as conn, conn.cursor() as cur:
+    with connect(engine) as conn, conn.cursor() as cur:
         cur.execute(_SESSION_SQL, {"work_mem": settings.feature_work_mem})
         with cur.copy(statement, params) as copy:
             chunks = iter(copy)
@@ -428,7 +423,7 @@ def prepare_item_stats(
 
     window = FeatureWindow.at(as_of, settings)
     version = feature_version()
-    with _connect(engine) as conn, conn.cursor() as cur:
+    with connect(engine) as conn, conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 7262020))", (key,))
         row = cur.execute(
             "select as_of, since, feature_version from ml.feature_item_stats_keys where cache_key = %s", (key,)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import posixpath
 import time
@@ -40,6 +39,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from ml.errors import PipelineError, ValidationFailed
+from ml.jsonutil import dumps
 from ml.pgcopy import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US, connect
 
 if TYPE_CHECKING:
@@ -284,34 +284,17 @@ def record_validation(
     report_uri: str | None = None,
     dag_run_id: str | None = None,
 ) -> int:
-    """Insert one row of ``quality.validation_runs`` (committed at once) and return its validation_id."""
+    """Insert one row of ``quality.validation_runs`` for a file's report (committed at once); returns its id."""
+    from ml.quality import record_validation as record
+
     d = report.as_dict()
-    with engine.begin() as c:
-        return c.execute(
-            sa.text(
-                "insert into quality.validation_runs (suite_name, file_name, file_uri, checksum_sha256, success,"
-                " row_count, statistics, results, failed_rules, quarantine_uri, report_uri, data_docs_uri,"
-                " dag_run_id, validated_at)"
-                " values (:suite, :name, :uri, :sha, :ok, :rows, cast(:stats as jsonb), cast(:results as jsonb),"
-                " :failed, :q, :r, :docs, :run, :at) returning validation_id"
-            ),
-            {
-                "suite": report.suite_name,
-                "name": report.file_name,
-                "uri": report.file_uri,
-                "sha": report.checksum_sha256,
-                "ok": report.success,
-                "rows": report.row_count,
-                "stats": json.dumps(d["statistics"]),
-                "results": json.dumps(d["rules"]),
-                "failed": report.failed_rules,
-                "q": quarantine_uri,
-                "r": report_uri,
-                "docs": report.data_docs_uri,
-                "run": dag_run_id,
-                "at": report.validated_at,
-            },
-        ).scalar_one()
+    return record(
+        engine, suite_name=report.suite_name, file_name=report.file_name, file_uri=report.file_uri,
+        checksum_sha256=report.checksum_sha256, success=report.success, row_count=report.row_count,
+        statistics=d["statistics"], results=d["rules"], failed_rules=report.failed_rules,
+        quarantine_uri=quarantine_uri, report_uri=report_uri, data_docs_uri=report.data_docs_uri,
+        dag_run_id=dag_run_id, validated_at=report.validated_at,
+    )
 
 
 def ensure_partitions(engine: Engine, days: Sequence[dt.date]) -> None:
@@ -523,7 +506,7 @@ def _quarantine(
     report_uri = target + ".report.json"
     body = report.as_dict()
     body["quarantine_uri"] = target
-    _write_text(report_uri, json.dumps(body, indent=2, default=str) + "\n")
+    _write_text(report_uri, dumps(body, indent=2) + "\n")
     _write_text(target + ".summary.txt", report.summary_text())
     _put_file(source_uri, target, data, move=move)
     return target, report_uri

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ml.dates import utc_date
-from ml.db import libpq_url, read_sql
+from ml.db import read_sql
 from ml.errors import ConfigError, PublishError
 from ml.keyspace import KeySpace, decode_details, decode_reason, encode_details, encode_reason
 from ml.observe import Progress

@@ -43,13 +43,9 @@ DOCS_SITE = "propensity"
 @cache
 def gx() -> Any:
     """The ``great_expectations`` module, imported once per process with its logging and known warnings quieted."""
-    import warnings
-
     import great_expectations
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    # GX warns once per SQL datasource that is not one of its dialect-specific ones: expected for PostgreSQL here
-    warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
     return great_expectations
 
 
@@ -58,6 +54,11 @@ def ephemeral_context(docs_dir: str | None = None) -> Any:
     filesystem Data Docs site named :data:`DOCS_SITE` under it."""
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    import warnings
+
+    # GX warns once per SQL datasource that is not one of its dialect-specific ones: expected for PostgreSQL here.
+    # Set per context, not once per process: test runners and callers may reset the warning filters in between.
+    warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
     ctx = gx().get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     if docs_dir:

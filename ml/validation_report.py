@@ -141,10 +141,6 @@ class ValidationReport:
             "rules": [r.as_dict() for r in self.rules],
         }
 
-    # Transitional alias: ml.ingest (another branch of issue 12 renames its calls) still says to_dict; remove the
-    # alias once that branch is merged.
-    to_dict = as_dict
-
     def summary_text(self) -> str:
         """The human-readable summary written to ``<name>.summary.txt``: each failed rule, its failing count and
         sample rows with their line numbers."""

@@ -6,7 +6,6 @@ Expectations, then swap it in as the score date's partition of ``scoring.scores`
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -45,10 +44,9 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
 
     The outcome is recorded in ``quality.validation_runs`` (suite ``score_output``).
     """
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from ml.quality import GxRunner, gx, record_validation
 
+    gxe = gx().expectations
     with engine.connect() as conn:
         run = run_row(conn, run_id)
     if run is None or run.stage_table is None:
@@ -63,13 +61,8 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
                      {"percent": pct})
         sampled = conn.execute(sa.text(sql_text("count_rows", table=scoring_table(sample)))).scalar_one()
     try:
-        import warnings
-
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
-        ctx = gx.get_context(mode="ephemeral")
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        ds = ctx.data_sources.add_sql("scoring", connection_string=engine.url.render_as_string(hide_password=False))
+        runner = GxRunner()
+        ds = runner.context().data_sources.add_sql("scoring", connection_string=engine.url.render_as_string(hide_password=False))
         suites: list[tuple[Any, list[tuple[str, Any]]]] = [
             (ds.add_table_asset("stage", table_name=stage, schema_name="scoring"), [
                 ("row_count_equals_planned", gxe.ExpectTableRowCountToEqual(value=planned)),
@@ -97,17 +90,16 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
         checks: list[CheckResult] = []
         raw: list[dict[str, Any]] = []
         for asset, rules in suites:
-            suite = gx.ExpectationSuite(name=f"{_CHECK_SUITE}_{asset.name}", expectations=[e for _, e in rules])
-            batch = asset.add_batch_definition_whole_table("all").get_batch()
-            result = batch.validate(suite)
+            suite = gx().ExpectationSuite(name=f"{_CHECK_SUITE}_{asset.name}", expectations=[e for _, e in rules])
+            outcome = runner.validate_batch(suite, asset.add_batch_definition_whole_table("all").get_batch())
             by_type: dict[str, list[Any]] = {}
-            for r in result.results:
-                by_type.setdefault(r.expectation_config.type, []).append(r)
+            for r in outcome.expectations:
+                by_type.setdefault(r.expectation_type, []).append(r)
             for rule, exp in rules:
                 r = by_type[exp.expectation_type].pop(0)
                 observed = r.result.get("observed_value", r.result.get("unexpected_count"))
-                expected = json.dumps({k: v for k, v in exp.configuration.kwargs.items()
-                                       if k in ("value", "min_value", "max_value", "value_set")}, default=str)
+                expected = dumps({k: v for k, v in exp.configuration.kwargs.items()
+                                  if k in ("value", "min_value", "max_value", "value_set")})
                 checks.append(CheckResult(rule, bool(r.success), to_jsonable(observed), expected))
                 raw.append({"rule": rule, "success": bool(r.success), "observed": to_jsonable(observed),
                             "expected": expected, "result": to_jsonable(r.result)})
@@ -115,12 +107,10 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
         with engine.begin() as conn:
             conn.execute(drop_sample)
     failed = [c.rule for c in checks if not c.success]
-    with engine.begin() as conn:
-        conn.execute(sa.text(sql_text("check_record")), {
-            "suite_name": _CHECK_SUITE, "file_name": stage, "file_uri": f"postgresql:scoring.{stage}",
-            "success": not failed, "row_count": planned,
-            "statistics": dumps({"run_id": run_id, "score_date": str(run.score_date), "sampled_rows": sampled}),
-            "results": dumps(raw), "failed_rules": failed, "dag_run_id": run.orchestrator_run_id})
+    record_validation(engine, suite_name=_CHECK_SUITE, file_name=stage, file_uri=f"postgresql:scoring.{stage}",
+                      success=not failed, row_count=planned,
+                      statistics={"run_id": run_id, "score_date": str(run.score_date), "sampled_rows": sampled},
+                      results=raw, failed_rules=failed, dag_run_id=run.orchestrator_run_id)
     return checks
 
 

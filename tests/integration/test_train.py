@@ -44,7 +44,7 @@ def drop_database(server_pg_url: str, url: str) -> None:
 
 
 def load_generated_events(url: str, **config: object) -> pd.DataFrame:
-    """Generate events (ml.generate) and COPY them into raw.events (daily partitions first); return them."""
+    """Generate events (ml.dev.generate) and COPY them into raw.events (daily partitions first); return them."""
     import psycopg
 
     from ml.db import libpq_url
