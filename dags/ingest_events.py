@@ -35,25 +35,14 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, schedule_for, task_resources
+from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, parse_time_setting, schedule_for, task_resources
 
 log = logging.getLogger(__name__)
 
 
-def _schedule() -> str | None:
-    """settings.ingest_schedule, read from the environment only (no I/O at parse time)."""
-    from ml.settings import get_settings
-
-    try:
-        cron = get_settings().ingest_schedule
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing
-        cron = "@hourly"
-    return schedule_for(cron)
-
-
 @dag(
     dag_id="ingest_events",
-    schedule=_schedule(),
+    schedule=schedule_for(parse_time_setting("ingest_schedule", "@hourly")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -68,18 +68,24 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
+def parse_time_setting(field: str, default: Any) -> Any:
+    """``settings.<field>`` for use at DAG-parse time: read from the environment only (no I/O), and ``default`` when
+    the environment holds an invalid value, so a bad env var never breaks parsing (the production value holds)."""
+    from ml.settings import get_settings
+
+    try:
+        return getattr(get_settings(), field)
+    except Exception:  # noqa: BLE001 - pydantic's ValidationError and anything a validator raises
+        log.warning("invalid PROPENSITY_%s in the environment: parsing with %r", field.upper(), default)
+        return default
+
+
 def schedule_for(timetable: Any, assets: Any = None) -> Any:
     """A DAG's schedule: its timetable (cron string or timetable), OR'ed with ``assets`` when given. With
     ``settings.time_schedules`` off, only the assets (or nothing: manual runs only). Reads the environment only."""
     from airflow.sdk import AssetOrTimeSchedule
 
-    from ml.settings import get_settings
-
-    try:
-        timed = get_settings().time_schedules
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing; keep the production schedule
-        timed = True
-    if not timed:
+    if not parse_time_setting("time_schedules", True):
         return assets
     if assets is None:
         return timetable

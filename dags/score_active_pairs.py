@@ -38,19 +38,9 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, schedule_for, task_resources
+from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, parse_time_setting, schedule_for, task_resources
 
 log = logging.getLogger(__name__)
-
-
-def _db_pool() -> str:
-    """The pool of the COPY-writing tasks, from settings (environment only: no I/O at parse time)."""
-    from ml.settings import get_settings
-
-    try:
-        return get_settings().score_db_pool
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing
-        return "propensity_db_writers"
 
 
 @dag(
@@ -96,7 +86,7 @@ def score_active_pairs() -> None:
         ctx["ti"].xcom_push(key="run_id", value=p.run_id)
         return [b.as_dict() for b in p.batches]
 
-    @task(pool=_db_pool(), map_index_template="bucket {{ bucket }}")
+    @task(pool=parse_time_setting("score_db_pool", "propensity_db_writers"), map_index_template="bucket {{ bucket }}")
     def score_bucket(batch: dict[str, Any]) -> dict[str, Any]:
         """Features -> probability -> exact SHAP -> insights -> COPY into the stage, for one bucket."""
         from ml.score import score_batch

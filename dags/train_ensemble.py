@@ -31,23 +31,20 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, EVENTS, MODEL, TAGS, schedule_for, task_resources
+from pipeline_common import (
+    DEFAULT_ARGS,
+    EVENTS,
+    MODEL,
+    TAGS,
+    parse_time_setting,
+    schedule_for,
+    task_resources,
+)
 
 log = logging.getLogger(__name__)
 
 WEEKLY = CronTriggerTimetable("0 2 * * 0", timezone="UTC")  # Sunday 02:00 UTC
 MEMBERS = ["catboost", "xgboost", "lightgbm", "random_forest"]
-
-
-def _schedule() -> Any:
-    """Weekly; plus the Asset `events` when settings.train_on_new_events (read from the environment, no I/O)."""
-    from ml.settings import get_settings
-
-    try:
-        on_events = get_settings().train_on_new_events
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing; the weekly schedule still holds
-        on_events = False
-    return schedule_for(WEEKLY, EVENTS if on_events else None)
 
 
 def _staging_dir(settings: Any, context: Any) -> Path:
@@ -60,7 +57,8 @@ def _staging_dir(settings: Any, context: Any) -> Path:
 
 @dag(
     dag_id="train_ensemble",
-    schedule=_schedule(),
+    # weekly; plus the Asset `events` when PROPENSITY_TRAIN_ON_NEW_EVENTS
+    schedule=schedule_for(WEEKLY, EVENTS if parse_time_setting("train_on_new_events", False) else None),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -143,7 +143,8 @@ def prepare_training_data(
     data up to ``as_of``, default: all data) and wrap them as :class:`TrainingData`."""
     from ml import features
 
-    dates = features.snapshot_dates(engine, settings, end=utc_datetime(as_of, what="as_of") if as_of is not None else None)
+    end = utc_datetime(as_of, what="as_of") if as_of is not None else None
+    dates = features.snapshot_dates(engine, settings, end=end)
     if not dates:
         raise ModelError(f"no labelled training snapshot before {as_of or 'the end of the data'}: load more events")
     ts = features.build_training_snapshots(engine, settings, as_of_dates=dates)

@@ -95,7 +95,8 @@ def test_publish_and_rollback_tasks_use_a_redis_cluster(dag_env, world: World, c
         version_meta,
     )
 
-    monkeypatch.setenv("AIRFLOW_CONN_PROPENSITY_REDIS", json.dumps({"conn_type": "redis", "extra": {"url": cluster_url}}))
+    monkeypatch.setenv("AIRFLOW_CONN_PROPENSITY_REDIS",
+                       json.dumps({"conn_type": "redis", "extra": {"url": cluster_url}}))
     monkeypatch.setenv("PROPENSITY_REDIS_CLUSTER", "true")
     s = dag_env.model_copy(update={"redis_url": cluster_url, "redis_cluster": True})
     cluster = connect_redis(s)
