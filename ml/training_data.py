@@ -8,7 +8,8 @@ named by the data's fingerprint plus a JSON sidecar: what DAG tasks pass to each
 :func:`split_training_data` turns it into :class:`PreparedData`: float64 matrices of the train / validation / holdout
 parts. Raises :class:`ml.errors.ModelError` naming what is wrong with the data.
 
-Both :mod:`ml.train` and :mod:`ml.report` import this module (and neither imports the other's internals).
+Both :mod:`ml.train` and :mod:`ml.report` import this module, so the report no longer imports :mod:`ml.train`
+(the dependency is one way: ml.train -> ml.report -> ml.training_data).
 """
 
 from __future__ import annotations
