@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     from ml.db import make_engine
     from ml.dev.services import resolve_services
     from ml.settings import Settings, get_settings
-    from ml.train import prepare_training_data, run_training, split_training_data, train_prepared
+    from ml.train import run_training, train_prepared
+    from ml.training_data import prepare_training_data, split_training_data
     from ml.tune import open_storage, study_name
 
     server = args.server_url or resolve_services(get_settings()).postgres_url

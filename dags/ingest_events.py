@@ -35,25 +35,14 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, pipeline_settings, schedule_for
+from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, parse_time_setting, schedule_for, task_resources
 
 log = logging.getLogger(__name__)
 
 
-def _schedule() -> str | None:
-    """settings.ingest_schedule, read from the environment only (no I/O at parse time)."""
-    from ml.settings import get_settings
-
-    try:
-        cron = get_settings().ingest_schedule
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing
-        cron = "@hourly"
-    return schedule_for(cron)
-
-
 @dag(
     dag_id="ingest_events",
-    schedule=_schedule(),
+    schedule=schedule_for(parse_time_setting("ingest_schedule", "@hourly")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -73,42 +62,36 @@ def ingest_events() -> None:
     @task
     def discover(params: dict[str, Any] | None = None) -> list[str]:
         """Migrate, then list the files to ingest (paths/URLs only go through XCom)."""
-        from ml.db import make_engine, migrate
+        from ml.dates import utc_date
+        from ml.db import migrate
         from ml.ingest import discover_files
 
         params = params or {}
-        s = pipeline_settings()
-        engine = make_engine(s.postgres_url)
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
-        files = discover_files(s, params.get("path") or None, date=params.get("date"), limit=params.get("max_files"))
+        day = utc_date(params["date"], what="date param").isoformat() if params.get("date") else None
+        with task_resources() as res:
+            migrate(res.engine)
+            files = discover_files(res.settings, params.get("path") or None, date=day, limit=params.get("max_files"))
         log.info("%d file(s) to ingest%s", len(files), "".join(f"\n  {f}" for f in files))
         return files
 
     @task(map_index_template="{{ file_name }}", max_active_tis_per_dagrun=4)
     def validate_and_load(path: str) -> dict[str, Any]:
         """Validate one file; load it exactly once, or quarantine it and fail naming every broken rule."""
+        import dataclasses
         import posixpath
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ml.db import make_engine
         from ml.ingest import ingest_file
 
         ctx = get_current_context()
         ctx["file_name"] = posixpath.basename(path)  # type: ignore[typeddict-unknown-key] - map_index_template
-        s = pipeline_settings()
-        engine = make_engine(s.postgres_url)
-        try:
-            result = ingest_file(path, s, engine, dag_run_id=str(ctx["run_id"]))
-        finally:
-            engine.dispose()
+        with task_resources() as res:
+            result = ingest_file(path, res.settings, res.engine, dag_run_id=str(ctx["run_id"]))
         if result.status == "quarantined":
             # the file is in quarantine now: a retry would find nothing, so fail without retrying
             raise AirflowFailException(result.message)
-        return result.to_dict()
+        return dataclasses.asdict(result)  # IngestResult is a flat dataclass: its fields are the XCom value
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[EVENTS])
     def emit_events(results: Any, outlet_events: Any = None) -> dict[str, Any]:
@@ -129,10 +112,12 @@ def ingest_events() -> None:
         return extra
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
-    def summarize(paths: list[str], results: Any) -> dict[str, Any]:
+    def summarize(paths: list[str] | None, results: Any) -> dict[str, Any]:
         """One line per file; fail the run if any file was quarantined or failed (the good ones already loaded)."""
         from airflow.sdk.exceptions import AirflowFailException
 
+        if paths is None:  # discover itself failed (e.g. a missing connection): its log names the cause
+            raise AirflowFailException("discover failed: no file was listed or ingested; see the discover task log")
         done = {r["source_uri"]: r for r in (results or []) if r}
         by_status: dict[str, int] = {}
         for r in done.values():

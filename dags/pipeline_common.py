@@ -1,18 +1,26 @@
-"""Airflow glue shared by every DAG of this project: Assets, connection ids, default args, callbacks, and the
-resolution of Airflow connections into plain URLs handed to ``ml`` functions.
+"""Airflow glue shared by every DAG of this project: Assets, connection ids, default args, callbacks, the
+resolution of Airflow connections into plain URLs handed to ``ml`` functions, and :func:`task_resources`, the one
+context manager a task opens to get settings, an engine and a Redis client.
 
-Nothing here touches a database, hook or Variable at import (DAG-parse) time.
+Nothing here touches a database, hook or Variable at import (DAG-parse) time. A connection that is missing is a
+:class:`ml.errors.ConfigError` naming its id, never an embedded server: this module does not import
+``ml.services`` (development tooling).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ml.errors import ConfigError
     from ml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,18 +68,24 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
+def parse_time_setting(field: str, default: Any) -> Any:
+    """``settings.<field>`` for use at DAG-parse time: read from the environment only (no I/O), and ``default`` when
+    the environment holds an invalid value, so a bad env var never breaks parsing (the production value holds)."""
+    from ml.settings import get_settings
+
+    try:
+        return getattr(get_settings(), field)
+    except Exception:  # noqa: BLE001 - pydantic's ValidationError and anything a validator raises
+        log.warning("invalid PROPENSITY_%s in the environment: parsing with %r", field.upper(), default)
+        return default
+
+
 def schedule_for(timetable: Any, assets: Any = None) -> Any:
     """A DAG's schedule: its timetable (cron string or timetable), OR'ed with ``assets`` when given. With
     ``settings.time_schedules`` off, only the assets (or nothing: manual runs only). Reads the environment only."""
     from airflow.sdk import AssetOrTimeSchedule
 
-    from ml.settings import get_settings
-
-    try:
-        timed = get_settings().time_schedules
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing; keep the production schedule
-        timed = True
-    if not timed:
+    if not parse_time_setting("time_schedules", True):
         return assets
     if assets is None:
         return timetable
@@ -79,6 +93,8 @@ def schedule_for(timetable: Any, assets: Any = None) -> Any:
 
 
 def _conn_url(conn_id: str) -> str | None:
+    """The URL of Airflow connection ``conn_id`` (``extra.url`` when given, else the connection's URI; ``postgres://``
+    normalised to ``postgresql://``), or None when the connection is not defined."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -92,10 +108,24 @@ def _conn_url(conn_id: str) -> str | None:
     return url
 
 
+def _missing(conn_id: str, fallback_env: str, example: str) -> ConfigError:
+    from ml.errors import ConfigError
+
+    return ConfigError(
+        f"Airflow connection {conn_id!r} is not defined: set AIRFLOW_CONN_{conn_id.upper()} (a URI such as "
+        f"{example}, or JSON with extra.url), define it in the Airflow UI or secrets backend, or set "
+        f"{fallback_env}. No embedded server is started inside an Airflow task."
+    )
+
+
 def pipeline_settings(**overrides: Any) -> Settings:
-    """Settings for a task: URLs from the Airflow connections when they exist, else ``PROPENSITY_*`` env, else the
-    embedded services (started on demand). The returned Settings always carries concrete URLs."""
-    from ml.services import resolve_services
+    """Settings for a task. The URLs come from the Airflow connections ``propensity_postgres`` / ``propensity_redis``;
+    a connection that is not defined falls back to ``PROPENSITY_POSTGRES_URL`` / ``PROPENSITY_REDIS_URL`` only when
+    that setting is explicitly set (environment or ``.env``). Keyword ``overrides`` win over both.
+
+    The Postgres URL is required: without it this raises :class:`ml.errors.ConfigError` naming the connection id.
+    A missing Redis URL leaves ``settings.redis_url`` None; :attr:`TaskResources.redis` raises the same kind of error
+    when a task asks for Redis. Nothing is ever started here (no embedded server in production)."""
     from ml.settings import get_settings
 
     found = {
@@ -104,5 +134,57 @@ def pipeline_settings(**overrides: Any) -> Settings:
         if url
     }
     s = get_settings(**{**found, **overrides})
-    svc = resolve_services(s)
-    return s.model_copy(update={"postgres_url": svc.postgres_url, "redis_url": svc.redis_url})
+    if not s.postgres_url:
+        raise _missing(PG_CONN_ID, "PROPENSITY_POSTGRES_URL", "postgresql://user:pw@host:5432/db")
+    return s
+
+
+class TaskResources:
+    """What one task run needs: ``settings`` (URLs resolved from the Airflow connections), and, created on first use,
+    an SQLAlchemy ``engine`` on the pipeline database and a ``redis`` client (``ml.publish.connect_redis``: a
+    ``RedisCluster`` when ``settings.redis_cluster``). :meth:`close` disposes/closes only what was created."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+        self._redis: Any = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from ml.db import make_engine
+
+            self._engine = make_engine(self.settings.postgres_url)
+        return self._engine
+
+    @property
+    def redis(self) -> Any:
+        if self._redis is None:
+            if not self.settings.redis_url:
+                raise _missing(REDIS_CONN_ID, "PROPENSITY_REDIS_URL", "redis://:pw@host:6379/0")
+            from ml.publish import connect_redis
+
+            self._redis = connect_redis(self.settings)
+        return self._redis
+
+    def close(self) -> None:
+        client, engine = self._redis, self._engine
+        self._redis = self._engine = None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+
+@contextmanager
+def task_resources(**overrides: Any) -> Iterator[TaskResources]:
+    """``with task_resources() as res:`` -> ``res.settings``, ``res.engine``, ``res.redis`` (see
+    :class:`TaskResources`); everything created is released when the block exits, also on error.
+    ``overrides``: Settings fields that win over connections and environment."""
+    res = TaskResources(pipeline_settings(**overrides))
+    try:
+        yield res
+    finally:
+        res.close()

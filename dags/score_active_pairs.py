@@ -38,25 +38,9 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, pipeline_settings, schedule_for
+from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, parse_time_setting, schedule_for, task_resources
 
 log = logging.getLogger(__name__)
-
-
-def _db_pool() -> str:
-    """The pool of the COPY-writing tasks, from settings (environment only: no I/O at parse time)."""
-    from ml.settings import get_settings
-
-    try:
-        return get_settings().score_db_pool
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing
-        return "propensity_db_writers"
-
-
-def _engine(s: Any) -> Any:
-    from ml.db import make_engine
-
-    return make_engine(s.postgres_url)
 
 
 @dag(
@@ -90,33 +74,27 @@ def score_active_pairs() -> None:
     @task
     def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Plan the run; returns one descriptor per bucket (no data in XCom). Also pushes XCom `run_id`."""
+        from ml.dates import utc_date
         from ml.score import plan_run
 
         ctx = get_current_context()
-        score_date = params.get("score_date") or ctx.get("logical_date") or ctx["dag_run"].run_after
-        s = pipeline_settings()
-        engine = _engine(s)
-        try:
-            p = plan_run(engine, s, score_date, model_version=params.get("model_version"),
+        day = utc_date(params.get("score_date") or ctx.get("logical_date") or ctx["dag_run"].run_after,
+                       what="score_date")
+        with task_resources() as res:
+            p = plan_run(res.engine, res.settings, day, model_version=params.get("model_version"),
                          n_buckets=params.get("buckets"), orchestrator_run_id=str(ctx["run_id"]))
-        finally:
-            engine.dispose()
         ctx["ti"].xcom_push(key="run_id", value=p.run_id)
         return [b.as_dict() for b in p.batches]
 
-    @task(pool=_db_pool(), map_index_template="bucket {{ bucket }}")
+    @task(pool=parse_time_setting("score_db_pool", "propensity_db_writers"), map_index_template="bucket {{ bucket }}")
     def score_bucket(batch: dict[str, Any]) -> dict[str, Any]:
         """Features -> probability -> exact SHAP -> insights -> COPY into the stage, for one bucket."""
         from ml.score import score_batch
 
         ctx = get_current_context()
         ctx["bucket"] = batch["bucket"]  # type: ignore[typeddict-unknown-key] - rendered by map_index_template
-        s = pipeline_settings()
-        engine = _engine(s)
-        try:
-            return score_batch(engine, s, batch).as_dict()
-        finally:
-            engine.dispose()
+        with task_resources() as res:
+            return score_batch(res.engine, res.settings, batch).as_dict()
 
     @task(outlets=[SCORES])
     def finalize(planned: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,12 +103,8 @@ def score_active_pairs() -> None:
 
         ctx = get_current_context()
         run_id = planned[0]["run_id"]
-        s = pipeline_settings()
-        engine = _engine(s)
-        try:
-            summary = finalize_run(engine, s, run_id)
-        finally:
-            engine.dispose()
+        with task_resources() as res:
+            summary = finalize_run(res.engine, res.settings, run_id)
         ctx["outlet_events"][SCORES].extra = {"score_date": summary.score_date.isoformat(), "run_id": run_id,
                                               "model_version": summary.model_version,
                                               "scored_pairs": summary.scored_pairs}
@@ -138,31 +112,24 @@ def score_active_pairs() -> None:
 
     @task
     def publish(summary: dict[str, Any]) -> dict[str, Any]:
-        """Hot scores of the date to Redis as a new version, then the pointer flip."""
-        import redis
-
+        """Hot scores of the date to Redis (a Redis Cluster when PROPENSITY_REDIS_CLUSTER) as a new version, then the
+        pointer flip."""
+        from ml.dates import utc_date
         from ml.publish import publish_version
 
-        s = pipeline_settings()
-        engine = _engine(s)
-        client = redis.Redis.from_url(s.redis_url)
-        try:
-            return publish_version(engine, client, s, summary["score_date"]).as_dict()
-        finally:
-            client.close()
-            engine.dispose()
+        day = utc_date(summary["score_date"], what="score_date")
+        with task_resources() as res:
+            return publish_version(res.engine, res.redis, res.settings, day).as_dict()
 
     @task
     def drift(summary: dict[str, Any]) -> dict[str, float | None]:
         """PSI of scores and features vs the previous score date -> monitoring.metrics."""
+        from ml.dates import utc_date
         from ml.drift import record_drift
 
-        s = pipeline_settings()
-        engine = _engine(s)
-        try:
-            metrics = record_drift(engine, s, summary["score_date"])
-        finally:
-            engine.dispose()
+        day = utc_date(summary["score_date"], what="score_date")
+        with task_resources() as res:
+            metrics = record_drift(res.engine, res.settings, day)
         return {f"{m.kind}:{m.name}": m.value for m in metrics}
 
     @task(trigger_rule=TriggerRule.ONE_FAILED)
@@ -175,28 +142,16 @@ def score_active_pairs() -> None:
         if not run_id:
             log.warning("no scoring run was planned; nothing to mark")
             return
-        s = pipeline_settings()
-        engine = _engine(s)
-        try:
-            fail_run(engine, run_id, f"a task of DAG run {ctx['run_id']} failed; see its task logs")
-        finally:
-            engine.dispose()
+        with task_resources() as res:
+            fail_run(res.engine, run_id, f"a task of DAG run {ctx['run_id']} failed; see its task logs")
 
     @task
     def rollback_redis() -> dict[str, Any]:
-        """Flip the Redis pointer back to the version served before the current one."""
-        import redis
-
+        """Flip the Redis pointer (cluster-aware) back to the version served before the current one."""
         from ml.publish import rollback_version
 
-        s = pipeline_settings()
-        engine = _engine(s)
-        client = redis.Redis.from_url(s.redis_url)
-        try:
-            result = rollback_version(client, s, engine=engine)
-        finally:
-            client.close()
-            engine.dispose()
+        with task_resources() as res:
+            result = rollback_version(res.redis, res.settings, engine=res.engine)
         log.warning("Redis rolled back: version %s -> %s (score_date %s)", result.from_version, result.to_version,
                     result.score_date)
         return result.as_dict()

@@ -26,11 +26,20 @@ skip training and are recorded in `ml.gate_decisions` with reason "manual". CLI 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
-from pipeline_common import DEFAULT_ARGS, EVENTS, MODEL, TAGS, pipeline_settings, schedule_for
+from pipeline_common import (
+    DEFAULT_ARGS,
+    EVENTS,
+    MODEL,
+    TAGS,
+    parse_time_setting,
+    schedule_for,
+    task_resources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +47,18 @@ WEEKLY = CronTriggerTimetable("0 2 * * 0", timezone="UTC")  # Sunday 02:00 UTC
 MEMBERS = ["catboost", "xgboost", "lightgbm", "random_forest"]
 
 
-def _schedule() -> Any:
-    """Weekly; plus the Asset `events` when settings.train_on_new_events (read from the environment, no I/O)."""
-    from ml.settings import get_settings
-
-    try:
-        on_events = get_settings().train_on_new_events
-    except Exception:  # noqa: BLE001 - a bad env var must not break parsing; the weekly schedule still holds
-        on_events = False
-    return schedule_for(WEEKLY, EVENTS if on_events else None)
-
-
-def _run_key(context: dict[str, Any]) -> str:
-    """A filesystem-safe key of this DAG run (staging folder of its members)."""
+def _staging_dir(settings: Any, context: Any) -> Path:
+    """This DAG run's staging folder of tuned members: ``<artifacts>/staging/<filesystem-safe run id>``."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(context["run_id"]))[:120]
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(context["run_id"]))[:120]
+    return Path(settings.location("artifacts")) / "staging" / key
 
 
 @dag(
     dag_id="train_ensemble",
-    schedule=_schedule(),
+    # weekly; plus the Asset `events` when PROPENSITY_TRAIN_ON_NEW_EVENTS
+    schedule=schedule_for(WEEKLY, EVENTS if parse_time_setting("train_on_new_events", False) else None),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -93,74 +93,42 @@ def train_ensemble() -> None:
         """Training snapshots -> Parquet; returns one descriptor (data path, member) per member to train."""
         from pathlib import Path
 
-        from ml.db import make_engine
-        from ml.train import prepare_training_data, save_training_data
+        from ml.dates import utc_date
+        from ml.training_data import prepare_training_data, save_training_data
 
         ctx = get_current_context()
-        s = pipeline_settings()
-        as_of = params.get("as_of") or ctx.get("logical_date") or ctx["dag_run"].run_after
-        engine = make_engine(s.postgres_url)
-        try:
-            data = prepare_training_data(engine, s, as_of)
-        finally:
-            engine.dispose()
-        path = save_training_data(data, Path(s.location("artifacts")) / "training")
+        as_of = utc_date(params.get("as_of") or ctx.get("logical_date") or ctx["dag_run"].run_after, what="as_of")
+        with task_resources() as res:
+            data = prepare_training_data(res.engine, res.settings, as_of)
+            path = save_training_data(data, Path(res.settings.location("artifacts")) / "training")
         log.info("training data: %d rows, fingerprint %s -> %s", len(data.frame), data.fingerprint[:16], path)
         return [{"data_uri": path, "member": m} for m in params["members"]]
 
     @task(map_index_template="{{ member }}")
     def tune_member(data_uri: str, member: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tune + fit one member; the model is staged in its native format, only its path goes to XCom."""
-        from pathlib import Path
-
-        from ml.train import fit_member, load_training_data, split_training_data, stage_member
+        from ml.train import tune_and_stage_member
 
         ctx = get_current_context()
         ctx["member"] = member  # type: ignore[typeddict-unknown-key] - rendered by map_index_template
-        s = pipeline_settings()
-        prepared = split_training_data(load_training_data(data_uri), s)
-        res = fit_member(prepared, member, s, n_trials=params.get("n_trials"), timeout=params.get("timeout"),
-                         postgres_url=s.postgres_url)
-        staged = stage_member(res, Path(s.location("artifacts")) / "staging" / _run_key(ctx) / member)
-        log.info("%s: best val loss %.5f after %d complete / %d pruned trials (study %s)", member,
-                 res.best_value, res.n_complete, res.n_pruned, res.study_name)
-        return {"member": member, "data_uri": data_uri, "file": staged["file"],
-                "tuning_file": str(Path(staged["file"]).parent / f"{member}.tuning.json")}
+        with task_resources() as res:
+            staged = tune_and_stage_member(data_uri, member, res.settings, _staging_dir(res.settings, ctx) / member,
+                                           n_trials=params.get("n_trials"), timeout=params.get("timeout"))
+        return staged.as_dict()
 
     @task(outlets=[MODEL])
     def evaluate_and_register(staged: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Blend + calibrate + evaluate, save artifacts, register, apply the gate; emits Asset `model`."""
-        import json
         import shutil
-        from pathlib import Path
 
-        from ml.db import make_engine
-        from ml.train import (
-            assemble_ensemble,
-            load_staged_member,
-            load_training_data,
-            register_result,
-            split_training_data,
-        )
+        from ml.train import register_staged_members
 
         ctx = get_current_context()
-        s = pipeline_settings()
-        staged = list(staged)
-        data_uri = staged[0]["data_uri"]
-        prepared = split_training_data(load_training_data(data_uri), s)
-        fitted, tuning = {}, {}
-        for item in staged:
-            summary = json.loads(Path(item["tuning_file"]).read_text())
-            fitted[item["member"]], tuning[item["member"]] = load_staged_member(summary)
-        result = assemble_ensemble(prepared, fitted, tuning, s)
-        engine = make_engine(s.postgres_url)
-        try:
-            reg = register_result(engine, s, result, prepared, data_uri=data_uri,
-                                  force_promote=bool(params.get("force_promote")), dag_run_id=str(ctx["run_id"]))
-        finally:
-            engine.dispose()
-        log.info("version %s: %s. %s", reg.version, reg.status, reg.decision.reason)
-        shutil.rmtree(Path(s.location("artifacts")) / "staging" / _run_key(ctx), ignore_errors=True)
+        with task_resources() as res:
+            reg = register_staged_members(res.engine, res.settings, list(staged),
+                                          force_promote=bool(params.get("force_promote")),
+                                          dag_run_id=str(ctx["run_id"]))
+            shutil.rmtree(_staging_dir(res.settings, ctx), ignore_errors=True)
         ctx["outlet_events"][MODEL].extra = {"version": reg.version, "status": reg.status}
         return {"version": reg.version, "status": reg.status, "reason": reg.decision.reason}
 
@@ -169,15 +137,10 @@ def train_ensemble() -> None:
         """The HTML model report; its link is logged here."""
         from pathlib import Path
 
-        from ml.db import make_engine
         from ml.report import write_version_report
 
-        s = pipeline_settings()
-        engine = make_engine(s.postgres_url)
-        try:
-            uri = write_version_report(engine, s, registered["version"])
-        finally:
-            engine.dispose()
+        with task_resources() as res:
+            uri = write_version_report(res.engine, res.settings, registered["version"])
         link = uri if "://" in uri else Path(uri).as_uri()
         log.info("MODEL REPORT for %s (%s): %s", registered["version"], registered["status"], link)
         return link
@@ -187,25 +150,21 @@ def train_ensemble() -> None:
         """action=promote: make `version` champion; action=rollback: restore the previous champion."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ml.db import make_engine
         from ml.errors import ModelError
         from ml.registry import promote_version, rollback_champion
 
         ctx = get_current_context()
-        s = pipeline_settings()
-        engine = make_engine(s.postgres_url)
-        try:
-            if params["action"] == "promote":
-                if not params.get("version"):
-                    raise AirflowFailException("action=promote needs the `version` param")
-                mv = promote_version(engine, params["version"], reason=f"DAG run {ctx['run_id']}",
-                                     decided_by=str(ctx["run_id"]))
-            else:
-                mv = rollback_champion(engine, reason=f"DAG run {ctx['run_id']}", decided_by=str(ctx["run_id"]))
-        except ModelError as e:  # an unknown version or nothing to roll back to: retrying cannot help
-            raise AirflowFailException(str(e)) from e
-        finally:
-            engine.dispose()
+        if params["action"] == "promote" and not params.get("version"):
+            raise AirflowFailException("action=promote needs the `version` param")
+        reason, by = f"DAG run {ctx['run_id']}", str(ctx["run_id"])
+        with task_resources() as res:
+            try:
+                if params["action"] == "promote":
+                    mv = promote_version(res.engine, params["version"], reason=reason, decided_by=by)
+                else:
+                    mv = rollback_champion(res.engine, reason=reason, decided_by=by)
+            except ModelError as e:  # an unknown version or nothing to roll back to: retrying cannot help
+                raise AirflowFailException(str(e)) from e
         log.info("champion is now %s", mv.version)
         ctx["outlet_events"][MODEL].extra = {"version": mv.version, "status": mv.status}
         return {"version": mv.version, "status": mv.status}

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from ml.ensemble import MEMBER_NAMES, Ensemble, member_kind
 from ml.evaluate import METRIC_NAMES, curves
 from ml.settings import Settings
+from ml.training_data import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,6 @@ def write_version_report(engine: Engine, settings: Settings, version: str) -> st
     """Render and write the report of ``version`` (registry row, artifacts, its training data when still on disk,
     the champion for comparison); record ``report_uri``; return it."""
     from ml import registry
-    from ml.train import load_training_data
 
     row, ensemble = registry.load_version(engine, settings, version, threads=settings.train_threads)
     holdout = y = w = None

@@ -1,5 +1,6 @@
-"""Training: time-based splits, per-member Optuna tuning, the log-odds blend, Platt calibration, holdout
-evaluation, registration and the champion/challenger gate.
+"""Training: per-member Optuna tuning, the log-odds blend, Platt calibration, holdout evaluation, registration and
+the champion/challenger gate. The training data itself (type, file form, time-based split) lives in
+:mod:`ml.training_data`; its public names are re-exported here.
 
 Two entry points:
 
@@ -9,19 +10,18 @@ Two entry points:
   ``ml.model_versions``, the gate and the HTML report. The CLI ``propensity train`` calls it.
 
 The DAG runs the same steps as separate tasks, passing file paths (never data) between them:
-:func:`prepare_training_data` + :func:`save_training_data` -> :func:`fit_member` + :func:`stage_member` (one task per
-member) -> :func:`assemble_ensemble` + :func:`register_result` -> :func:`ml.report.write_version_report`.
+:func:`prepare_training_data` + :func:`save_training_data` -> :func:`tune_and_stage_member` (one task per member) ->
+:func:`register_staged_members` -> :func:`ml.report.write_version_report`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,225 +29,35 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from ml.ensemble import (
-    MEMBER_NAMES,
-    Blend,
-    Ensemble,
-    FittedMember,
-    as_matrix,
-    fit_blend,
-    fit_platt,
-    library_versions,
-    member_kind,
-    nan_fill_values,
-    sigmoid,
-)
+from ml.ensemble import MEMBER_NAMES, Blend, Ensemble, FittedMember, fit_blend, fit_platt, member_kind, sigmoid
 from ml.errors import ModelError
-from ml.evaluate import GateDecision, Split, best_f1_threshold, decide_gate, holdout_metrics, split_by_time
+from ml.evaluate import GateDecision, best_f1_threshold, decide_gate, holdout_metrics
+from ml.jsonutil import dumps
 from ml.observe import Progress
+from ml.report import write_version_report
 from ml.settings import Settings
+from ml.training_data import (  # the data's public names stay importable from ml.train
+    PreparedData,
+    TrainingData,
+    as_training_data,
+    fingerprint_frame,
+    frame_from_table,
+    load_training_data,
+    prepare_training_data,
+    save_training_data,
+    split_training_data,
+)
 from ml.tune import TuneResult, open_storage, study_name, tune_member
 
+__all__ = [
+    "PreparedData", "Registered", "StagedMember", "TrainResult", "TrainingData", "TrainingRun", "as_training_data",
+    "assemble_ensemble", "evaluate_champion", "fingerprint_frame", "fit_member", "frame_from_table",
+    "load_staged_member", "load_training_data", "prepare_training_data", "register_result", "register_staged_members",
+    "run_training", "save_training_data", "split_training_data", "stage_member", "train_ensemble", "train_prepared",
+    "tune_and_stage_member", "tuning_summary",
+]
+
 log = logging.getLogger(__name__)
-
-
-# --- the data -----------------------------------------------------------------------------------------------------
-@dataclass
-class TrainingData:
-    """A labelled table for training. One row = one example (for us: a (user, product) pair at a snapshot time).
-
-    ``frame`` holds ``feature_names`` (numeric), ``label`` (0/1), ``time`` (snapshot time, UTC timestamps or any
-    sortable value) and optionally ``weight`` (row weight, e.g. 1/negative-sampling rate) and ``group`` (user id for
-    hit-rate@10). ``label_horizon``: how far past ``time`` a label looks (purges overlapping rows in the split).
-    """
-
-    frame: pd.DataFrame
-    feature_names: list[str]
-    fingerprint: str = ""
-    label: str = "label"
-    time: str = "as_of"
-    weight: str | None = "weight"
-    group: str | None = "user_id"
-    label_horizon: dt.timedelta | None = None
-
-    def __post_init__(self) -> None:
-        cols = set(self.frame.columns)
-        missing = [c for c in [*self.feature_names, self.label, self.time] if c not in cols]
-        if missing:
-            raise ModelError(f"training data lacks column(s) {missing}")
-        if self.weight and self.weight not in cols:
-            self.weight = None
-        if self.group and self.group not in cols:
-            self.group = None
-        if not self.fingerprint:
-            self.fingerprint = fingerprint_frame(self.frame)
-
-
-def fingerprint_frame(frame: pd.DataFrame) -> str:
-    """sha256 over column names and pandas' row hashes: the same table gives the same fingerprint."""
-    h = hashlib.sha256(json.dumps([str(c) for c in frame.columns]).encode())
-    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return h.hexdigest()
-
-
-def as_training_data(
-    obj: Any, feature_names: Sequence[str] | None = None, settings: Settings | None = None
-) -> TrainingData:
-    """Accept a :class:`TrainingData`, the features' ``TrainingSet`` (``.frame``, ``.fingerprint``; feature list from
-    ``ml.features.FEATURE_COLUMNS`` unless given) or a DataFrame with ``as_of``/``label`` columns."""
-    if isinstance(obj, TrainingData):
-        return obj
-    horizon = dt.timedelta(days=settings.label_horizon_days) if settings is not None else None
-    if hasattr(obj, "frame"):
-        if feature_names is None:
-            from ml.features import FEATURE_COLUMNS
-
-            feature_names = FEATURE_COLUMNS
-        return TrainingData(obj.frame, list(feature_names), getattr(obj, "fingerprint", "") or "",
-                            label_horizon=horizon)
-    if isinstance(obj, pd.DataFrame):
-        if feature_names is None:
-            skip = {"as_of", "label", "weight", "user_id", "product_id"}
-            feature_names = [c for c in obj.columns if c not in skip]
-        return TrainingData(obj, list(feature_names), label_horizon=horizon)
-    raise ModelError(f"cannot train on a {type(obj).__name__}; pass TrainingData, a TrainingSet or a DataFrame")
-
-
-def frame_from_table(
-    df: pd.DataFrame,
-    *,
-    label: str,
-    time: str,
-    group: str | None = None,
-    weight: str | None = None,
-    drop: Sequence[str] = (),
-) -> TrainingData:
-    """Turn a generic labelled table into :class:`TrainingData`: every column other than label/time/group/weight/
-    ``drop`` becomes a feature; booleans -> 0/1, text/categorical -> ordinal codes of the sorted categories (NaN stays
-    NaN; trees split on codes, which is what the members need); the label becomes 0/1 (booleans, "TRUE"/"FALSE",
-    numbers)."""
-    out = pd.DataFrame(index=df.index)
-    feats: list[str] = []
-    special = {label, time, *(c for c in (group, weight) if c), *drop}
-    for c in df.columns:
-        if c in special:
-            continue
-        col = df[c]
-        if pd.api.types.is_bool_dtype(col):
-            out[c] = col.astype("float64")
-        elif pd.api.types.is_numeric_dtype(col):
-            out[c] = col.astype("float64")
-        else:
-            cats = sorted(col.dropna().astype(str).unique())
-            out[c] = col.astype(str).map({v: float(i) for i, v in enumerate(cats)}).where(col.notna())
-        feats.append(str(c))
-    y = df[label]
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        y = y.astype(str).str.strip().str.lower().map({"true": 1, "false": 0, "1": 1, "0": 0, "yes": 1, "no": 0})
-        if y.isna().any():
-            raise ModelError(f"label column {label!r} has values other than true/false/1/0/yes/no")
-    out["label"] = y.astype("float64")
-    out["as_of"] = df[time]
-    if group:
-        out[group] = df[group]
-    if weight:
-        out["weight"] = df[weight].astype("float64")
-    return TrainingData(out, feats, label="label", time="as_of", weight="weight" if weight else None, group=group)
-
-
-def prepare_training_data(
-    engine: Engine, settings: Settings, as_of: dt.datetime | dt.date | str | None = None
-) -> TrainingData:
-    """Build the weekly training snapshots with :mod:`ml.features` (snapshots whose label horizon is covered by
-    data up to ``as_of``, default: all data) and wrap them as :class:`TrainingData`."""
-    from ml import features
-
-    dates = features.snapshot_dates(engine, settings, end=features.to_utc(as_of) if as_of is not None else None)
-    if not dates:
-        raise ModelError(f"no labelled training snapshot before {as_of or 'the end of the data'}: load more events")
-    ts = features.build_training_snapshots(engine, settings, as_of_dates=dates)
-    return as_training_data(ts, features.FEATURE_COLUMNS, settings)
-
-
-def save_training_data(data: TrainingData, directory: str | Path) -> str:
-    """Write ``data`` as ``<directory>/<fingerprint[:16]>.parquet`` plus a JSON sidecar; return the parquet path.
-    Re-saving the same data is a no-op."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{data.fingerprint[:16]}.parquet"
-    meta = {
-        "feature_names": data.feature_names, "fingerprint": data.fingerprint, "label": data.label,
-        "time": data.time, "weight": data.weight, "group": data.group,
-        "label_horizon_s": data.label_horizon.total_seconds() if data.label_horizon else None,
-    }
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        data.frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    return str(path)
-
-
-def load_training_data(path: str | Path) -> TrainingData:
-    """Read what :func:`save_training_data` wrote."""
-    p = Path(path)
-    meta = json.loads(p.with_suffix(".json").read_text())
-    horizon = dt.timedelta(seconds=meta["label_horizon_s"]) if meta.get("label_horizon_s") else None
-    return TrainingData(pd.read_parquet(p), meta["feature_names"], meta["fingerprint"], meta["label"], meta["time"],
-                        meta["weight"], meta["group"], horizon)
-
-
-# --- splitting ----------------------------------------------------------------------------------------------------
-@dataclass
-class PreparedData:
-    """The split, as float64 matrices (NaN fill applied) plus labels, weights and groups per part."""
-
-    data: TrainingData
-    split: Split
-    X: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-    w: dict[str, np.ndarray]
-    groups: dict[str, np.ndarray | None]
-    nan_fill: dict[str, float]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.data.feature_names
-
-    @property
-    def window(self) -> dict[str, Any]:
-        return self.split.window()
-
-
-def split_training_data(data: TrainingData, settings: Settings) -> PreparedData:
-    """Time-based train/validation/holdout split (see :func:`ml.evaluate.split_by_time`) and checks that make
-    training meaningful: labels in {0, 1}, positives and negatives in train and validation, finite weights > 0.
-    Raises :class:`ModelError` naming what is wrong."""
-    f = data.frame
-    y_all = pd.to_numeric(f[data.label], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(y_all).any() or not np.isin(y_all, (0.0, 1.0)).all():
-        raise ModelError(f"label column {data.label!r} must hold only 0 and 1")
-    split = split_by_time(f[data.time], validation_snapshots=settings.validation_snapshots,
-                          label_horizon=data.label_horizon)
-    nan_fill = nan_fill_values(data.feature_names)
-    X_all = as_matrix(f, data.feature_names, nan_fill)
-    if np.isinf(X_all).any():
-        bad = [n for j, n in enumerate(data.feature_names) if np.isinf(X_all[:, j]).any()]
-        raise ModelError(f"features hold +/-inf: {bad[:5]}")
-    w_all = f[data.weight].to_numpy(dtype=np.float64) if data.weight else np.ones(len(f))
-    if not np.isfinite(w_all).all() or (w_all <= 0).any():
-        raise ModelError(f"weight column {data.weight!r} must be finite and > 0")
-    g_all = f[data.group].to_numpy() if data.group else None
-    parts = {"train": split.train, "validation": split.validation, "holdout": split.holdout}
-    X = {k: np.ascontiguousarray(X_all[idx]) for k, idx in parts.items()}
-    y = {k: y_all[idx] for k, idx in parts.items()}
-    for k in ("train", "validation"):
-        if y[k].min() == y[k].max():
-            raise ModelError(f"the {k} part has a single class ({int(y[k][0])}); more snapshots or data are needed")
-    return PreparedData(
-        data=data, split=split, X=X, y=y, w={k: w_all[idx] for k, idx in parts.items()},
-        groups={k: (g_all[idx] if g_all is not None else None) for k, idx in parts.items()}, nan_fill=nan_fill,
-    )
 
 
 # --- members ------------------------------------------------------------------------------------------------------
@@ -303,7 +113,7 @@ def stage_member(result: TuneResult, directory: str | Path) -> dict[str, Any]:
     path = d / kind.file_name
     kind.save(result.fitted.model, path)
     summary = {"member": result.member, "file": str(path), **tuning_summary(result)}
-    (d / f"{result.member}.tuning.json").write_text(json.dumps(summary, default=_json_default, indent=2))
+    (d / f"{result.member}.tuning.json").write_text(dumps(summary, indent=2))
     return summary
 
 
@@ -312,6 +122,42 @@ def load_staged_member(summary: Mapping[str, Any]) -> tuple[FittedMember, dict[s
     kind = member_kind(summary["member"])
     model = kind.load(Path(summary["file"]))
     return FittedMember(summary["member"], model, kind.n_trees(model), dict(summary["best_params"])), dict(summary)
+
+
+@dataclass(frozen=True)
+class StagedMember:
+    """One tuned member on disk: the model file in its native format and its tuning summary (``tuning_file``, JSON),
+    trained on the data at ``data_uri``. What a DAG task hands to the next one (paths, never data)."""
+
+    member: str
+    data_uri: str
+    file: str
+    tuning_file: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tune_and_stage_member(
+    data_uri: str,
+    member: str,
+    settings: Settings,
+    staging_dir: str | Path,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+) -> StagedMember:
+    """Tune and fit one member on the training data saved at ``data_uri`` (see :func:`save_training_data`) and stage
+    it under ``staging_dir``. The Optuna study lives in ``settings.postgres_url`` (schema ``experiments``), so a
+    retried call resumes it. ``n_trials``/``timeout`` (seconds): budget, default from settings."""
+    prepared = split_training_data(load_training_data(data_uri), settings)
+    res = fit_member(prepared, member, settings, n_trials=n_trials, timeout=timeout,
+                     postgres_url=settings.postgres_url)
+    staged = stage_member(res, staging_dir)
+    log.info("%s: best val loss %.5f after %d complete / %d pruned trials (study %s)", member,
+             res.best_value, res.n_complete, res.n_pruned, res.study_name)
+    return StagedMember(member, data_uri, staged["file"],
+                        str(Path(staged["file"]).parent / f"{member}.tuning.json"))
 
 
 # --- assembling and evaluating ------------------------------------------------------------------------------------
@@ -546,6 +392,32 @@ def register_result(
     return Registered(version, row.status, decision, uri)
 
 
+def register_staged_members(
+    engine: Engine,
+    settings: Settings,
+    staged: Sequence[StagedMember | Mapping[str, Any]],
+    *,
+    force_promote: bool = False,
+    dag_run_id: str | None = None,
+) -> Registered:
+    """The members staged by :func:`tune_and_stage_member` (all on the same ``data_uri``), blended, calibrated and
+    evaluated (:func:`assemble_ensemble`), then registered with the gate applied (:func:`register_result`)."""
+    items = [s if isinstance(s, StagedMember) else StagedMember(**s) for s in staged]
+    if not items:
+        raise ModelError("no staged member to register")
+    data_uri = items[0].data_uri
+    prepared = split_training_data(load_training_data(data_uri), settings)
+    fitted, tuning = {}, {}
+    for item in items:
+        summary = json.loads(Path(item.tuning_file).read_text())
+        fitted[item.member], tuning[item.member] = load_staged_member(summary)
+    result = assemble_ensemble(prepared, fitted, tuning, settings)
+    reg = register_result(engine, settings, result, prepared, data_uri=data_uri, force_promote=force_promote,
+                          dag_run_id=dag_run_id)
+    log.info("version %s: %s. %s", reg.version, reg.status, reg.decision.reason)
+    return reg
+
+
 @dataclass
 class TrainingRun:
     """The outcome of :func:`run_training`."""
@@ -588,18 +460,8 @@ def run_training(
                           dag_run_id=dag_run_id)
     report_uri = None
     if write_report:
-        from ml.report import write_version_report
-
         report_uri = write_version_report(engine, settings, reg.version)
     timings = {**timings, **result.timings, "total_s": time.perf_counter() - t0}
     log.info("model %s registered as %s (%s); report %s", reg.version, reg.status, reg.decision.reason, report_uri)
     return TrainingRun(reg.version, reg.status, reg.decision, reg.artifact_uri, report_uri, result.metrics, timings,
                        result.tuning)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, (dt.datetime, dt.date, pd.Timestamp)):
-        return o.isoformat()
-    return str(o)

@@ -22,6 +22,12 @@ app = FastAPI(title="Propensity pipeline page", docs_url=None, redoc_url=None)
 
 
 def _pipeline_url() -> str:
+    """The ``propensity_postgres`` connection's URL (env-var connection: a URI or JSON with extra.url), else an
+    explicitly set ``PROPENSITY_POSTGRES_URL``; otherwise a :class:`ml.errors.ConfigError` naming the connection
+    (served as a 503). Never starts or looks for an embedded server."""
+    from ml.errors import ConfigError
+    from ml.settings import get_settings
+
     raw = os.environ.get("AIRFLOW_CONN_PROPENSITY_POSTGRES", "")
     if raw.startswith("{"):
         conn = json.loads(raw)
@@ -30,12 +36,11 @@ def _pipeline_url() -> str:
         url = raw
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
-    if url:
-        return url
-    from ml.services import resolve_services
-    from ml.settings import get_settings
-
-    return resolve_services(get_settings(), start=False).postgres_url
+    url = url or get_settings().postgres_url or ""
+    if not url:
+        raise ConfigError("Airflow connection 'propensity_postgres' is not defined for the api-server: set "
+                          "AIRFLOW_CONN_PROPENSITY_POSTGRES (a URI or JSON with extra.url) or PROPENSITY_POSTGRES_URL")
+    return url
 
 
 def _reports_root() -> Path:
@@ -48,8 +53,13 @@ def _reports_root() -> Path:
 def page() -> str:
     from ml.dashboard import collect_dashboard, render_dashboard
     from ml.db import make_engine
+    from ml.errors import ConfigError
 
-    engine = make_engine(_pipeline_url())
+    try:
+        url = _pipeline_url()
+    except ConfigError as e:
+        raise HTTPException(status_code=503, detail=str(e)) from e
+    engine = make_engine(url)
     try:
         data = collect_dashboard(engine)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from tests.integration.test_publish_cluster import cluster_url  # noqa: F401 - a 3-node Redis Cluster fixture
 from tests.integration.test_score import World, build_world, drop_world
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
@@ -72,6 +73,57 @@ def test_nightly_run_scores_publishes_and_records_drift(dag_env, world: World, r
         assert current_version(redis_client, dag_env) == v1
         rollback_version(redis_client, dag_env, to_version=v2)  # leave the newest served
     finally:
+        engine.dispose()
+
+
+def test_publish_and_rollback_tasks_use_a_redis_cluster(dag_env, world: World, cluster_url: str,  # noqa: F811
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PROPENSITY_REDIS_CLUSTER on, the DAG's publish and rollback_redis tasks talk to the cluster (a plain
+    redis.Redis client there fails with MOVED on most keys)."""
+    import json
+
+    from score_active_pairs import score_active_pairs_dag as dag
+
+    from ml.db import make_engine
+    from ml.publish import (
+        KeySpace,
+        connect_redis,
+        current_version,
+        publish_version,
+        read_hot_items,
+        stored_versions,
+        version_meta,
+    )
+
+    monkeypatch.setenv("AIRFLOW_CONN_PROPENSITY_REDIS",
+                       json.dumps({"conn_type": "redis", "extra": {"url": cluster_url}}))
+    monkeypatch.setenv("PROPENSITY_REDIS_CLUSTER", "true")
+    s = dag_env.model_copy(update={"redis_url": cluster_url, "redis_cluster": True})
+    cluster = connect_redis(s)
+    engine = make_engine(world.url)
+    try:
+        assert current_version(cluster, s) is None  # a private key prefix: nothing published under it yet
+        # every param given: dag.test() keeps an earlier run's conf in the shared DAG object's params
+        run = dag.test(run_conf={"score_date": "2019-11-05", "buckets": 1, "rollback_redis": False})
+        assert run.state == "success", _task_states(run)
+        version = current_version(cluster, s)
+        assert version is not None and version_meta(cluster, s, version)["score_date"] == "2019-11-05"
+        ks = KeySpace(s.redis_prefix)
+        keys = list(cluster.scan_iter(match=ks.version_glob(), count=1000))  # SCAN on every node
+        assert keys and {ks.version_of(k) for k in keys} == {version}
+        assert len({cluster.keyslot(k) for k in keys}) > 1  # spread over slots (and so over nodes)
+        with engine.connect() as c:
+            user, product = c.execute(sa.text("select user_id, product_id from scoring.scores where score_date = "
+                                              "'2019-11-05' order by probability desc limit 1")).one()
+        served_version, items = read_hot_items(cluster, s, user)
+        assert served_version == version and product == items[0].product_id  # the user's best pair comes first
+
+        newer = publish_version(engine, cluster, s, "2019-11-05").version
+        back = dag.test(run_conf={"rollback_redis": True})
+        assert back.state == "success", _task_states(back)
+        assert current_version(cluster, s) == version and stored_versions(cluster, s)[-1] == newer
+    finally:
+        cluster.close()
         engine.dispose()
 
 

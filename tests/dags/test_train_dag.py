@@ -85,7 +85,8 @@ def test_weekly_run_trains_registers_reports_then_manual_actions(airflow_db, dag
 
         # a second version (trained in-process on the run's saved training data), promoted through the DAG's params
         from ml.settings import Settings
-        from ml.train import load_training_data, register_result, split_training_data, train_prepared
+        from ml.train import register_result, train_prepared
+        from ml.training_data import load_training_data, split_training_data
 
         s = Settings(postgres_url=dag_db, state_dir=airflow_conns.state_dir, train_threads=1)
         prepared = split_training_data(load_training_data(row["training_window"]["data_uri"]), s)

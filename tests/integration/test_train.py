@@ -115,7 +115,8 @@ def trained(gen_engine: sa.Engine, gen_settings: Settings) -> dict:
     import datetime as _dt
 
     from ml import features as F
-    from ml.train import TrainingData, run_training, split_training_data
+    from ml.train import run_training
+    from ml.training_data import TrainingData, split_training_data
 
     dates = F.snapshot_dates(gen_engine, gen_settings)
     frame = pd.concat([F.build_snapshot_frame(gen_engine, d, gen_settings) for d in dates], ignore_index=True)

@@ -29,7 +29,8 @@ def shoppers() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def result(shoppers: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory):
-    from ml.train import frame_from_table, train_ensemble
+    from ml.train import train_ensemble
+    from ml.training_data import frame_from_table
 
     data = frame_from_table(shoppers, label="Revenue", time="as_of", drop=["Month"])
     settings = Settings(state_dir=tmp_path_factory.mktemp("generic"), train_threads=1)
