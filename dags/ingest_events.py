@@ -67,7 +67,7 @@ def ingest_events() -> None:
         from ml.ingest import discover_files
 
         params = params or {}
-        day = utc_date(params["date"], what="date param").isoformat() if params.get("date") else None
+        day = utc_date(params["date"], what="date param") if params.get("date") else None
         with task_resources() as res:
             migrate(res.engine)
             files = discover_files(res.settings, params.get("path") or None, date=day, limit=params.get("max_files"))

@@ -4,7 +4,7 @@ context manager a task opens to get settings, an engine and a Redis client.
 
 Nothing here touches a database, hook or Variable at import (DAG-parse) time. A connection that is missing is a
 :class:`ml.errors.ConfigError` naming its id, never an embedded server: this module does not import
-``ml.services`` (development tooling).
+``ml.dev.services`` (development tooling).
 """
 
 from __future__ import annotations

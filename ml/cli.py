@@ -424,12 +424,13 @@ def ingest(
     from ml.db import migrate as run_migrations
     from ml.ingest import discover_files, ingest_files
 
+    day = _date_option(date, "--date") if date else None
     s = settings()
     engine = pg_engine(s)
     run_migrations(engine)
     found: list[str] = []
     for p in paths or [s.location("landing")]:
-        found += discover_files(s, p, date=date, limit=10**9)
+        found += discover_files(s, p, date=day, limit=10**9)
     results = ingest_files(found, s, engine)
     for r in results:
         if as_json:

@@ -170,13 +170,13 @@ def file_format(name: str) -> tuple[str, str | None]:
 
 
 def discover_files(
-    settings: Settings, location: str | None = None, *, date: str | None = None, limit: int | None = None
+    settings: Settings, location: str | None = None, *, date: dt.date | None = None, limit: int | None = None
 ) -> list[str]:
     """New event files under ``location`` (default: the landing location), oldest name first.
 
     Recursive; skips hidden or temporary names (a path part starting with ``.`` or ``_``: writers should upload
     under such a name and rename) and the archive/quarantine locations if they sit inside landing. ``date``
-    (``YYYY-MM-DD``) keeps files whose name holds that date (``2019-10-01`` or ``20191001``). ``location`` may be one
+    (a UTC ``dt.date``) keeps files whose name holds that date (``2019-10-01`` or ``20191001``). ``location`` may be one
     file. Returns local paths or URLs; ``limit`` caps the count (default settings.ingest_max_files_per_run)."""
     base = location or settings.location("landing")
     fs, root = _fs(base)
@@ -188,7 +188,7 @@ def discover_files(
     else:
         candidates = sorted(fs.find(root))
     skip = [settings.location("archive"), settings.location("quarantine")]
-    tokens = [date, date.replace("-", "")] if date else []
+    tokens = [date.isoformat(), f"{date:%Y%m%d}"] if date else []
     out: list[str] = []
     for p in candidates:
         rel = posixpath.relpath(p, root) if p != root else posixpath.basename(p)

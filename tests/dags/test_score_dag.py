@@ -85,8 +85,8 @@ def test_publish_and_rollback_tasks_use_a_redis_cluster(dag_env, world: World, c
     from score_active_pairs import score_active_pairs_dag as dag
 
     from ml.db import make_engine
+    from ml.keyspace import KeySpace
     from ml.publish import (
-        KeySpace,
         connect_redis,
         current_version,
         publish_version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def test_discover_skips_uploads_in_progress_and_processed_folders(tmp_path: Path
         (landing / rel).write_bytes(b"x")
     found = [Path(p).relative_to(landing).as_posix() for p in discover_files(s)]
     assert found == ["b/events_2019-10-02.csv", "c.csv.gz", "events_2019-10-01.csv", "events_20191001.parquet"]
-    dated = [Path(p).name for p in discover_files(s, date="2019-10-01")]
+    dated = [Path(p).name for p in discover_files(s, date=dt.date(2019, 10, 1))]
     assert dated == ["events_2019-10-01.csv", "events_20191001.parquet"]
     assert len(discover_files(s, limit=2)) == 2
     one = landing / "c.csv.gz"
