@@ -3,7 +3,7 @@
 One feature definition serves training and nightly scoring: the parameterised SQL in ``sql/features/``
 (``pair_features.sql`` including ``active_pairs.sql`` and ``item_stats.sql``). This module binds the parameters,
 streams the result out with ``COPY ... TO STDOUT`` (psycopg 3) straight into Arrow. Training snapshots (build, GX
-check, persist, record, fingerprints) live in :mod:`ml.snapshots` and user hash buckets in :mod:`ml.buckets`; their
+check, persist, record, fingerprints) live in :mod:`ml.snapshots` (import them from there) and user hash buckets in :mod:`ml.buckets`; their
 public names are importable from here too. No value is ever formatted into SQL text: the only text substitution is
 the inclusion of those static SQL files by name.
 
@@ -526,22 +526,3 @@ def summarize_features(table: Any, seconds: float | None = None) -> dict[str, An
         out["seconds"] = round(seconds, 2)
         out["rows_per_second"] = round(table.num_rows / seconds) if seconds > 0 else None
     return out
-
-
-# --- training snapshots (ml.snapshots), importable from here ----------------------------------------------------------
-_SNAPSHOT_NAMES = frozenset({
-    "SNAPSHOT_ANCHOR", "SNAPSHOT_SUITE", "SnapshotCheck", "SnapshotInfo", "TrainingSet", "build_snapshot_frame",
-    "build_snapshot_suite", "build_training_snapshot", "build_training_snapshots", "check_snapshot",
-    "event_time_range", "frame_fingerprint", "read_snapshot_parquet", "snapshot_dates", "snapshot_params",
-    "weekly_as_of_dates", "write_snapshot_parquet",
-})
-
-
-def __getattr__(name: str) -> Any:
-    """``ml.features.<snapshot name>``: resolved from :mod:`ml.snapshots` on first use. ml.snapshots imports this
-    module, so a top-level import here would be circular whenever ml.snapshots is imported first."""
-    if name in _SNAPSHOT_NAMES:
-        from ml import snapshots
-
-        return getattr(snapshots, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

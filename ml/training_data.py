@@ -142,13 +142,13 @@ def prepare_training_data(
 ) -> TrainingData:
     """Build the weekly training snapshots with :mod:`ml.features` (snapshots whose label horizon is covered by
     data up to ``as_of``, default: all data) and wrap them as :class:`TrainingData`."""
-    from ml import features
+    from ml import snapshots
 
     end = utc_datetime(as_of, what="as_of") if as_of is not None else None
-    dates = features.snapshot_dates(engine, settings, end=end)
+    dates = snapshots.snapshot_dates(engine, settings, end=end)
     if not dates:
         raise ModelError(f"no labelled training snapshot before {as_of or 'the end of the data'}: load more events")
-    ts = features.build_training_snapshots(engine, settings, as_of_dates=dates)
+    ts = snapshots.build_training_snapshots(engine, settings, as_of_dates=dates)
     return as_training_data(ts, features.FEATURE_COLUMNS, settings)
 
 
