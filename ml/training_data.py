@@ -140,9 +140,9 @@ def frame_from_table(
 def prepare_training_data(
     engine: Engine, settings: Settings, as_of: dt.datetime | dt.date | str | None = None
 ) -> TrainingData:
-    """Build the weekly training snapshots with :mod:`ml.features` (snapshots whose label horizon is covered by
+    """Build the weekly training snapshots with :mod:`ml.snapshots` (snapshots whose label horizon is covered by
     data up to ``as_of``, default: all data) and wrap them as :class:`TrainingData`."""
-    from ml import snapshots
+    from ml import features, snapshots
 
     end = utc_datetime(as_of, what="as_of") if as_of is not None else None
     dates = snapshots.snapshot_dates(engine, settings, end=end)
