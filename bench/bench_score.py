@@ -282,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging("INFO")
     logging.getLogger("bench_score").setLevel("INFO")
-    import pandas as pd
 
     from ml import features as F
     from ml.db import make_engine

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from ml import features as F
-from ml.db import libpq_url, make_engine, migrate
+from ml.db import libpq_url, make_engine
 from ml.errors import ConfigError
 from ml.settings import Settings
 

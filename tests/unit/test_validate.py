@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
-import json
 import struct
 import uuid
 from pathlib import Path
