@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("ml.progress").setLevel(logging.WARNING)
 
     from ml import features as F
+    from ml import snapshots as S
     from ml.db import make_engine
     from ml.dev.services import resolve_services
     from ml.settings import get_settings
@@ -253,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings(postgres_url=url, feature_buckets=args.buckets)
     load_before = os.getloadavg()[0]
 
-    span = F.event_time_range(engine)
+    span = S.event_time_range(engine)
     assert span is not None, "no events"
-    as_of = F.snapshot_dates(engine, settings)[-1]
+    as_of = S.snapshot_dates(engine, settings)[-1]
     window = F.FeatureWindow.at(as_of, settings)
     with engine.connect() as c:
         n_events = c.execute(sa.text("select count(*) from raw.events")).scalar_one()

@@ -531,7 +531,7 @@ def snapshots_cmd(
 ) -> None:
     """Build training snapshots (features + labels) at weekly as_of dates: each checked with Great Expectations,
     written as Parquet under artifacts/snapshots/ and recorded in ml.feature_snapshots."""
-    from ml import features as F
+    from ml import snapshots as S
     from ml.db import migrate as run_migrations
 
     s = settings()
@@ -540,11 +540,11 @@ def snapshots_cmd(
     if as_of:
         dates = [_time_option(d, "--as-of") for d in as_of]
     else:
-        dates = F.snapshot_dates(engine, s, end=_time_option(end, "--end") if end else None)
+        dates = S.snapshot_dates(engine, s, end=_time_option(end, "--end") if end else None)
     if list_only:
         typer.echo("\n".join(f"{d:%Y-%m-%d %H:%M}" for d in dates) or "no snapshot date: too little history")
         return
-    ts = F.build_training_snapshots(engine, s, dates)
+    ts = S.build_training_snapshots(engine, s, dates)
     for info in ts.snapshots:
         typer.echo(f"{info.as_of:%Y-%m-%d}  rows {info.rows:>10,}  positives {info.positives:>8,}  {info.uri}")
     typer.echo(f"fingerprint {ts.fingerprint} (feature version {ts.feature_version})")

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from ml import features as F
+from ml import snapshots as S
 from ml.db import libpq_url, make_engine
 from ml.errors import ConfigError
 from ml.settings import Settings
@@ -186,7 +187,7 @@ def test_hand_checked_features_equal_sql(feat_engine, fs, hand_loaded) -> None: 
 def test_hand_checked_labels(feat_engine, fs, hand_loaded) -> None:  # noqa: ANN001
     labels = F.build_labels(feat_engine, AS_OF, fs)
     assert {(int(r.user_id), int(r.product_id)): int(r.label) for r in labels.itertuples()} == EXPECTED_LABELS
-    snap = F.build_snapshot_frame(feat_engine, AS_OF, fs)
+    snap = S.build_snapshot_frame(feat_engine, AS_OF, fs)
     assert {(int(r.user_id), int(r.product_id)): int(r.label) for r in snap.itertuples()} == EXPECTED_LABELS
     assert (snap["weight"] == 1.0).all()
 
@@ -236,7 +237,7 @@ def test_future_events_leave_features_unchanged(feat_engine, feat_url, fs, gener
     assert set(changed.index) == set(negatives)
     assert (changed == 1).all()
     # the same rows through the training path: features unchanged, labels changed
-    snap = F.build_snapshot_frame(feat_engine, as_of, fs)
+    snap = S.build_snapshot_frame(feat_engine, as_of, fs)
     pd.testing.assert_frame_equal(snap[["user_id", "product_id", *F.FEATURE_COLUMNS]], before)
 
 
@@ -369,7 +370,7 @@ def test_real_rees46_sample_yields_features(feat_engine, feat_url, fs, rees46_sa
     np.testing.assert_array_equal(
         idx["product_viewers"], viewers.reindex(idx.index.get_level_values(1)).fillna(0).to_numpy()
     )
-    check = F.check_snapshot(F.build_snapshot_frame(feat_engine, as_of, fs), fs)
+    check = S.check_snapshot(S.build_snapshot_frame(feat_engine, as_of, fs), fs)
     assert check.success, check.failed_rules
 
 
@@ -378,21 +379,21 @@ def test_training_snapshots_are_checked_persisted_and_reproducible(feat_engine, 
     cfg = generated["config"]
     first = dt.datetime.combine(cfg.start, dt.time(), dt.UTC)
     last = first + dt.timedelta(days=cfg.days) - dt.timedelta(seconds=1)
-    dates = F.weekly_as_of_dates(first, last, fs)
+    dates = S.weekly_as_of_dates(first, last, fs)
     assert dates and all(d.weekday() == 0 and d.hour == 0 for d in dates)
     assert dates[-1] + dt.timedelta(days=fs.label_horizon_days) <= last + dt.timedelta(seconds=1)
 
     chosen = [generated["as_of"] - dt.timedelta(days=7), generated["as_of"]]
-    ts = F.build_training_snapshots(feat_engine, fs, chosen)
+    ts = S.build_training_snapshots(feat_engine, fs, chosen)
     assert list(ts.frame.columns) == ["as_of", "user_id", "product_id", *F.FEATURE_COLUMNS, "label", "weight"]
     assert [s.as_of for s in ts.snapshots] == chosen and all(s.success for s in ts.snapshots)
     assert ts.frame["label"].sum() == sum(s.positives for s in ts.snapshots) > 0
-    again = F.build_training_snapshots(feat_engine, fs, chosen)
+    again = S.build_training_snapshots(feat_engine, fs, chosen)
     assert again.fingerprint == ts.fingerprint and len(ts.fingerprint) == 64
 
-    stored = F.read_snapshot_parquet(ts.snapshots[1].uri)
+    stored = S.read_snapshot_parquet(ts.snapshots[1].uri)
     pd.testing.assert_frame_equal(stored, ts.frame[ts.frame.as_of == chosen[1]].reset_index(drop=True))
-    assert F.frame_fingerprint(stored) == ts.snapshots[1].fingerprint
+    assert S.frame_fingerprint(stored) == ts.snapshots[1].fingerprint
     with feat_engine.connect() as conn:
         rows = conn.execute(
             sa.text("select s.row_count, s.fingerprint, v.success, v.suite_name from ml.feature_snapshots s "
@@ -404,9 +405,9 @@ def test_training_snapshots_are_checked_persisted_and_reproducible(feat_engine, 
 
 def test_negative_subsampling_keeps_positives_and_reweights(feat_engine, fs, generated) -> None:  # noqa: ANN001
     as_of = generated["as_of"]
-    full = F.build_snapshot_frame(feat_engine, as_of, fs)
-    half = F.build_snapshot_frame(feat_engine, as_of, fs.model_copy(update={"negative_sample_rate": 0.5}))
-    again = F.build_snapshot_frame(feat_engine, as_of, fs.model_copy(update={"negative_sample_rate": 0.5}))
+    full = S.build_snapshot_frame(feat_engine, as_of, fs)
+    half = S.build_snapshot_frame(feat_engine, as_of, fs.model_copy(update={"negative_sample_rate": 0.5}))
+    again = S.build_snapshot_frame(feat_engine, as_of, fs.model_copy(update={"negative_sample_rate": 0.5}))
     pd.testing.assert_frame_equal(half, again)  # the sample is a stable hash, not a random draw
     assert half["label"].sum() == full["label"].sum()
     assert (half.loc[half.label == 1, "weight"] == 1.0).all() and (half.loc[half.label == 0, "weight"] == 2.0).all()
@@ -418,10 +419,10 @@ def test_negative_subsampling_keeps_positives_and_reweights(feat_engine, fs, gen
 
 
 def test_snapshot_dates_from_the_database(feat_engine, fs, generated, hand_loaded) -> None:  # noqa: ANN001
-    span = F.event_time_range(feat_engine)
+    span = S.event_time_range(feat_engine)
     assert span is not None
-    dates = F.snapshot_dates(feat_engine, fs)
-    assert dates == F.weekly_as_of_dates(span[0], span[1], fs)
+    dates = S.snapshot_dates(feat_engine, fs)
+    assert dates == S.weekly_as_of_dates(span[0], span[1], fs)
     assert dates and dates[-1] <= span[1]
 
 
@@ -451,4 +452,4 @@ def test_cli_features_and_snapshot_dates(feat_engine, feat_url, redis_url, fs, g
     result = CliRunner().invoke(app, ["snapshots", "--list"])
     assert result.exit_code == 0, result.output
     listed = [line for line in result.stdout.splitlines() if re.fullmatch(r"\d{4}-\d\d-\d\d 00:00", line)]
-    assert listed == [f"{d:%Y-%m-%d %H:%M}" for d in F.snapshot_dates(feat_engine, fs)]
+    assert listed == [f"{d:%Y-%m-%d %H:%M}" for d in S.snapshot_dates(feat_engine, fs)]

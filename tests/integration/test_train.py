@@ -115,12 +115,13 @@ def trained(gen_engine: sa.Engine, gen_settings: Settings) -> dict:
     import datetime as _dt
 
     from ml import features as F
+    from ml import snapshots as S
     from ml.train import run_training
     from ml.training_data import TrainingData, split_training_data
 
-    dates = F.snapshot_dates(gen_engine, gen_settings)
-    frame = pd.concat([F.build_snapshot_frame(gen_engine, d, gen_settings) for d in dates], ignore_index=True)
-    data = TrainingData(frame, list(F.FEATURE_COLUMNS), F.frame_fingerprint(frame),
+    dates = S.snapshot_dates(gen_engine, gen_settings)
+    frame = pd.concat([S.build_snapshot_frame(gen_engine, d, gen_settings) for d in dates], ignore_index=True)
+    data = TrainingData(frame, list(F.FEATURE_COLUMNS), S.frame_fingerprint(frame),
                         label_horizon=_dt.timedelta(days=gen_settings.label_horizon_days))
     from ml.registry import champion
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ml import features as F
+from ml import snapshots as S
 from ml.errors import ConfigError
 from ml.settings import Settings
 
@@ -158,7 +159,7 @@ def test_bad_negative_rate_is_refused(s: Settings, rate: float) -> None:
 # --- snapshot dates -------------------------------------------------------------------------------------------------
 def test_weekly_dates_for_the_generator_default(s: Settings) -> None:
     # 84 days from Tuesday 2019-10-01: coverage [10-01, 12-24); last as_of <= 12-17, first >= 10-15
-    dates = F.weekly_as_of_dates(
+    dates = S.weekly_as_of_dates(
         dt.datetime(2019, 10, 1, 0, 0, 3, tzinfo=dt.UTC), dt.datetime(2019, 12, 23, 23, 59, tzinfo=dt.UTC), s
     )
     assert dates[0] == dt.datetime(2019, 10, 21, tzinfo=dt.UTC)
@@ -169,15 +170,15 @@ def test_weekly_dates_for_the_generator_default(s: Settings) -> None:
 
 def test_weekly_dates_are_stable_as_data_grows_and_capped(s: Settings) -> None:
     first = dt.datetime(2019, 10, 1, tzinfo=dt.UTC)
-    short = F.weekly_as_of_dates(first, dt.datetime(2019, 11, 30, tzinfo=dt.UTC), s)
+    short = S.weekly_as_of_dates(first, dt.datetime(2019, 11, 30, tzinfo=dt.UTC), s)
     many = s.model_copy(update={"max_snapshots": 100})
-    longer = F.weekly_as_of_dates(first, dt.datetime(2020, 1, 30, tzinfo=dt.UTC), many)
+    longer = S.weekly_as_of_dates(first, dt.datetime(2020, 1, 30, tzinfo=dt.UTC), many)
     assert set(short) <= set(longer)
     last = dt.datetime(2020, 6, 1, tzinfo=dt.UTC)
-    capped = F.weekly_as_of_dates(first, last, s.model_copy(update={"max_snapshots": 3}))
-    assert capped == F.weekly_as_of_dates(first, last, s.model_copy(update={"max_snapshots": 1000}))[-3:]
-    assert F.weekly_as_of_dates(first, dt.datetime(2019, 10, 10, tzinfo=dt.UTC), s) == []  # too little history
-    ended = F.weekly_as_of_dates(first, dt.datetime(2020, 1, 30, tzinfo=dt.UTC), s, end="2019-11-20")
+    capped = S.weekly_as_of_dates(first, last, s.model_copy(update={"max_snapshots": 3}))
+    assert capped == S.weekly_as_of_dates(first, last, s.model_copy(update={"max_snapshots": 1000}))[-3:]
+    assert S.weekly_as_of_dates(first, dt.datetime(2019, 10, 10, tzinfo=dt.UTC), s) == []  # too little history
+    ended = S.weekly_as_of_dates(first, dt.datetime(2020, 1, 30, tzinfo=dt.UTC), s, end="2019-11-20")
     assert ended[-1] + dt.timedelta(days=7) <= dt.datetime(2019, 11, 20, tzinfo=dt.UTC)
 
 
@@ -200,14 +201,14 @@ def _snapshot(n: int = 50, seed: int = 0) -> pd.DataFrame:
 def test_fingerprint_ignores_row_order_but_not_values() -> None:
     frame = _snapshot()
     shuffled = frame.sample(frac=1.0, random_state=3)
-    assert F.frame_fingerprint(frame) == F.frame_fingerprint(shuffled)
+    assert S.frame_fingerprint(frame) == S.frame_fingerprint(shuffled)
     changed = frame.copy()
     changed.loc[5, "pair_views"] += 1
-    assert F.frame_fingerprint(changed) != F.frame_fingerprint(frame)
+    assert S.frame_fingerprint(changed) != S.frame_fingerprint(frame)
 
 
 def test_snapshot_check_passes_a_good_frame(s: Settings) -> None:
-    check = F.check_snapshot(_snapshot(), s, previous_rows=60)
+    check = S.check_snapshot(_snapshot(), s, previous_rows=60)
     assert check.success, check.failed_rules
     assert check.statistics["rows"] == 50
 
@@ -218,7 +219,7 @@ def test_snapshot_check_names_each_broken_rule(s: Settings) -> None:
     frame.loc[4, "user_weekend_share"] = 1.5  # out of range
     frame.loc[5, "label"] = 2
     frame.loc[7, ["user_id", "product_id"]] = frame.loc[6, ["user_id", "product_id"]].to_numpy()
-    check = F.check_snapshot(frame, s, previous_rows=1000)  # 50 rows vs 1000 with a tolerance of 3x
+    check = S.check_snapshot(frame, s, previous_rows=1000)  # 50 rows vs 1000 with a tolerance of 3x
     assert not check.success
     failed = set(check.failed_rules)
     assert "expect_column_values_to_not_be_null:user_events" in failed
@@ -229,4 +230,4 @@ def test_snapshot_check_names_each_broken_rule(s: Settings) -> None:
     assert "expect_column_values_to_not_be_null:pair_hours_since_last_cart" not in failed
     nullable = _snapshot()
     nullable.loc[:10, list(F.NULLABLE_FEATURES)] = np.nan
-    assert F.check_snapshot(nullable, s).success
+    assert S.check_snapshot(nullable, s).success
