@@ -310,8 +310,12 @@ def publish(
     min_probability: Annotated[
         float | None, typer.Option(help="Probability floor (default: settings.publish_min_probability).")
     ] = None,
+    allow_older: Annotated[
+        bool, typer.Option("--allow-older", help="Serve a score date older than the served one (recorded).")
+    ] = False,
 ) -> None:
-    """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it."""
+    """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it.
+    A date older than the served one is refused unless --allow-older (rollback-scores goes back one version)."""
     from ml.db import make_engine
     from ml.dev.services import resolve_services
     from ml.errors import PipelineError
@@ -323,7 +327,7 @@ def publish(
     client = connect_redis(s, svc.redis_url)
     try:
         result = publish_version(make_engine(svc.postgres_url), client, s, day, top_n=top_n,
-                                 min_probability=min_probability)
+                                 min_probability=min_probability, allow_older=allow_older)
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
@@ -364,7 +368,7 @@ def cleanup_scores() -> None:
     s = settings()
     client = connect_redis(s, s.redis_url or start_redis(s.state_dir))
     try:
-        deleted = cleanup_versions(client, s)
+        deleted = cleanup_versions(client, s, engine=pg_engine(s))
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
@@ -466,6 +470,9 @@ def score(
     buckets: Annotated[int | None, typer.Option(help="user_id hash buckets (default: settings.score_buckets).")] = None,
     drift: Annotated[bool, typer.Option(help="Record score/feature PSI vs the previous date afterwards.")] = True,
     publish: Annotated[bool, typer.Option(help="Publish the date's hot scores to Redis afterwards.")] = False,
+    allow_older: Annotated[
+        bool, typer.Option("--allow-older", help="With --publish: serve it even if older than the served date.")
+    ] = False,
 ) -> None:
     """Score every active pair of a date (features -> probability -> exact SHAP -> insights), check the output and
     swap the date's partition of scoring.scores atomically; the same steps as the score_active_pairs DAG."""
@@ -491,7 +498,8 @@ def score(
 
         client = connect_redis(s, resolve_services(s).redis_url)  # a Redis Cluster too, as `propensity publish`
         try:
-            typer.echo(dumps(publish_version(engine, client, s, summary.score_date).as_dict()))
+            typer.echo(dumps(publish_version(engine, client, s, summary.score_date,
+                                             allow_older=allow_older).as_dict()))
         finally:
             client.close()
 
