@@ -422,6 +422,10 @@ def ingest(
     ] = None,
     date: Annotated[str | None, typer.Option(help="Only files whose name holds this date (YYYY-MM-DD).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result per file.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="A file whose events or name are already loaded replaces that file's "
+                           "rows atomically (otherwise it is quarantined as a duplicate delivery).")
+    ] = False,
 ) -> None:
     """Validate event files (Great Expectations) and load the good ones into raw.events exactly once; bad files go
     to quarantine with a report. Exits 1 if any file was quarantined or failed. Same function as the DAG."""
@@ -435,7 +439,7 @@ def ingest(
     found: list[str] = []
     for p in paths or [s.location("landing")]:
         found += discover_files(s, p, date=day, limit=10**9)
-    results = ingest_files(found, s, engine)
+    results = ingest_files(found, s, engine, replace=replace)
     for r in results:
         if as_json:
             typer.echo(dumps(r.as_dict()))
