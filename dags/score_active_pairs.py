@@ -69,6 +69,11 @@ log = logging.getLogger(__name__)
         "publish": Param("auto", type="string", enum=["auto", "always", "never"],
                          description="auto: publish unless the date is older than the served one (backfills only "
                          "write Postgres); always: publish (an older date still needs allow_older); never: skip."),
+        "allow_empty": Param(False, type="boolean",
+                             description="Accept a score date with no active pairs (otherwise plan fails)."),
+        "allow_shrink": Param(False, type="boolean",
+                              description="Accept a partition smaller than (1 - score_max_shrink_fraction) x the "
+                              "previous date's (otherwise finalize fails and the old partition stays)."),
         "allow_older": Param(False, type="boolean",
                              description="Let publish serve a score date older than the served one (recorded)."),
     },
@@ -90,7 +95,8 @@ def score_active_pairs() -> None:
                        what="score_date")
         with task_resources() as res:
             p = plan_run(res.engine, res.settings, day, model_version=params.get("model_version"),
-                         n_buckets=params.get("buckets"), orchestrator_run_id=str(ctx["run_id"]))
+                         n_buckets=params.get("buckets"), orchestrator_run_id=str(ctx["run_id"]),
+                         allow_empty=bool(params.get("allow_empty")), allow_shrink=bool(params.get("allow_shrink")))
         ctx["ti"].xcom_push(key="run_id", value=p.run_id)
         return [b.as_dict() for b in p.batches]
 

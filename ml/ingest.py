@@ -178,13 +178,17 @@ def discover_files(
     Recursive; skips hidden or temporary names (a path part starting with ``.`` or ``_``: writers should upload
     under such a name and rename) and the archive/quarantine locations if they sit inside landing. ``date``
     (a UTC ``dt.date``) keeps files whose name holds that date (``2019-10-01`` or ``20191001``). ``location`` may be one
-    file. Returns local paths or URLs; ``limit`` caps the count (default settings.ingest_max_files_per_run)."""
+    file. Returns local paths or URLs; ``limit`` caps the count (default settings.ingest_max_files_per_run).
+    Raises PipelineError when an explicit ``location`` does not exist or is one file of an unsupported type."""
     base = location or settings.location("landing")
     fs, root = _fs(base)
     if not fs.exists(root):
-        return []
+        if location is None:  # no landing folder yet: nothing has arrived
+            return []
+        raise PipelineError(f"{location}: no such file or folder")
     protocol = base.split("://", 1)[0] if "://" in base else None
     if fs.isfile(root):
+        file_format(str(location or root))  # a file given by name must be a supported type: PipelineError if not
         candidates = [root]
     else:
         candidates = sorted(fs.find(root))
@@ -806,6 +810,9 @@ def requeue(name: str, settings: Settings) -> str:
     ``name`` is the file name inside quarantine or a full path/URL. Raises PipelineError if it is not there."""
     qdir = settings.location("quarantine")
     src = name if ("/" in name or "://" in name) else _join(qdir, name)
+    if not _is_under(src, qdir) or _norm(src) == _norm(qdir):
+        raise PipelineError(f"{name}: not a file in the quarantine location {qdir}; requeue only moves quarantined "
+                            "files back to landing (to ingest another file: propensity ingest PATH)")
     fs, sp = _fs(src)
     if not fs.exists(sp) or name.endswith((".report.json", ".summary.txt")):
         raise PipelineError(f"{name}: no such quarantined file in {qdir}")
