@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
                       description="Only files whose name holds this date, YYYY-MM-DD (null: all)."),
         "max_files": Param(None, type=["null", "integer"], minimum=1, maximum=1000,
                            description="Most files this run maps (null: settings.ingest_max_files_per_run)."),
+        "replace": Param(False, type="boolean",
+                         description="Replace: a file whose events (or name) are already loaded swaps that file's "
+                         "rows atomically instead of being quarantined as a duplicate delivery."),
     },
 )  # fmt: skip
 def ingest_events() -> None:
@@ -87,7 +90,8 @@ def ingest_events() -> None:
         ctx = get_current_context()
         ctx["file_name"] = posixpath.basename(path)  # type: ignore[typeddict-unknown-key] - map_index_template
         with task_resources() as res:
-            result = ingest_file(path, res.settings, res.engine, dag_run_id=str(ctx["run_id"]))
+            result = ingest_file(path, res.settings, res.engine, dag_run_id=str(ctx["run_id"]),
+                                 replace=bool(ctx["params"].get("replace")))
         if result.status == "quarantined":
             # the file is in quarantine now: a retry would find nothing, so fail without retrying
             raise AirflowFailException(result.message)

@@ -16,7 +16,10 @@ score date is live in Postgres.
    null/NaN contribution, max additivity residual on a sample <= 1e-4), then swaps the score date's partition of
    `scoring.scores` in one transaction. Readers never see a partial date; a re-run replaces the date. The run
    summary is in this task's log and in `scoring.runs.summary`.
-4. **publish**: the top products per user to Redis as a new version, then one pointer flip (`ml.publish`).
+4. **publish**: the top products per user to Redis as a new version, then one pointer flip (`ml.publish`). Param
+   `publish` (default `auto`): a score date older than the one served (a backfill) is scored into Postgres but not
+   published; `always` publishes (an older date still needs `allow_older=true`, recorded in
+   `scoring.publications.allowed_older`); `never` skips publishing.
 5. **drift**: PSI of the scores and the features against the previous score date -> `monitoring.metrics`.
 
 If a batch or finalize fails, **mark_failed** records the run as failed; the previous partition and the Redis
@@ -63,6 +66,16 @@ log = logging.getLogger(__name__)
                          description="user_id hash buckets = mapped score tasks; null: settings.score_buckets."),
         "rollback_redis": Param(False, type="boolean",
                                 description="Skip scoring; flip Redis back to the previously published version."),
+        "publish": Param("auto", type="string", enum=["auto", "always", "never"],
+                         description="auto: publish unless the date is older than the served one (backfills only "
+                         "write Postgres); always: publish (an older date still needs allow_older); never: skip."),
+        "allow_empty": Param(False, type="boolean",
+                             description="Accept a score date with no active pairs (otherwise plan fails)."),
+        "allow_shrink": Param(False, type="boolean",
+                              description="Accept a partition smaller than (1 - score_max_shrink_fraction) x the "
+                              "previous date's (otherwise finalize fails and the old partition stays)."),
+        "allow_older": Param(False, type="boolean",
+                             description="Let publish serve a score date older than the served one (recorded)."),
     },
 )
 def score_active_pairs() -> None:
@@ -82,7 +95,8 @@ def score_active_pairs() -> None:
                        what="score_date")
         with task_resources() as res:
             p = plan_run(res.engine, res.settings, day, model_version=params.get("model_version"),
-                         n_buckets=params.get("buckets"), orchestrator_run_id=str(ctx["run_id"]))
+                         n_buckets=params.get("buckets"), orchestrator_run_id=str(ctx["run_id"]),
+                         allow_empty=bool(params.get("allow_empty")), allow_shrink=bool(params.get("allow_shrink")))
         ctx["ti"].xcom_push(key="run_id", value=p.run_id)
         return [b.as_dict() for b in p.batches]
 
@@ -111,15 +125,27 @@ def score_active_pairs() -> None:
         return summary.as_dict()
 
     @task
-    def publish(summary: dict[str, Any]) -> dict[str, Any]:
+    def publish(summary: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Hot scores of the date to Redis (a Redis Cluster when PROPENSITY_REDIS_CLUSTER) as a new version, then the
-        pointer flip."""
+        pointer flip; param `publish` (auto/always/never) and `allow_older` decide for backfills."""
         from ml.dates import utc_date
-        from ml.publish import publish_version
+        from ml.publish import publish_version, served_score_date
 
+        params = params or {}
+        mode, allow_older = params.get("publish") or "auto", bool(params.get("allow_older"))
         day = utc_date(summary["score_date"], what="score_date")
+        if mode == "never":
+            log.info("param publish=never: score_date %s stays in Postgres only", day)
+            return {"published": False, "score_date": day.isoformat(), "reason": "publish=never"}
         with task_resources() as res:
-            return publish_version(res.engine, res.redis, res.settings, day).as_dict()
+            if mode == "auto" and not allow_older:
+                _, served_day = served_score_date(res.redis, res.settings)
+                if served_day is not None and day < served_day:
+                    log.warning("score_date %s is older than the served %s (a backfill): not published; trigger "
+                                "with publish=always, allow_older=true to serve it", day, served_day)
+                    return {"published": False, "score_date": day.isoformat(),
+                            "reason": f"older than served {served_day}"}
+            return publish_version(res.engine, res.redis, res.settings, day, allow_older=allow_older).as_dict()
 
     @task
     def drift(summary: dict[str, Any]) -> dict[str, float | None]:

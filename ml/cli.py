@@ -32,6 +32,7 @@ app.add_typer(services_app, name="services")
 @app.callback()
 def _root(
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level for progress lines.")] = "INFO",
+    debug: Annotated[bool, typer.Option("--debug", help="On an error, also print the Python traceback.")] = False,
 ) -> None:
     setup_logging(log_level)
 
@@ -310,8 +311,12 @@ def publish(
     min_probability: Annotated[
         float | None, typer.Option(help="Probability floor (default: settings.publish_min_probability).")
     ] = None,
+    allow_older: Annotated[
+        bool, typer.Option("--allow-older", help="Serve a score date older than the served one (recorded).")
+    ] = False,
 ) -> None:
-    """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it."""
+    """Publish a score date's top-N products per user to Redis as a new version, then flip the pointer to it.
+    A date older than the served one is refused unless --allow-older (rollback-scores goes back one version)."""
     from ml.db import make_engine
     from ml.dev.services import resolve_services
     from ml.errors import PipelineError
@@ -323,7 +328,7 @@ def publish(
     client = connect_redis(s, svc.redis_url)
     try:
         result = publish_version(make_engine(svc.postgres_url), client, s, day, top_n=top_n,
-                                 min_probability=min_probability)
+                                 min_probability=min_probability, allow_older=allow_older)
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
@@ -364,7 +369,7 @@ def cleanup_scores() -> None:
     s = settings()
     client = connect_redis(s, s.redis_url or start_redis(s.state_dir))
     try:
-        deleted = cleanup_versions(client, s)
+        deleted = cleanup_versions(client, s, engine=pg_engine(s))
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
@@ -418,6 +423,10 @@ def ingest(
     ] = None,
     date: Annotated[str | None, typer.Option(help="Only files whose name holds this date (YYYY-MM-DD).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result per file.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="A file whose events or name are already loaded replaces that file's "
+                           "rows atomically (otherwise it is quarantined as a duplicate delivery).")
+    ] = False,
 ) -> None:
     """Validate event files (Great Expectations) and load the good ones into raw.events exactly once; bad files go
     to quarantine with a report. Exits 1 if any file was quarantined or failed. Same function as the DAG."""
@@ -431,7 +440,7 @@ def ingest(
     found: list[str] = []
     for p in paths or [s.location("landing")]:
         found += discover_files(s, p, date=day, limit=10**9)
-    results = ingest_files(found, s, engine)
+    results = ingest_files(found, s, engine, replace=replace)
     for r in results:
         if as_json:
             typer.echo(dumps(r.as_dict()))
@@ -466,6 +475,16 @@ def score(
     buckets: Annotated[int | None, typer.Option(help="user_id hash buckets (default: settings.score_buckets).")] = None,
     drift: Annotated[bool, typer.Option(help="Record score/feature PSI vs the previous date afterwards.")] = True,
     publish: Annotated[bool, typer.Option(help="Publish the date's hot scores to Redis afterwards.")] = False,
+    allow_older: Annotated[
+        bool, typer.Option("--allow-older", help="With --publish: serve it even if older than the served date.")
+    ] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Accept a score date with no active pairs (an empty partition).")
+    ] = False,
+    allow_shrink: Annotated[
+        bool, typer.Option("--allow-shrink", help="Accept a partition much smaller than the previous date's "
+                           "(settings.score_max_shrink_fraction).")
+    ] = False,
 ) -> None:
     """Score every active pair of a date (features -> probability -> exact SHAP -> insights), check the output and
     swap the date's partition of scoring.scores atomically; the same steps as the score_active_pairs DAG."""
@@ -476,7 +495,8 @@ def score(
     s = settings()
     engine = pg_engine(s)
     run_migrations(engine)
-    summary = run_scoring(engine, s, day, model_version=model_version, n_buckets=buckets)
+    summary = run_scoring(engine, s, day, model_version=model_version, n_buckets=buckets, allow_empty=allow_empty,
+                          allow_shrink=allow_shrink)
     for line in summary.lines():
         typer.echo(line)
     if drift:
@@ -491,7 +511,8 @@ def score(
 
         client = connect_redis(s, resolve_services(s).redis_url)  # a Redis Cluster too, as `propensity publish`
         try:
-            typer.echo(dumps(publish_version(engine, client, s, summary.score_date).as_dict()))
+            typer.echo(dumps(publish_version(engine, client, s, summary.score_date,
+                                             allow_older=allow_older).as_dict()))
         finally:
             client.close()
 
@@ -511,6 +532,11 @@ def features_cmd(
 
     from ml import features as F
 
+    if (bucket is None) != (buckets is None):
+        raise typer.BadParameter("give --bucket and --buckets together (bucket k of K)", param_hint="--bucket")
+    if buckets is not None and bucket is not None and not (buckets >= 1 and 0 <= bucket < buckets):
+        raise typer.BadParameter(f"--bucket must be in 0..{buckets - 1} and --buckets at least 1, not "
+                                 f"{bucket} of {buckets}", param_hint="--bucket")
     s = settings()
     t = time.perf_counter()
     at = _time_option(as_of, "--as-of")
@@ -550,8 +576,62 @@ def snapshots_cmd(
     typer.echo(f"fingerprint {ts.fingerprint} (feature version {ts.feature_version})")
 
 
-def main() -> None:
-    app()
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``propensity`` entry point: every failure is ONE line on stderr and a non-zero exit (2: bad usage,
+    1: the pipeline refused or failed); ``--debug`` (anywhere on the line) or PROPENSITY_DEBUG=1 also prints the
+    traceback."""
+    import os
+    import sys
+    import traceback
+
+    from ml.errors import PipelineError
+
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("PROPENSITY_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=args, prog_name="propensity", standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(0)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except ClickException as e:  # usage errors: unknown option, bad value, missing argument
+        if debug:
+            traceback.print_exc()
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if isinstance(e, UsageError) and ctx is not None else ""
+        typer.echo(f"error: {_one_line(e.format_message() if hasattr(e, 'format_message') else e)}{hint}",
+                   err=True)
+        sys.exit(e.exit_code or 2)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except PipelineError as e:
+        if debug:
+            traceback.print_exc()
+        failures = getattr(e, "failures", None) or []
+        typer.echo(f"error: {_one_line(e)}", err=True)
+        for line in failures:
+            typer.echo(f"    - {line}", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - unexpected: still one line; --debug shows where
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {type(e).__name__}: {_one_line(e)[:500]} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

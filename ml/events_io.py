@@ -4,7 +4,9 @@ One *row* of a file is one REES46 event. Rows are identified by ``line_no``: for
 in the file (the header is line 1, the first event line 2; a quoted value spanning lines counts from its first
 line); for Parquet the 1-based row number.
 
-1. **Structure** (:func:`read_events`, rules of source ``structure``): ``file_not_empty``, ``encoding_utf8``,
+1. **Structure** (:func:`read_events`, rules of source ``structure``): ``file_type`` (CSV text, not compressed,
+   archive, Parquet, UTF-16 or binary content), ``file_not_empty``, ``encoding_utf8``, ``line_endings`` (LF or
+   CRLF; CR-only or mixed endings fail),
    ``delimiter`` (the header must be comma-separated), ``field_count`` (every line has as many fields as the header),
    ``last_line_complete`` (the file ends with a line terminator: a cut upload is not loaded), ``csv_structure``
    (records could be aligned to lines), ``file_readable`` (Parquet, gzip). Lines that break ``field_count`` are
@@ -92,7 +94,47 @@ def read_events(
         return _read_parquet(data)
     if file_format != "csv":
         raise ValueError(f"unsupported file format {file_format!r} (csv or parquet)")
-    return _read_csv(data, settings)
+    sniffed = _sniff_binary(data)
+    if sniffed is not None:
+        return ParsedEvents("csv", [], [sniffed], None, {}, data, _csv_row_text(data))
+    try:
+        return _read_csv(data, settings)
+    except Exception as e:  # noqa: BLE001 - the class fix: a reader failure is a failed rule, never a crash
+        rule = _structure_rule("file_readable", f"the file reads as CSV text ({type(e).__name__}: {e})", False,
+                               failing_count=1, samples=[{"line": 1}])
+        return ParsedEvents("csv", [], [rule], None, {}, data, _csv_row_text(data))
+
+
+# leading bytes of content that is not CSV text
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip-compressed data under a plain .csv name (name it .csv.gz)"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"BZh", "bzip2-compressed data"),
+    (b"\xfd7zXZ\x00", "xz-compressed data"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
+    (b"PAR1", "a Parquet file under a .csv name (name it .parquet)"),
+    (b"\xff\xfe", "UTF-16 (little-endian) text; re-encode as UTF-8"),
+    (b"\xfe\xff", "UTF-16 (big-endian) text; re-encode as UTF-8"),
+)
+
+
+def _sniff_binary(data: bytes) -> RuleResult | None:
+    """A failed ``file_type`` rule when ``data`` is clearly not CSV text: compressed, archive or Parquet magic bytes,
+    UTF-16, or binary content (NUL or control bytes in most of its head); None for text."""
+    what = next((w for magic, w in _MAGIC if data.startswith(magic)), None)
+    head = data[:4096]
+    if what is None and head:
+        a = np.frombuffer(head, dtype=np.uint8)
+        control = int(((a < 9) | ((a > 13) & (a < 32))).sum())
+        nul_pairs = head[1::2].count(0) if len(head) > 1 else 0
+        if nul_pairs > len(head) // 4:
+            what = "UTF-16 text without a byte-order mark; re-encode as UTF-8"
+        elif control > max(8, len(head) // 20):
+            what = f"binary content ({control} control bytes in the first {len(head)} bytes)"
+    if what is None:
+        return None
+    return _structure_rule("file_type", "the file is CSV text (UTF-8)", False, failing_count=1,
+                           observed=f"line 1: the file is {what}", samples=[{"line": 1, "value": repr(head[:16])}])
 
 
 def _structure_rule(rule: str, description: str, success: bool = True, **kw: Any) -> RuleResult:
@@ -137,9 +179,28 @@ def _read_csv(data: bytes, settings: Settings) -> ParsedEvents:
         )
     )
 
+    if _has_stray_cr(data) and b'"' not in data:  # a CR inside a quoted value is data, not a line ending
+        a = np.frombuffer(data, dtype=np.uint8)
+        cr = np.flatnonzero(a == 13)
+        stray = cr[(cr + 1 >= len(a)) | (a[np.minimum(cr + 1, len(a) - 1)] != 10)]
+        nl = np.flatnonzero(a == 10)
+        lines = (np.searchsorted(nl, stray) + 1).tolist()
+        kind = "CR-only" if not len(nl) else "mixed"
+        rules.append(
+            _structure_rule(
+                "line_endings",
+                "lines end with LF or CRLF (not a bare CR)",
+                False,
+                failing_count=len(stray),
+                observed=f"{kind} line endings: {len(stray):,} bare carriage return(s), the first on line "
+                f"{lines[0]} (counting LF-terminated lines)",
+                samples=_line_samples(row_text, sorted(set(lines))[:SAMPLE_ROWS]),
+            )
+        )
+        return ParsedEvents("csv", [], rules, None, {}, data, row_text)
     first_nl = data.find(b"\n")
     header_line = (data if first_nl < 0 else data[:first_nl]).rstrip(b"\r").decode("utf-8")
-    header = next(csv.reader([header_line]), [])
+    header = next(csv.reader([header_line.replace("\r", " ")]), [])
     wrong = [d for d in _OTHER_DELIMITERS if len(header) == 1 and d in header_line]
     rules.append(
         _structure_rule(
@@ -527,3 +588,40 @@ def _line_samples(row_text: Any, lines: Sequence[int]) -> list[dict[str, Any]]:
         return [{"line": n} for n in lines]
     texts = row_text(lines)
     return [{"line": n, "row": texts.get(n)} for n in lines]
+
+
+# --- content identity -------------------------------------------------------------------------------------------------
+FINGERPRINT_COLUMNS: tuple[str, ...] = (
+    "event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price", "user_id",
+    "user_session",
+)  # fmt: skip
+
+
+def content_fingerprint(table: pa.Table) -> str:
+    """The sha256 of a file's events, independent of its bytes: line endings, row order, quoting, CSV vs Parquet,
+    compression, the spelling of a timestamp (``...UTC`` or ISO) or of a uuid (case) do not change it.
+
+    Each typed event (the REES46 columns as :func:`read_events` parses them: event_time in UTC microseconds, ids,
+    price as float64, text with empty = null, user_session lower-cased) is hashed to 64 bits; the sorted hashes and
+    the row count are hashed with sha256. Two files have the same fingerprint exactly when they hold the same
+    multiset of events (up to a 64-bit collision)."""
+    import hashlib
+
+    cols: dict[str, Any] = {}
+    for name in FINGERPRINT_COLUMNS:
+        col = table.column(name)
+        if name == "event_time":
+            cols[name] = pc.cast(col, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        elif name in ("product_id", "category_id", "user_id"):
+            cols[name] = col.cast(pa.int64()).to_numpy()
+        elif name == "price":
+            cols[name] = col.cast(pa.float64()).to_numpy()
+        else:
+            if name == "user_session":
+                col = pc.utf8_lower(col)
+            cols[name] = pd.Series(col.to_pandas(), dtype=object).fillna("\x00null").to_numpy()
+    frame = pd.DataFrame(cols)
+    hashes = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64))
+    h = hashlib.sha256(np.int64(len(hashes)).tobytes())
+    h.update(hashes.tobytes())
+    return h.hexdigest()

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from ml.settings import Settings
     from ml.validate import GxRunner, ParsedEvents, ValidationReport
+    from ml.validation_report import RuleResult
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +178,17 @@ def discover_files(
     Recursive; skips hidden or temporary names (a path part starting with ``.`` or ``_``: writers should upload
     under such a name and rename) and the archive/quarantine locations if they sit inside landing. ``date``
     (a UTC ``dt.date``) keeps files whose name holds that date (``2019-10-01`` or ``20191001``). ``location`` may be one
-    file. Returns local paths or URLs; ``limit`` caps the count (default settings.ingest_max_files_per_run)."""
+    file. Returns local paths or URLs; ``limit`` caps the count (default settings.ingest_max_files_per_run).
+    Raises PipelineError when an explicit ``location`` does not exist or is one file of an unsupported type."""
     base = location or settings.location("landing")
     fs, root = _fs(base)
     if not fs.exists(root):
-        return []
+        if location is None:  # no landing folder yet: nothing has arrived
+            return []
+        raise PipelineError(f"{location}: no such file or folder")
     protocol = base.split("://", 1)[0] if "://" in base else None
     if fs.isfile(root):
+        file_format(str(location or root))  # a file given by name must be a supported type: PipelineError if not
         candidates = [root]
     else:
         candidates = sorted(fs.find(root))
@@ -261,6 +266,71 @@ def find_ingested(engine: Engine, checksum: str) -> int | None:
         return c.execute(
             sa.text("select file_id from raw.ingested_files where checksum_sha256 = :c"), {"c": checksum}
         ).scalar()
+
+
+def find_by_content(engine: Engine, content_sha256: str) -> tuple[int, str] | None:
+    """(file_id, file_name) of the loaded file holding exactly these events (:func:`ml.events_io.content_fingerprint`),
+    or None."""
+    with engine.connect() as c:
+        row = c.execute(
+            sa.text("select file_id, file_name from raw.ingested_files where content_sha256 = :c"), {"c": content_sha256}
+        ).first()
+    return (int(row.file_id), str(row.file_name)) if row else None
+
+
+def latest_by_name(engine: Engine, file_name: str) -> int | None:
+    """The file_id of the newest loaded file called ``file_name``, or None."""
+    with engine.connect() as c:
+        return c.execute(
+            sa.text("select file_id from raw.ingested_files where file_name = :n order by ingested_at desc, file_id desc"
+                    " limit 1"),
+            {"n": file_name},
+        ).scalar()
+
+
+def count_loaded_events(engine: Engine, table: pa.Table, lo: dt.datetime | None, hi: dt.datetime | None,
+                        exclude_file_id: int | None = None) -> int:
+    """How many events of ``table`` are already in raw.events from other files: the same (event_time, user_id,
+    product_id, event_type). Cheap when no loaded file's time range overlaps [lo, hi] (no query on raw.events)."""
+    if table.num_rows == 0 or lo is None or hi is None:
+        return 0
+    with engine.connect() as c:
+        overlaps = c.execute(
+            sa.text("select exists(select 1 from raw.ingested_files where min_event_time <= :hi"
+                    " and max_event_time >= :lo and file_id is distinct from :x)"),
+            {"lo": lo, "hi": hi, "x": exclude_file_id},
+        ).scalar()
+    if not overlaps:
+        return 0
+    import pyarrow.csv as pcsv
+
+    keys = table.select(["event_time", "user_id", "product_id", "event_type"])
+    buf = pa.BufferOutputStream()
+    pcsv.write_csv(keys.set_column(0, "event_time", pc.cast(keys.column(0), pa.timestamp("us", tz="UTC"))
+                                   .cast(pa.int64())), buf)
+    with connect(engine) as conn, conn.transaction():
+        conn.execute("create temp table _incoming (t bigint, u bigint, p bigint, e text) on commit drop")
+        with conn.cursor() as cur, cur.copy("copy _incoming from stdin (format csv, header true)") as copy:
+            copy.write(buf.getvalue().to_pybytes())
+        return int(conn.execute(
+            "select count(*) from _incoming x where exists (select 1 from raw.events r where r.user_id = x.u"
+            " and r.event_time = timestamptz 'epoch' + x.t * interval '1 microsecond' and r.product_id = x.p"
+            " and r.event_type = x.e and r.file_id is distinct from %s)",
+            [exclude_file_id],
+        ).fetchone()[0])
+
+
+def _delete_file_rows(conn: Any, file_id: int) -> None:
+    """Inside a load transaction (psycopg ``conn``): remove a loaded file's rows and its record (``--replace``)."""
+    row = conn.execute(
+        "select min_event_time, max_event_time from raw.ingested_files where file_id = %s for update", [file_id]
+    ).fetchone()
+    if row is None:
+        raise PipelineError(f"file_id {file_id} to be replaced is no longer loaded (replaced concurrently?)")
+    if row[0] is not None:
+        conn.execute("delete from raw.events where file_id = %s and event_time between %s and %s",
+                     [file_id, row[0], row[1]])
+    conn.execute("delete from raw.ingested_files where file_id = %s", [file_id])
 
 
 def row_count_history(engine: Engine, settings: Settings) -> tuple[float | None, int]:
@@ -431,6 +501,9 @@ def load_events_table(
                 sha = file_record["checksum_sha256"]
                 # serialise concurrent loaders of the same file; the unique checksum is the final guard
                 conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", [sha])
+                file_record = {"content_sha256": None, "replaced_file_id": None, **file_record}
+                if file_record["replaced_file_id"] is not None:  # issue 15: --replace swaps rows in this transaction
+                    _delete_file_rows(conn, int(file_record["replaced_file_id"]))
                 row = conn.execute(
                     "select file_id from raw.ingested_files where checksum_sha256 = %s", [sha]
                 ).fetchone()
@@ -438,9 +511,10 @@ def load_events_table(
                     return int(row[0]), 0
                 file_id = conn.execute(
                     "insert into raw.ingested_files (file_name, file_uri, checksum_sha256, file_format, row_count,"
-                    " min_event_time, max_event_time, validation_id)"
+                    " min_event_time, max_event_time, validation_id, content_sha256, replaced_file_id)"
                     " values (%(file_name)s, %(file_uri)s, %(checksum_sha256)s, %(file_format)s, %(row_count)s,"
-                    " %(min_event_time)s, %(max_event_time)s, %(validation_id)s) returning file_id",
+                    " %(min_event_time)s, %(max_event_time)s, %(validation_id)s, %(content_sha256)s,"
+                    " %(replaced_file_id)s) returning file_id",
                     file_record,
                 ).fetchone()[0]
             with conn.cursor() as cur, cur.copy(f"copy raw.events ({columns}) from stdin (format binary)") as copy:
@@ -526,6 +600,7 @@ def ingest_file(
     dag_run_id: str | None = None,
     runner: GxRunner | None = None,
     now: dt.datetime | None = None,
+    replace: bool = False,
 ) -> IngestResult:
     """Validate one file and load it exactly once (see the module docstring). Returns the outcome; a failed
     validation is a result (status ``quarantined``), not an exception - call ``raise_for_status()`` to raise.
@@ -578,7 +653,12 @@ def ingest_file(
     for w in report.warnings:
         log.warning("validation warning: %s", w.headline(name))
 
-    if not report.success:
+    table = _events_only(parsed) if report.success else None
+    content = replaced = None
+    if table is not None:
+        content, replaced = _content_rules(engine, report, table, name, replace)
+
+    def quarantined() -> IngestResult:
         q_uri, r_uri = _quarantine(uri, raw, report, settings, move=in_landing)
         result.validation_id = record_validation(
             engine, report, quarantine_uri=q_uri, report_uri=r_uri, dag_run_id=dag_run_id
@@ -595,25 +675,36 @@ def ingest_file(
         result.seconds = time.perf_counter() - started
         return result
 
+    if not report.success or table is None:
+        return quarantined()
+
     mark = time.perf_counter()
     result.validation_id = record_validation(engine, report, dag_run_id=dag_run_id)
-    table = _events_only(parsed)
     days = event_days(table)
     ensure_partitions(engine, days)
-    file_id, rows = load_events_table(
-        engine,
-        table,
-        file_record={
-            "file_name": name,
-            "file_uri": uri,
-            "checksum_sha256": checksum,
-            "file_format": fmt,
-            "row_count": table.num_rows,
-            "min_event_time": report.min_event_time,
-            "max_event_time": report.max_event_time,
-            "validation_id": result.validation_id,
-        },
-    )
+    try:
+        file_id, rows = load_events_table(
+            engine,
+            table,
+            file_record={
+                "file_name": name,
+                "file_uri": uri,
+                "checksum_sha256": checksum,
+                "file_format": fmt,
+                "row_count": table.num_rows,
+                "min_event_time": report.min_event_time,
+                "max_event_time": report.max_event_time,
+                "validation_id": result.validation_id,
+                "content_sha256": content,
+                "replaced_file_id": replaced,
+            },
+        )
+    except Exception as e:  # another run loaded the same events (other bytes) first: a duplicate delivery
+        if "ingested_files_content_idx" not in str(e):
+            raise
+        holder = find_by_content(engine, content) if content else None
+        report.rules.append(_duplicate_rule(report, holder, content or ""))
+        return quarantined()
     result.timings["load"] = time.perf_counter() - mark
     result.file_id, result.rows_loaded = file_id, rows
     result.days = [d.isoformat() for d in days]
@@ -623,13 +714,54 @@ def ingest_file(
         result.archived_uri = _archive(uri, raw, checksum, settings)
         result.timings["move"] = time.perf_counter() - mark
     result.seconds = time.perf_counter() - started
-    result.message = (
-        f"{name}: loaded {rows:,} rows as file_id {file_id} in {result.seconds:.1f}s"
-        if rows
-        else f"{name}: loaded concurrently by another run as file_id {file_id}; nothing to do"
-    )
+    if rows and replaced is not None:
+        result.message = f"{name}: replaced file_id {replaced} with {rows:,} rows as file_id {file_id}"
+    elif rows:
+        result.message = f"{name}: loaded {rows:,} rows as file_id {file_id} in {result.seconds:.1f}s"
+    else:
+        result.message = f"{name}: loaded concurrently by another run as file_id {file_id}; nothing to do"
     log.info(result.message)
     return result
+
+
+def _duplicate_rule(report: ValidationReport, holder: tuple[int, str] | None, content: str) -> RuleResult:
+    from ml.validation_report import RuleResult
+
+    who = f"file_id {holder[0]} ({holder[1]})" if holder else "another file"
+    return RuleResult(
+        rule="duplicate_delivery", source="content", success=False, failing_count=report.row_count,
+        description="a re-delivery of events already loaded (other bytes, same events) is not loaded again; "
+        "ingest it with --replace (DAG param replace) to swap that file's rows",
+        observed=f"the same {report.row_count:,} events as {who} (content sha256 {content[:16]})",
+    )
+
+
+def _content_rules(engine: Engine, report: ValidationReport, table: pa.Table, name: str,
+                   replace: bool) -> tuple[str, int | None]:
+    """Exactly-once by content (docs/ingest.md): add the ``duplicate_delivery`` rule (critical) when another file
+    already loaded the same events, unless ``replace``, and the ``cross_file_duplicates`` rule (a warning with
+    counts) for events already loaded from other files. Returns (content fingerprint, file_id to replace)."""
+    from ml.events_io import content_fingerprint
+    from ml.validation_report import RuleResult
+
+    content = content_fingerprint(table)
+    holder = find_by_content(engine, content)
+    replaced: int | None = None
+    if replace:
+        replaced = holder[0] if holder else latest_by_name(engine, name)
+        if replaced is not None:
+            log.warning("%s: --replace: swaps the rows of file_id %d", name, replaced)
+    elif holder is not None:
+        report.rules.append(_duplicate_rule(report, holder, content))
+        return content, None
+    overlap = count_loaded_events(engine, table, report.min_event_time, report.max_event_time, replaced)
+    report.rules.append(RuleResult(
+        rule="cross_file_duplicates", source="content", severity="warning", success=overlap == 0,
+        failing_count=overlap, element_count=report.row_count,
+        description="events not already loaded from another file (same event_time, user_id, product_id, "
+        "event_type); counted, loaded anyway",
+    ))
+    return content, replaced
 
 
 def _events_only(parsed: ParsedEvents) -> pa.Table:
@@ -645,6 +777,7 @@ def ingest_files(
     engine: Engine,
     *,
     dag_run_id: str | None = None,
+    replace: bool = False,
 ) -> list[IngestResult]:
     """Ingest several files, one at a time, each on its own (one bad or broken file never stops the others).
 
@@ -657,7 +790,7 @@ def ingest_files(
     results = []
     for p in paths:
         try:
-            results.append(ingest_file(p, settings, engine, dag_run_id=dag_run_id, runner=runner))
+            results.append(ingest_file(p, settings, engine, dag_run_id=dag_run_id, runner=runner, replace=replace))
         except Exception as e:  # noqa: BLE001 - reported per file; the caller decides the exit status
             log.exception("%s: ingest failed", p)
             results.append(
@@ -677,6 +810,9 @@ def requeue(name: str, settings: Settings) -> str:
     ``name`` is the file name inside quarantine or a full path/URL. Raises PipelineError if it is not there."""
     qdir = settings.location("quarantine")
     src = name if ("/" in name or "://" in name) else _join(qdir, name)
+    if not _is_under(src, qdir) or _norm(src) == _norm(qdir):
+        raise PipelineError(f"{name}: not a file in the quarantine location {qdir}; requeue only moves quarantined "
+                            "files back to landing (to ingest another file: propensity ingest PATH)")
     fs, sp = _fs(src)
     if not fs.exists(sp) or name.endswith((".report.json", ".summary.txt")):
         raise PipelineError(f"{name}: no such quarantined file in {qdir}")

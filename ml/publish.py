@@ -236,17 +236,44 @@ def _max_recorded_version(engine: Engine, ks: KeySpace) -> int:
 
 
 def _record_start(engine: Engine, ks: KeySpace, version: int, day: dt.date, top_n: int, floor: float,
-                  model_version: str, run_id: str, scored: int) -> None:
+                  model_version: str, run_id: str, scored: int, allowed_older: bool = False) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.text(
                 "insert into scoring.publications (redis_prefix, version, score_date, model_version, run_id, status,"
-                " top_n, min_probability, scored_pairs)"
-                " values (:p, :v, :d, :m, :r, 'publishing', :n, :f, :s)"
+                " top_n, min_probability, scored_pairs, allowed_older)"
+                " values (:p, :v, :d, :m, :r, 'publishing', :n, :f, :s, :o)"
             ),
             {"p": ks.prefix, "v": version, "d": day, "m": model_version, "r": run_id, "n": top_n, "f": floor,
-             "s": scored},
+             "s": scored, "o": allowed_older},
         )
+
+
+def reconcile_abandoned(engine: Engine, ks: KeySpace) -> int:
+    """Mark this prefix's ``publishing`` rows ``failed``: called while holding the publish lock, so no publisher
+    of them is alive (it was killed, or lost Redis and its lock). Returns the rows changed."""
+    with engine.begin() as conn:
+        n = conn.execute(
+            sa.text(
+                "update scoring.publications set status = 'failed', error = coalesce(error,"
+                " 'abandoned: the publisher died before finishing (reconciled by a later publish or cleanup)')"
+                " where redis_prefix = :p and status = 'publishing'"
+            ),
+            {"p": ks.prefix},
+        ).rowcount
+    if n:
+        log.warning("marked %d abandoned publish(es) of prefix %s as failed", n, ks.prefix)
+    return int(n or 0)
+
+
+def served_score_date(redis_client: Any, settings: Settings) -> tuple[int | None, dt.date | None]:
+    """(served version, its score_date) under ``settings.redis_prefix``; (None, None) when nothing is served."""
+    ks = KeySpace(settings.redis_prefix)
+    version = _int_or_none(redis_client.get(ks.current()))
+    if version is None:
+        return None, None
+    raw = redis_client.hget(ks.meta(version), "score_date")
+    return version, dt.date.fromisoformat(raw.decode()) if raw else None
 
 
 def _record_end(engine: Engine, ks: KeySpace, version: int, *, status: str, seconds: float, users: int = 0,
@@ -351,6 +378,7 @@ def publish_version(
     *,
     top_n: int | None = None,
     min_probability: float | None = None,
+    allow_older: bool = False,
 ) -> PublishResult:
     """Publish the top-N products per user of ``score_date``'s finalized ``scoring.scores`` partition as a new Redis
     version, flip ``P:current`` to it, record it in ``scoring.publications`` / ``scoring.pointer_flips``, then clean
@@ -384,6 +412,18 @@ def publish_version(
     except redis.RedisError as e:
         raise PublishError(f"publish of {day}: Redis unreachable ({e}); the served version is unchanged") from e
     try:
+        reconcile_abandoned(engine, ks)
+        try:
+            served, served_day = served_score_date(redis_client, settings)
+        except redis.RedisError as e:
+            raise PublishError(f"publish of {day}: Redis failed ({e}); the served version is unchanged") from e
+        older = served_day is not None and day < served_day
+        if older and not allow_older:
+            raise PublishError(
+                f"refusing to publish score_date {day}: it is older than the served score_date {served_day} "
+                f"(version {served}); nothing changed. To serve it anyway pass --allow-older (DAG param "
+                "allow_older=true); to go back to an earlier version use rollback-scores"
+            )
         recorded = _max_recorded_version(engine, ks)
         try:
             version = int(redis_client.incr(ks.seq()))
@@ -393,7 +433,9 @@ def publish_version(
             previous = _int_or_none(redis_client.get(ks.current()))
         except redis.RedisError as e:
             raise PublishError(f"publish of {day}: Redis failed ({e}); the served version is unchanged") from e
-        _record_start(engine, ks, version, day, n, floor, model_version, run_id, scored)
+        if older:
+            log.warning("publishing score_date %s, older than the served %s, as explicitly allowed", day, served_day)
+        _record_start(engine, ks, version, day, n, floor, model_version, run_id, scored, allowed_older=older)
         log.info("publishing score_date %s as version %d (top %d, floor %g; %s scored pairs; serving %s)",
                  day, version, n, floor, f"{scored:,}", previous)
         progress = Progress(f"publish {day} v{version}", unit="pairs")
@@ -492,13 +534,16 @@ def rollback_version(
 
 
 # --- cleanup --------------------------------------------------------------------------------------------------------
-def cleanup_versions(redis_client: Any, settings: Settings) -> list[int]:
+def cleanup_versions(redis_client: Any, settings: Settings, engine: Engine | None = None) -> list[int]:
     """Delete versions beyond the newest ``publish_keep_versions`` and leftovers of failed publishes (SCAN +
     UNLINK in chunks). Never deletes the served version or the one it replaced. Returns the deleted version ids.
+    With ``engine``, ``publishing`` rows of dead publishers are marked failed first.
     Raises :class:`PublishError` when a publish or rollback holds the lock."""
     ks = KeySpace(settings.redis_prefix)
     lock = _acquire_lock(redis_client, ks, settings, "clean up")
     try:
+        if engine is not None:
+            reconcile_abandoned(engine, ks)
         return _cleanup_locked(redis_client, ks, settings.publish_keep_versions)
     finally:
         _release_lock(lock)

@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         20_000, description="Hot pairs sent per pipelined round trip to Redis while publishing."
     )
     publish_lock_timeout_s: int = Field(
-        60,
+        15,
         description="Lifetime of the Redis lock that serialises publish/rollback/cleanup, seconds. A running "
         "publish renews it every quarter of this, so it only expires when its holder died or lost Redis.",
     )
@@ -226,6 +226,14 @@ class Settings(BaseSettings):
     )
     api_redis_max_connections: int = Field(
         64, description="Redis connections per API worker; more concurrent lookups wait for a free one."
+    )
+    # --- issue 15: correctness under re-runs and bad input ---------------------------------------------------------
+    score_max_shrink_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A scoring run whose partition would hold fewer than (1 - this) times the pairs of the previous "
+        "score date fails (missing upstream data?) unless explicitly allowed (--allow-shrink / DAG param).",
     )
 
     @model_validator(mode="after")

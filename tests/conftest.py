@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
-REAL_DATA = ROOT.parent / "shared" / "data" / "real"
+REAL_DATA = ROOT / "tests" / "data"  # real fixtures, in the repository (tests/data/PROVENANCE.md)
 TEST_STATE = ROOT / ".local" / "test-services"
 TEST_AIRFLOW_HOME = ROOT / ".local" / "test-airflow"
 
@@ -109,12 +109,17 @@ def settings(pg_url: str, redis_url: str, tmp_path: Path):
     )
 
 
+def real_fixture(name: str) -> Path:
+    """A real-data fixture from tests/data; a missing one FAILS the test (never a skip that hides it)."""
+    path = REAL_DATA / name
+    if not path.is_file():
+        pytest.fail(f"test fixture {path} is missing: tests/data/ must hold it (see tests/data/PROVENANCE.md)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def rees46_sample() -> Path:
-    path = REAL_DATA / "rees46-2019-oct-head.csv"
-    if not path.exists():
-        pytest.skip(f"real sample not found at {path}")
-    return path
+    return real_fixture("rees46-2019-oct-head.csv")
 
 
 @pytest.fixture(scope="session")

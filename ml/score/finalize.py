@@ -171,6 +171,7 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
             timings[key] = round(timings.get(key, 0.0) + float(value), 4)
     timings["check"] = round(check_s, 4)
     scored = sum(int(b.scored_pairs or 0) for b in batches)
+    _shrink_guard(engine, settings, run_id, day, scored, what)
     stage, part = run.stage_table, partition_name(day)
     with engine.connect() as conn:
         tiers, reasons = _stage_facts(conn, stage)
@@ -195,6 +196,25 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
         log.info(line)
     log.debug("finalize took %.1fs", time.perf_counter() - t0)
     return summary
+
+
+def _shrink_guard(engine: Engine, settings: Settings, run_id: str, day: dt.date, scored: int, what: str) -> None:
+    """Issue 15: fail (run marked failed, nothing swapped) when the partition would hold fewer than
+    (1 - settings.score_max_shrink_fraction) x the pairs of the latest succeeded run of this or an earlier date,
+    unless the run was planned with allow_shrink."""
+    with engine.connect() as conn:
+        allow = conn.execute(sa.text("select coalesce((params->>'allow_shrink')::boolean, false) from scoring.runs"
+                                     " where run_id = :r"), {"r": run_id}).scalar()
+        prev = conn.execute(sa.text("select score_date, scored_pairs from scoring.runs where status = 'succeeded'"
+                                    " and score_date <= :d and run_id <> :r order by score_date desc, started_at desc"
+                                    " limit 1"), {"d": day, "r": run_id}).first()
+    floor = (1 - settings.score_max_shrink_fraction) * (prev.scored_pairs or 0) if prev else 0
+    if prev is not None and scored < floor and not allow:
+        msg = (f"{what}: {scored:,} scored pairs would replace a partition shrinking more than "
+               f"{settings.score_max_shrink_fraction:.0%} against score_date {prev.score_date} ({prev.scored_pairs:,} "
+               "pairs); nothing swapped. Missing upstream events? Pass --allow-shrink if this is expected")
+        fail_run(engine, run_id, msg)
+        raise ScoringError(msg)
 
 
 def _swap_partition(conn: sa.Connection, settings: Settings, stage: str, part: str, day: dt.date) -> bool:
@@ -230,16 +250,28 @@ def run_scoring(
     n_buckets: int | None = None,
     orchestrator_run_id: str | None = "cli",
     ensemble: Ensemble | None = None,
+    allow_empty: bool = False,
+    allow_shrink: bool = False,
 ) -> RunSummary:
     """Plan, score every bucket in this process (the model loaded once), finalize. On any failure the run is marked
     failed and the error re-raised; the score date's previous partition is then unchanged."""
     plan = plan_run(engine, settings, score_date, model_version=model_version, n_buckets=n_buckets,
-                    orchestrator_run_id=orchestrator_run_id)
+                    orchestrator_run_id=orchestrator_run_id, allow_empty=allow_empty, allow_shrink=allow_shrink)
     try:
         ens = ensemble if ensemble is not None else load_model(engine, settings, plan.model_version)
         for batch in plan.batches:
             score_batch(engine, settings, batch, ensemble=ens)
         return finalize_run(engine, settings, plan.run_id)
     except BaseException as e:
+        try:  # issue 15: the losing side of two runs of one date says so
+            with engine.connect() as conn:
+                lost = conn.execute(sa.text("select error from scoring.runs where run_id = :r and status = 'failed'"
+                                            " and error like 'abandoned: superseded%'"), {"r": plan.run_id}).scalar()
+        except sa.exc.SQLAlchemyError:
+            lost = None
+        if lost and isinstance(e, Exception):
+            raise ScoringError(f"scoring run {plan.run_id} of score_date {plan.score_date} lost: another run of this "
+                               "date started later and superseded it (the newer run wins); nothing of this run was "
+                               "swapped in") from e
         fail_run(engine, plan.run_id, f"{type(e).__name__}: {e}")
         raise

@@ -119,27 +119,33 @@ def plan_run(
     model_version: str | None = None,
     n_buckets: int | None = None,
     orchestrator_run_id: str | None = None,
+    allow_empty: bool = False,
+    allow_shrink: bool = False,
 ) -> RunPlan:
     """Plan a scoring run of ``score_date`` (features at its 00:00 UTC): see :mod:`ml.score`, step 1.
 
     ``model_version`` defaults to the champion; ``n_buckets`` to ``settings.score_buckets`` (1..512). Raises
-    ScoringError when there is no model or the bucket count is out of range.
+    ScoringError when there is no model or the bucket count is out of range, and (issue 15) when the date has no
+    active pair unless ``allow_empty``; ``allow_shrink`` is kept for finalize's shrink guard.
     """
     t0 = time.perf_counter()
     day = utc_date(score_date, what="score_date")
-    k = int(n_buckets or settings.score_buckets)
+    k = int(settings.score_buckets if n_buckets is None else n_buckets)
     if not 1 <= k <= MAX_BUCKETS:
         raise ScoringError(f"bucket count must be in 1..{MAX_BUCKETS} (mapped fan-out), not {k}")
     version = resolve_model_version(engine, model_version)
     features = _feature_names_of(engine, version)
     dropped = cleanup_stages(engine, settings, day)
     counts = count_pairs_by_bucket(engine, settings, day, k)
+    if not sum(counts) and not allow_empty:  # issue 15: missing upstream data must not look like a quiet night
+        raise ScoringError(f"score_date {day}: no active pairs (no events in the {settings.active_window_days} days "
+                           "before it?); nothing scored. Load the events first, or pass --allow-empty")
     run_id = f"{day:%Y%m%d}_{uuid.uuid4().hex[:12]}"
     stage = stage_name(run_id)
     params = {"n_buckets": k, "top_k": settings.top_k_contributions, "tier_bands": settings.tier_bands,
               "reason_top_features": settings.reason_top_features, "max_reasons": settings.max_reasons,
               "lookback_days": settings.lookback_days, "active_window_days": settings.active_window_days,
-              "as_of": midnight_utc(day).isoformat()}
+              "as_of": midnight_utc(day).isoformat(), "allow_shrink": bool(allow_shrink)}
     with engine.begin() as conn:
         conn.execute(
             sa.text(sql_text("plan_insert_run")),

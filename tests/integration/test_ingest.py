@@ -316,23 +316,30 @@ def test_parquet_and_gzip_files_load(cfg, engine, tmp_path: Path) -> None:
 
     gz.write_bytes(gzip.compress(paths[0].read_bytes()))
     paths[0].unlink()
+    # day 1 as csv.gz, day 2 as Parquet; the Parquet copy of day 1 is a re-delivery of loaded events (issue 15)
+    redelivery = tmp_path / paths[1].name
+    shutil.move(paths[1], redelivery)
+    paths[2].unlink()
     results = ingest_files(discover_files(cfg), cfg, engine)
-    assert sorted(r.file_name for r in results) == sorted(p.name for p in [gz, *paths[1:]])
+    assert sorted(r.file_name for r in results) == sorted([gz.name, paths[3].name])
     assert all(r.status == "loaded" for r in results), [r.message for r in results]
     day1 = df[df.event_time.dt.floor("D") == df.event_time.min().floor("D")]
+    day2 = df[df.event_time.dt.floor("D") > df.event_time.min().floor("D")]
     by_name = {r.file_name: r for r in results}
-    assert by_name[gz.name].rows_loaded == by_name[paths[1].name].rows_loaded == len(day1)
+    assert by_name[gz.name].rows_loaded == len(day1) and by_name[paths[3].name].rows_loaded == len(day2)
     pq_rows = pd.read_sql(
         sa.text("select * from raw.events where file_id = :f order by line_no"),
         engine,
-        params={"f": by_name[paths[1].name].file_id},
+        params={"f": by_name[paths[3].name].file_id},
     )
-    src = day1.reset_index(drop=True)
+    src = day2.reset_index(drop=True)
     assert pq_rows.line_no.tolist() == list(range(1, len(src) + 1))
     assert pq_rows.user_id.tolist() == src.user_id.tolist()
     assert pq_rows.price.tolist() == pytest.approx(src.price.tolist())
     assert (pq_rows.event_time == src.event_time).all()
     assert pq_rows.user_session.astype(str).tolist() == src.user_session.astype(str).tolist()
+    again = ingest_file(redelivery, cfg, engine)
+    assert again.status == "quarantined" and again.failed_rules == ["duplicate_delivery"], again.message
 
 
 def test_row_count_against_trailing_average_uses_loaded_history(cfg, engine, rees46_sample: Path, tmp_path) -> None:

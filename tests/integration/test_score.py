@@ -325,10 +325,13 @@ def test_retried_batch_does_not_duplicate_and_failed_checks_refuse_the_swap(
     assert status == "failed" and failed == ["row_count_equals_planned"]
 
 
-def test_a_date_without_active_pairs_gives_an_empty_partition(world: World, wengine: sa.Engine) -> None:
+def test_a_date_without_active_pairs_fails_unless_allowed(world: World, wengine: sa.Engine) -> None:
     from ml.score import run_scoring
 
-    summary = run_scoring(wengine, world.settings(), dt.date(2019, 8, 1), n_buckets=2)
+    with pytest.raises(ScoringError, match=r"score_date 2019-08-01: no active pairs.*--allow-empty"):
+        run_scoring(wengine, world.settings(), dt.date(2019, 8, 1), n_buckets=2)
+    assert "scores_p20190801" not in partitions(wengine)
+    summary = run_scoring(wengine, world.settings(), dt.date(2019, 8, 1), n_buckets=2, allow_empty=True)
     assert (summary.status, summary.planned_pairs, summary.scored_pairs) == ("succeeded", 0, 0)
     assert "scores_p20190801" in partitions(wengine) and fetch(wengine, dt.date(2019, 8, 1)) == []
 
@@ -340,3 +343,40 @@ def test_unknown_model_or_bad_bucket_count_is_refused(world: World, wengine: sa.
         plan_run(wengine, world.settings(), dt.date(2019, 11, 8), model_version="nope")
     with pytest.raises(ScoringError, match="bucket count"):
         plan_run(wengine, world.settings(), dt.date(2019, 11, 8), n_buckets=1000)
+    with pytest.raises(ScoringError, match="bucket count must be in 1..512.*not 0"):  # 0 is not "the default"
+        plan_run(wengine, world.settings(), dt.date(2019, 11, 8), n_buckets=0)
+
+
+def test_a_partition_that_would_shrink_too_much_fails_unless_allowed(world: World, wengine: sa.Engine) -> None:
+    """Issue 15: missing upstream data (here: a 1-day active window) must not atomically replace a full partition."""
+    from ml.score import run_scoring
+
+    day = dt.date(2019, 11, 12)
+    full = run_scoring(wengine, world.settings(), day, n_buckets=2)
+    before = fetch(wengine, day)
+    thin = world.settings(active_window_days=1)
+    with pytest.raises(ScoringError, match=r"shrinking more than 50% against score_date 2019-11-12.*--allow-shrink"):
+        run_scoring(wengine, thin, day, n_buckets=2)
+    assert fetch(wengine, day) == before  # the failed run's stage stays for inspection until the next plan
+    allowed = run_scoring(wengine, thin, day, n_buckets=2, allow_shrink=True)
+    assert 0 < allowed.scored_pairs < full.scored_pairs / 2
+
+
+def test_the_losing_side_of_two_runs_of_one_date_says_another_run_won(world: World, wengine: sa.Engine,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import ml.score.finalize as fin
+
+    day = dt.date(2019, 11, 13)
+    real = fin.score_batch
+    newer: list = []
+
+    def race(engine, settings, batch, **kw):  # noqa: ANN001, ANN202 - the first batch of run A
+        if not newer:  # ... while run B of the same date starts later and completes
+            monkeypatch.setattr(fin, "score_batch", real)
+            newer.append(fin.run_scoring(wengine, world.settings(), day, n_buckets=2))
+        return real(engine, settings, batch, **kw)
+
+    monkeypatch.setattr(fin, "score_batch", race)
+    with pytest.raises(ScoringError, match=r"lost: another run of this date started later and superseded it"):
+        fin.run_scoring(wengine, world.settings(), day, n_buckets=2)
+    assert {r[-1] for r in fetch(wengine, day)} == {newer[0].run_id}
