@@ -37,8 +37,12 @@ def _root(
 
 
 def settings() -> Settings:
-    """The settings for this invocation (environment + .env)."""
-    return get_settings()
+    """The settings for this invocation (environment + .env); their secrets are registered with the log filter."""
+    from ml.redact import register_secrets
+
+    s = get_settings()
+    register_secrets(s)
+    return s
 
 
 def _date_option(value: str, option: str) -> dt.date:
@@ -72,11 +76,13 @@ def services_up() -> None:
     """Start (or reuse) the embedded PostgreSQL and Redis; configured URLs are used as they are."""
     from ml.dev.services import resolve_services
 
+    from ml.redact import mask_url
+
     svc = resolve_services(settings())
-    typer.echo(f"postgres: {svc.postgres_url}{' (embedded)' if svc.embedded_postgres else ''}")
-    typer.echo(f"redis:    {svc.redis_url}{' (embedded)' if svc.embedded_redis else ''}")
+    typer.echo(f"postgres: {mask_url(svc.postgres_url)}{' (embedded)' if svc.embedded_postgres else ''}")
+    typer.echo(f"redis:    {mask_url(svc.redis_url)}{' (embedded)' if svc.embedded_redis else ''}")
     if svc.airflow_db_url:
-        typer.echo(f"airflow metadata db: {svc.airflow_db_url}")
+        typer.echo(f"airflow metadata db: {mask_url(svc.airflow_db_url)}")
 
 
 @services_app.command("down")
@@ -99,7 +105,8 @@ def services_status() -> None:
 
 @services_app.command("env")
 def services_env() -> None:
-    """Print `export` lines with the resolved URLs (for a shell or a local Airflow)."""
+    """Print `export` lines with the resolved URLs (for a shell or a local Airflow). This one prints credentials
+    (that is its purpose): redirect it into a file only you can read, never into a shared log."""
     from ml.dev.services import resolve_services
 
     svc = resolve_services(settings())
@@ -119,8 +126,10 @@ def migrate() -> None:
 
 @app.command("settings")
 def show_settings() -> None:
-    """Print the effective settings as JSON (secrets are hashes only)."""
-    typer.echo(json.dumps(settings().model_dump(mode="json"), indent=2))
+    """Print the effective settings as JSON; passwords, tokens, keys and webhook paths are masked (``***``)."""
+    from ml.redact import masked_settings
+
+    typer.echo(json.dumps(masked_settings(settings()), indent=2))
 
 
 @app.command()

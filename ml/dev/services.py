@@ -208,15 +208,18 @@ def stop_services(settings: Settings) -> dict[str, bool]:
 
 
 def service_status(settings: Settings) -> dict[str, str]:
-    """One line per service: its URL and whether it is configured, embedded-running or embedded-stopped."""
+    """One line per service: its URL (password masked) and whether it is configured, embedded-running or
+    embedded-stopped."""
+    from ml.redact import mask_url
+
     state = settings.state_dir
     pg = settings.postgres_url or postgres_uri(state)
     rd = settings.redis_url or redis_uri(state)
     return {
-        "postgres": f"configured {settings.postgres_url}"
+        "postgres": f"configured {mask_url(settings.postgres_url)}"
         if settings.postgres_url
         else (f"embedded, running at {pg}" if pg else "embedded, stopped"),
-        "redis": f"configured {settings.redis_url}"
+        "redis": f"configured {mask_url(settings.redis_url)}"
         if settings.redis_url
         else (f"embedded, running at {rd}" if rd else "embedded, stopped"),
     }
