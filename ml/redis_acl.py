@@ -54,7 +54,7 @@ def acl_rules(prefix: str, user: str, *, selectors: bool = True) -> list[str]:
     p = _glob(prefix)
     base = ["resetkeys", "resetchannels", "-@all"]
     if user == PUBLISHER:
-        return [*base, f"~{p}:*", "+@all", "-@admin", "-@dangerous", "+info", "+ping", *_CONNECTION]
+        return [*base, f"~{p}:*", "+@all", "-@admin", "-@dangerous", "+info", *_CONNECTION]
     if user == API:
         rules = [*base, f"~{p}:*", "+@read", "+info", *_CONNECTION, "-keys"]
         if selectors:
