@@ -559,6 +559,44 @@ def snapshots_cmd(
     typer.echo(f"fingerprint {ts.fingerprint} (feature version {ts.feature_version})")
 
 
+# --- issue 16: retention --------------------------------------------------------------------------------------------
+@app.command("retention")
+def retention_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be dropped and removed.")] = False,
+    today: Annotated[str | None, typer.Option("--today", help="As-of UTC date YYYY-MM-DD (default: today).")] = None,
+    scores_days: Annotated[
+        int | None, typer.Option(min=0, help="Keep score dates this recent (default: settings.retention_scores_days).")
+    ] = None,
+    events_days: Annotated[
+        int | None, typer.Option(min=0, help="Keep event days this recent (default: settings.retention_events_days).")
+    ] = None,
+    keep_models: Annotated[
+        int | None, typer.Option(min=0, help="Archived models whose files are kept (default: settings value).")
+    ] = None,
+    footprint: Annotated[bool, typer.Option("--footprint", help="Also print bytes per scored pair / raw event.")] = False,
+) -> None:
+    """Drop old scoring.scores and raw.events partitions and the files/Optuna studies of archived models (never the
+    served score date, the champion's training window, an unfinished experiment or the monitoring horizon), and
+    print what was freed. The weekly `maintenance` DAG runs the same function."""
+    from ml.retention import apply_retention, storage_footprint
+
+    s = settings()
+    engine = pg_engine(s)
+    report = apply_retention(
+        engine, s, today=_date_option(today, "--today") if today else None, dry_run=dry_run,
+        scores_days=scores_days, events_days=events_days, keep_archived_models=keep_models,
+    )
+    typer.echo("\n".join(report.lines()))
+    for d in report.scores + report.events:
+        typer.echo(f"  {'would drop' if dry_run else 'dropped'} {d.table} ({d.day}, {d.bytes:,} bytes)")
+    for m in report.models:
+        typer.echo(f"  {'would remove' if dry_run else 'removed'} model {m.version} ({m.status}): {m.bytes:,} bytes, "
+                   f"{len(m.paths)} path(s), {len(m.studies)} stud(ies)")
+    if footprint:
+        for key, value in storage_footprint(engine).items():
+            typer.echo(f"{key}: {value:,.1f}")
+
+
 def main() -> None:
     app()
 
