@@ -178,12 +178,24 @@ class TaskResources:
                 engine.dispose()
 
 
+def _mask_in_task_logs(settings: Settings) -> None:
+    """Register the settings' secrets (URL passwords, webhook, JWT key: ``ml.redact.secret_values``) with Airflow's
+    task-log masker, so they print as *** in task logs like connection passwords do."""
+    from airflow.sdk.log import mask_secret
+
+    from ml.redact import register_secrets
+
+    for value in register_secrets(settings):
+        mask_secret(value)
+
+
 @contextmanager
 def task_resources(**overrides: Any) -> Iterator[TaskResources]:
     """``with task_resources() as res:`` -> ``res.settings``, ``res.engine``, ``res.redis`` (see
     :class:`TaskResources`); everything created is released when the block exits, also on error.
     ``overrides``: Settings fields that win over connections and environment."""
     res = TaskResources(pipeline_settings(**overrides))
+    _mask_in_task_logs(res.settings)
     try:
         yield res
     finally:

@@ -37,7 +37,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ml.api_auth import Authenticator, Principal, RateLimiter
+from ml.api_auth import Authenticator, FailedAuthLimiter, Principal, RateLimiter
 from ml.api_metrics import ApiMetrics, MetricsMiddleware
 from ml.api_redis import FastRedis
 from ml.errors import ConfigError
@@ -308,8 +308,14 @@ async def _authorize(request: Request, credentials: HTTPAuthorizationCredentials
     only the HTTPBearer scheme stays a dependency, so OpenAPI documents it."""
     state = request.app.state
     if state.auth_enabled:
+        client = "ip:" + (request.client.host if request.client else "unknown")
+        blocked = await state.auth_failures.blocked(client)  # failed-login limit (ml.api_auth.FailedAuthLimiter)
+        if blocked is not None:
+            raise HTTPException(429, f"too many failed logins from this client ({blocked[0]}); retry in "
+                                f"{blocked[1]}s", headers={"Retry-After": str(blocked[1])})
         principal = state.auth.authenticate(credentials.credentials if credentials else None)
         if principal is None:
+            await state.auth_failures.failed(client)
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
     else:
         principal = Principal(id="ip:" + (request.client.host if request.client else "unknown"), kind="anonymous")
@@ -407,6 +413,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_enabled = settings.api_auth_enabled
     app.state.auth = auth
     app.state.limiter = limiter
+    app.state.auth_failures = FailedAuthLimiter(settings)
 
     def _serving(version: _Version | None) -> _Version:
         if version is None:
@@ -487,16 +494,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.served(version.id, version.served.model_version, version.served.score_date)
         return HealthResponse(status="ok", redis="up", serving=version.served if version else None)
 
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"description": "Prometheus text exposition.", "content": {"text/plain": {}}}},
-        tags=["ops"],
-        summary="Prometheus metrics",
-    )
     async def prometheus_metrics(request: Request) -> Response:
         _reject_unknown_query(request, _NO_QUERY)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def prometheus_metrics_authenticated(request: Request, credentials: Bearer) -> Response:
+        await _authorize(request, credentials)  # the /v1 bearer token, and the same failed-login limit
+        return await prometheus_metrics(request)
+
+    app.add_api_route(  # settings.api_metrics_auth: OpenAPI documents the bearer scheme only when it is required
+        "/metrics",
+        prometheus_metrics_authenticated if settings.api_metrics_auth else prometheus_metrics,
+        methods=["GET"],
+        response_class=Response,
+        responses={200: {"description": "Prometheus text exposition.", "content": {"text/plain": {}}},
+                   **({401: _err("Missing or invalid bearer token.")} if settings.api_metrics_auth else {})},
+        tags=["ops"],
+        summary="Prometheus metrics",
+    )
 
     return app
 

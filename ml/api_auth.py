@@ -99,25 +99,61 @@ class Authenticator:
         return Principal(id="jwt:" + str(claims["sub"]), kind="jwt")
 
 
+def _limits_storage(settings: Settings) -> Any:
+    """The ``limits`` async storage of ``settings.api_rate_limit_storage`` (memory, or Redis through redis-py)."""
+    from limits.storage import storage_from_string
+
+    uri = settings.api_rate_limit_storage
+    options: dict[str, Any] = {}
+    if uri.startswith(("redis://", "rediss://", "unix://")):  # shared counters, through redis-py
+        scheme, rest = uri.split("://", 1)
+        uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
+        options = {"implementation": "redispy"}
+    elif not uri.startswith("async+"):
+        uri = "async+" + uri
+    return storage_from_string(uri, **options)
+
+
+class FailedAuthLimiter:
+    """Failed bearer-token attempts per client address (``api_failed_auth_limit``): once a client has used up the
+    budget, :meth:`blocked` says for how long every call from it is refused (429), so tokens cannot be guessed at
+    request rate. Keyed on the peer address, never on the presented token."""
+
+    def __init__(self, settings: Settings) -> None:
+        from limits import parse_many
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+        spec = settings.api_failed_auth_limit.strip()
+        self.items = parse_many(spec) if spec and spec.lower() not in ("none", "off", "0") else []
+        self.limiter = SlidingWindowCounterRateLimiter(_limits_storage(settings)) if self.items else None
+
+    async def blocked(self, client: str) -> tuple[str, int] | None:
+        """None while ``client`` may still try; else (the limit, whole seconds until it may try again, >= 1)."""
+        if self.limiter is None:
+            return None
+        for item in self.items:
+            if not await self.limiter.test(item, "propensity-auth-fail", client):
+                stats = await self.limiter.get_window_stats(item, "propensity-auth-fail", client)
+                return str(item), max(1, math.ceil(stats.reset_time - time.time()))
+        return None
+
+    async def failed(self, client: str) -> None:
+        """Count one failed attempt of ``client``."""
+        if self.limiter is not None:
+            for item in self.items:
+                await self.limiter.hit(item, "propensity-auth-fail", client)
+
+
 class RateLimiter:
     """Per-client limits (``limits`` library, sliding-window counters) on the configured storage."""
 
     def __init__(self, settings: Settings) -> None:
         from limits import parse_many
         from limits.aio.strategies import SlidingWindowCounterRateLimiter
-        from limits.storage import storage_from_string
 
         spec = settings.api_rate_limit.strip()
         self.items = parse_many(spec) if spec and spec.lower() not in ("none", "off", "0") else []
-        uri = settings.api_rate_limit_storage
-        options: dict[str, Any] = {}
-        if uri.startswith(("redis://", "rediss://", "unix://")):  # shared counters, through redis-py
-            scheme, rest = uri.split("://", 1)
-            uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
-            options = {"implementation": "redispy"}
-        elif not uri.startswith("async+"):
-            uri = "async+" + uri
-        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options)) if self.items else None
+        self.limiter = SlidingWindowCounterRateLimiter(_limits_storage(settings)) if self.items else None
 
     async def hit(self, principal: Principal) -> tuple[str, int] | None:
         """Count one hit of ``principal``: None while within every limit, else (the limit exceeded, whole seconds

@@ -38,8 +38,12 @@ def _root(
 
 
 def settings() -> Settings:
-    """The settings for this invocation (environment + .env)."""
-    return get_settings()
+    """The settings for this invocation (environment + .env); their secrets are registered with the log filter."""
+    from ml.redact import register_secrets
+
+    s = get_settings()
+    register_secrets(s)
+    return s
 
 
 def _date_option(value: str, option: str) -> dt.date:
@@ -73,11 +77,13 @@ def services_up() -> None:
     """Start (or reuse) the embedded PostgreSQL and Redis; configured URLs are used as they are."""
     from ml.dev.services import resolve_services
 
+    from ml.redact import mask_url
+
     svc = resolve_services(settings())
-    typer.echo(f"postgres: {svc.postgres_url}{' (embedded)' if svc.embedded_postgres else ''}")
-    typer.echo(f"redis:    {svc.redis_url}{' (embedded)' if svc.embedded_redis else ''}")
+    typer.echo(f"postgres: {mask_url(svc.postgres_url)}{' (embedded)' if svc.embedded_postgres else ''}")
+    typer.echo(f"redis:    {mask_url(svc.redis_url)}{' (embedded)' if svc.embedded_redis else ''}")
     if svc.airflow_db_url:
-        typer.echo(f"airflow metadata db: {svc.airflow_db_url}")
+        typer.echo(f"airflow metadata db: {mask_url(svc.airflow_db_url)}")
 
 
 @services_app.command("down")
@@ -100,7 +106,8 @@ def services_status() -> None:
 
 @services_app.command("env")
 def services_env() -> None:
-    """Print `export` lines with the resolved URLs (for a shell or a local Airflow)."""
+    """Print `export` lines with the resolved URLs (for a shell or a local Airflow). This one prints credentials
+    (that is its purpose): redirect it into a file only you can read, never into a shared log."""
     from ml.dev.services import resolve_services
 
     svc = resolve_services(settings())
@@ -120,8 +127,10 @@ def migrate() -> None:
 
 @app.command("settings")
 def show_settings() -> None:
-    """Print the effective settings as JSON (secrets are hashes only)."""
-    typer.echo(json.dumps(settings().model_dump(mode="json"), indent=2))
+    """Print the effective settings as JSON; passwords, tokens, keys and webhook paths are masked (``***``)."""
+    from ml.redact import masked_settings
+
+    typer.echo(json.dumps(masked_settings(settings()), indent=2))
 
 
 @app.command()
@@ -574,6 +583,44 @@ def snapshots_cmd(
     for info in ts.snapshots:
         typer.echo(f"{info.as_of:%Y-%m-%d}  rows {info.rows:>10,}  positives {info.positives:>8,}  {info.uri}")
     typer.echo(f"fingerprint {ts.fingerprint} (feature version {ts.feature_version})")
+
+
+# --- issue 16: retention --------------------------------------------------------------------------------------------
+@app.command("retention")
+def retention_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be dropped and removed.")] = False,
+    today: Annotated[str | None, typer.Option("--today", help="As-of UTC date YYYY-MM-DD (default: today).")] = None,
+    scores_days: Annotated[
+        int | None, typer.Option(min=0, help="Keep score dates this recent (default: settings.retention_scores_days).")
+    ] = None,
+    events_days: Annotated[
+        int | None, typer.Option(min=0, help="Keep event days this recent (default: settings.retention_events_days).")
+    ] = None,
+    keep_models: Annotated[
+        int | None, typer.Option(min=0, help="Archived models whose files are kept (default: settings value).")
+    ] = None,
+    footprint: Annotated[bool, typer.Option("--footprint", help="Also print bytes per scored pair / raw event.")] = False,
+) -> None:
+    """Drop old scoring.scores and raw.events partitions and the files/Optuna studies of archived models (never the
+    served score date, the champion's training window, an unfinished experiment or the monitoring horizon), and
+    print what was freed. The weekly `maintenance` DAG runs the same function."""
+    from ml.retention import apply_retention, storage_footprint
+
+    s = settings()
+    engine = pg_engine(s)
+    report = apply_retention(
+        engine, s, today=_date_option(today, "--today") if today else None, dry_run=dry_run,
+        scores_days=scores_days, events_days=events_days, keep_archived_models=keep_models,
+    )
+    typer.echo("\n".join(report.lines()))
+    for d in report.scores + report.events:
+        typer.echo(f"  {'would drop' if dry_run else 'dropped'} {d.table} ({d.day}, {d.bytes:,} bytes)")
+    for m in report.models:
+        typer.echo(f"  {'would remove' if dry_run else 'removed'} model {m.version} ({m.status}): {m.bytes:,} bytes, "
+                   f"{len(m.paths)} path(s), {len(m.studies)} stud(ies)")
+    if footprint:
+        for key, value in storage_footprint(engine).items():
+            typer.echo(f"{key}: {value:,.1f}")
 
 
 def _one_line(e: BaseException) -> str:

@@ -20,7 +20,15 @@ def notify(text: str, settings: Settings | None = None) -> bool:
         return False
     import httpx
 
-    resp = httpx.post(s.alert_webhook_url, json={"text": text}, timeout=10)
-    resp.raise_for_status()
-    log.info("failure notice sent to %s", s.alert_webhook_url.split("?")[0])
+    from ml.redact import mask_webhook
+
+    where = mask_webhook(s.alert_webhook_url)  # the webhook's path is its credential: never logged or raised
+    try:
+        resp = httpx.post(s.alert_webhook_url, json={"text": text}, timeout=10)
+        resp.raise_for_status()
+    except httpx.HTTPStatusError as e:
+        raise RuntimeError(f"webhook {where} answered HTTP {e.response.status_code}") from None
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"webhook {where} unreachable: {type(e).__name__}") from None
+    log.info("failure notice sent to %s", where)
     return True

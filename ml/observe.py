@@ -20,6 +20,9 @@ def setup_logging(level: str | int = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         handler._propensity = True  # type: ignore[attr-defined]
+        from ml.redact import log_filter
+
+        handler.addFilter(log_filter())  # masks URL passwords and registered secrets (ml.redact)
         root.addHandler(handler)
     logging.getLogger("ml").setLevel(level)
     if root.level == logging.WARNING or root.level == logging.NOTSET:

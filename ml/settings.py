@@ -236,6 +236,31 @@ class Settings(BaseSettings):
         "score date fails (missing upstream data?) unless explicitly allowed (--allow-shrink / DAG param).",
     )
 
+    # --- issue 16: production posture (failed-login limit, /metrics auth, retention) -----------------------------
+    api_failed_auth_limit: str = Field(
+        "20/minute;200/hour",
+        description="Failed bearer-token attempts allowed per client address (limits syntax); beyond it every /v1 "
+        "call from that address gets 429 until the window passes, valid token or not. 'none' disables it. Counters "
+        "live in api_rate_limit_storage. Behind a proxy, run uvicorn with --forwarded-allow-ips so the address is "
+        "the client's.",
+    )
+    api_metrics_auth: bool = Field(
+        False,
+        description="Require the /v1 bearer token (API key or JWT) on GET /metrics too. Off: /metrics is open (bind "
+        "the API to a private network or let only Prometheus reach it).",
+    )
+    retention_scores_days: int = Field(
+        90, description="scoring.scores partitions (score dates) older than this many days are dropped by maintenance."
+    )
+    retention_events_days: int = Field(
+        400, description="raw.events daily partitions older than this many days are dropped by maintenance."
+    )
+    retention_keep_archived_models: int = Field(
+        5,
+        description="Archived (never champion now) model versions whose artifacts, reports and Optuna studies are "
+        "kept; older ones are deleted by maintenance (their registry rows stay).",
+    )
+
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().absolute()

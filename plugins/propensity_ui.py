@@ -3,8 +3,10 @@ validation failures, drift and links to reports (Airflow 3 plugin: a FastAPI app
 
 Only glue lives here: the data and HTML come from ``ml.dashboard``. The pipeline database URL comes from the
 ``propensity_postgres`` connection (env-var connections are read directly, so the api-server needs no Task SDK).
-Note: Airflow does not put plugin FastAPI apps behind its own auth; the page is read-only, and in production the
-api-server should sit behind your SSO proxy as usual.
+Auth: every route of this app (the page and its report / Data Docs file route, which show sample rows with user
+ids) requires an authenticated Airflow user: Airflow's own ``requires_authenticated()`` dependency reads the
+UI's session cookie or an ``Authorization: Bearer`` token, exactly as the api-server's routes do; anonymous requests
+get 401 (tests/integration/test_plugin_auth.py, through the api-server's real app).
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import json
 import os
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
+from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 
-app = FastAPI(title="Propensity pipeline page", docs_url=None, redoc_url=None)
+app = FastAPI(
+    title="Propensity pipeline page",
+    docs_url=None,
+    redoc_url=None,
+    dependencies=[Depends(requires_authenticated())],  # issue 16: no anonymous access to the page or its files
+)
 
 
 def _pipeline_url() -> str:

