@@ -228,6 +228,15 @@ class Settings(BaseSettings):
         64, description="Redis connections per API worker; more concurrent lookups wait for a free one."
     )
 
+    # --- issue 17: incremental feature rollups ---
+    feature_source: Literal["rollups", "raw"] = Field(
+        "rollups",
+        description="Where point-in-time features are aggregated from when as_of is a UTC midnight (nightly "
+        "scoring, weekly training snapshots): 'rollups' reads the per-day rollups kept up to date by the event "
+        "load (migration 0180, docs/features.md); 'raw' re-aggregates raw.events (same values, slower). Any other "
+        "as_of always reads raw.events.",
+    )
+
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().absolute()
