@@ -236,6 +236,14 @@ class Settings(BaseSettings):
         "load (migration 0180, docs/features.md); 'raw' re-aggregates raw.events (same values, slower). Any other "
         "as_of always reads raw.events.",
     )
+    ingest_group_max_files: int = Field(
+        16, ge=1, description="Most files one mapped ingest_events task validates and loads (each file on its own)."
+    )
+    ingest_group_max_rows: int = Field(
+        2_000_000, ge=1,
+        description="Most rows one mapped ingest_events task takes, estimated from file sizes (a larger file is a "
+        "task of its own).",
+    )
 
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
