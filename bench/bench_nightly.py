@@ -268,4 +268,7 @@ def write_doc(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import json
+
+    result = main()
+    print(json.dumps({k: v for k, v in result.items()}, indent=1, default=str))

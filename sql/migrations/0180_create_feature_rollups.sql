@@ -36,10 +36,9 @@ create table if not exists raw.rollup_pair_day (
     last_view_key    bigint,                -- max packed key of the day's views
     category_id      bigint      not null,  -- max
     brand            text collate "C",      -- max of the non-null brands
-    sessions         uuid[]      not null,  -- the distinct non-null session ids, sorted
+    sessions         uuid[]      not null,  -- the distinct non-null session ids (a set: order is arbitrary)
     primary key (user_id, product_id, day)
 );
-create index if not exists rollup_pair_day_day_idx on raw.rollup_pair_day (day);
 
 -- (user, session id, UTC day): sessions, their length and events, days active (null session = no session)
 create table if not exists raw.rollup_user_session_day (
@@ -52,7 +51,6 @@ create table if not exists raw.rollup_user_session_day (
 );
 create unique index if not exists rollup_user_session_day_key
     on raw.rollup_user_session_day (user_id, user_session, day) nulls not distinct;
-create index if not exists rollup_user_session_day_day_idx on raw.rollup_user_session_day (day);
 
 -- (product, UTC day): every user's events on the product (item statistics)
 create table if not exists raw.rollup_product_day (
@@ -67,7 +65,6 @@ create table if not exists raw.rollup_product_day (
     brand       text collate "C" not null,  -- max(coalesce(brand, '')): '' = unbranded
     primary key (product_id, day)
 );
-create index if not exists rollup_product_day_day_idx on raw.rollup_product_day (day);
 
 -- The three upserts adding the events of relation/subquery `source` (raw.events' columns) to the rollups.
 -- Rows are inserted in key order so that concurrent loaders of the same day lock keys in the same order.
@@ -79,28 +76,36 @@ insert into raw.rollup_pair_day as r (
     user_id, product_id, day, events, views, carts, removes, purchases, evening_events, first_view_at,
     last_view_at, last_cart_at, last_purchase_at, last_at, first_view_key, last_view_key, category_id, brand, sessions)
 select user_id, product_id, day,
-    count(*),
-    count(*) filter (where event_type = 'view'),
-    count(*) filter (where event_type = 'cart'),
-    count(*) filter (where event_type = 'remove_from_cart'),
-    count(*) filter (where event_type = 'purchase'),
-    count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18),
-    min(event_time) filter (where event_type = 'view'),
-    max(event_time) filter (where event_type = 'view'),
-    max(event_time) filter (where event_type = 'cart'),
-    max(event_time) filter (where event_type = 'purchase'),
-    max(event_time),
-    min(k) filter (where event_type = 'view'),
-    max(k) filter (where event_type = 'view'),
-    max(category_id),
-    max(brand collate "C"),
-    coalesce(array_agg(distinct user_session) filter (where user_session is not null), '{}')
+    sum(events), sum(views), sum(carts), sum(removes), sum(purchases), sum(evening_events),
+    min(first_view_at), max(last_view_at), max(last_cart_at), max(last_purchase_at), max(last_at),
+    min(first_view_key), max(last_view_key), max(category_id), max(brand),
+    coalesce(array_agg(user_session) filter (where user_session is not null), '{}')
 from (
-    select e.*, (e.event_time at time zone 'UTC')::date as day,
-        floor(date_part('epoch', e.event_time at time zone 'UTC' - (e.event_time at time zone 'UTC')::date))::bigint
-            * 68719476736 + least(round(e.price * 100), 68719476735)::bigint as k
-    from %1$s as e
-) as s
+    -- one row per (user, product, day, session) first: both levels are plain hash aggregates (no per-group sort)
+    select user_id, product_id, day, user_session,
+        count(*) as events,
+        count(*) filter (where event_type = 'view') as views,
+        count(*) filter (where event_type = 'cart') as carts,
+        count(*) filter (where event_type = 'remove_from_cart') as removes,
+        count(*) filter (where event_type = 'purchase') as purchases,
+        count(*) filter (where date_part('hour', event_time at time zone 'UTC') >= 18) as evening_events,
+        min(event_time) filter (where event_type = 'view') as first_view_at,
+        max(event_time) filter (where event_type = 'view') as last_view_at,
+        max(event_time) filter (where event_type = 'cart') as last_cart_at,
+        max(event_time) filter (where event_type = 'purchase') as last_purchase_at,
+        max(event_time) as last_at,
+        min(k) filter (where event_type = 'view') as first_view_key,
+        max(k) filter (where event_type = 'view') as last_view_key,
+        max(category_id) as category_id,
+        max(brand collate "C") as brand
+    from (
+        select e.*, (e.event_time at time zone 'UTC')::date as day,
+            floor(date_part('epoch', e.event_time at time zone 'UTC' - (e.event_time at time zone 'UTC')::date))::bigint
+                * 68719476736 + least(round(e.price * 100), 68719476735)::bigint as k
+        from %1$s as e
+    ) as s
+    group by user_id, product_id, day, user_session
+) as ps
 group by user_id, product_id, day
 order by user_id, product_id, day
 on conflict (user_id, product_id, day) do update set
@@ -120,7 +125,7 @@ on conflict (user_id, product_id, day) do update set
     category_id = greatest(r.category_id, excluded.category_id),
     brand = greatest(r.brand, excluded.brand),
     sessions = case when excluded.sessions <@ r.sessions then r.sessions
-                    else array(select distinct u from unnest(r.sessions || excluded.sessions) as u order by u) end
+                    else array(select distinct u from unnest(r.sessions || excluded.sessions) as u) end
 $q$, source),
 format($q$
 insert into raw.rollup_user_session_day as r (user_id, user_session, day, events, first_at, last_at)
@@ -197,8 +202,10 @@ begin
 end;
 $$;
 
+-- jit off: a trigger statement is short, JIT compilation would cost more than it saves on a small file;
+-- work_mem: the aggregates of a large file stay in memory
 create or replace function raw.rollups_after_insert() returns trigger
-language plpgsql as $$
+language plpgsql set jit = off set work_mem = '256MB' as $$
 declare
     q text;
 begin
@@ -210,7 +217,7 @@ end;
 $$;
 
 create or replace function raw.rollups_after_delete() returns trigger
-language plpgsql as $$
+language plpgsql set jit = off set work_mem = '256MB' as $$
 begin
     perform raw.rollups_rebuild_days(array(select distinct (event_time at time zone 'UTC')::date from old_rows));
     return null;
@@ -218,7 +225,7 @@ end;
 $$;
 
 create or replace function raw.rollups_after_update() returns trigger
-language plpgsql as $$
+language plpgsql set jit = off set work_mem = '256MB' as $$
 begin
     perform raw.rollups_rebuild_days(array(
         select (event_time at time zone 'UTC')::date from old_rows
