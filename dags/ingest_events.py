@@ -8,7 +8,10 @@ Great Expectations and loads the good ones into `raw.events`, exactly once. Hour
 1. **discover**: applies pending SQL migrations (a no-op when up to date), then lists the files waiting in landing
    (`.csv`, `.csv.gz`, `.parquet`; names starting with `.` or `_` are uploads in progress and are skipped), at most
    `max_files` per run, oldest name first.
-2. **validate_and_load** (mapped, one task per file, named after the file): structural rules (encoding, delimiter,
+2. **validate_and_load** (mapped, one task per **group** of files, named after its first file: at most
+   `PROPENSITY_INGEST_GROUP_MAX_FILES` files (16) and about `PROPENSITY_INGEST_GROUP_MAX_ROWS` rows (2M, estimated
+   from file sizes), so a backlog of 63 small files is a handful of tasks). Each file of a group is validated,
+   loaded or quarantined and recorded on its own: structural rules (encoding, delimiter,
    field count, complete last line) and the GX suite `raw_events` (exact columns, types, event_type set, positive
    ids, price range, no future timestamps, uuid sessions, null-ratio and duplicate-ratio thresholds, row count > 0
    and within a band around the trailing average). Every result is a row of `quality.validation_runs`; the GX
@@ -17,7 +20,9 @@ Great Expectations and loads the good ones into `raw.events`, exactly once. Hour
      rows (with `file_id`, `line_no`) into the day partitions; the file moves to `archive/`. A re-delivered file
      (same sha256) is a no-op.
    - **fail**: the file moves to `quarantine/` unchanged with `<name>.report.json` and `<name>.summary.txt`; the
-     task fails (no retry) with a message naming the file and every failed rule. Other files still load.
+     task log names the file and every failed rule, and `summarize` fails the run. Other files, in the same group
+     or not, still load. An unexpected error on a file fails the task after the rest of its group was tried; the
+     retry finds the loaded files already recorded (no-ops) and tries the failed one again.
 3. **emit_events**: emits the Asset `events` (extra: files, rows, days) when new rows landed; skipped otherwise.
 4. **summarize**: fails the run if any file was quarantined or failed, after the good files have loaded, so the run
    shows red while good data flowed.
@@ -77,32 +82,44 @@ def ingest_events() -> None:
         log.info("%d file(s) to ingest%s", len(files), "".join(f"\n  {f}" for f in files))
         return files
 
-    @task(map_index_template="{{ file_name }}", max_active_tis_per_dagrun=4)
-    def validate_and_load(path: str) -> dict[str, Any]:
-        """Validate one file; load it exactly once, or quarantine it and fail naming every broken rule."""
-        import dataclasses
+    @task
+    def group(files: list[str]) -> list[dict[str, Any]]:
+        """Groups of files, one mapped task each (bounded by files and estimated rows per task)."""
         import posixpath
 
-        from airflow.sdk.exceptions import AirflowFailException
+        from ml.ingest import group_files
 
-        from ml.ingest import ingest_file
+        with task_resources() as res:
+            groups = group_files(files, res.settings)
+        log.info("%d file(s) in %d task(s)", len(files), len(groups))
+        return [{"paths": g, "label": posixpath.basename(g[0]) + (f" (+{len(g) - 1})" if len(g) > 1 else "")}
+                for g in groups]
+
+    @task(map_index_template="{{ file_name }}", max_active_tis_per_dagrun=4)
+    def validate_and_load(files: dict[str, Any]) -> list[dict[str, Any]]:
+        """Validate each file of the group; load each exactly once, or quarantine it naming every broken rule."""
+        import dataclasses
+
+        from ml.ingest import ingest_files
 
         ctx = get_current_context()
-        ctx["file_name"] = posixpath.basename(path)  # type: ignore[typeddict-unknown-key] - map_index_template
+        ctx["file_name"] = files["label"]  # type: ignore[typeddict-unknown-key] - map_index_template
         with task_resources() as res:
-            result = ingest_file(path, res.settings, res.engine, dag_run_id=str(ctx["run_id"]),
-                                 replace=bool(ctx["params"].get("replace")))
-        if result.status == "quarantined":
-            # the file is in quarantine now: a retry would find nothing, so fail without retrying
-            raise AirflowFailException(result.message)
-        return dataclasses.asdict(result)  # IngestResult is a flat dataclass: its fields are the XCom value
+            results = ingest_files(files["paths"], res.settings, res.engine, dag_run_id=str(ctx["run_id"]),
+                                   replace=bool(ctx["params"].get("replace")))
+        for r in results:
+            (log.error if r.status in ("quarantined", "error") else log.info)("%-11s %s", r.status, r.message)
+        errors = [r for r in results if r.status == "error"]
+        if errors:  # an infrastructure problem: retry (the files loaded meanwhile are no-ops then)
+            raise RuntimeError("; ".join(r.message for r in errors))
+        return [dataclasses.asdict(r) for r in results]  # IngestResult is a flat dataclass
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[EVENTS])
     def emit_events(results: Any, outlet_events: Any = None) -> dict[str, Any]:
         """Emit the Asset `events` when rows were loaded (a skipped task emits nothing)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        loaded = [r for r in (results or []) if r and r.get("status") == "loaded"]
+        loaded = [r for rs in (results or []) for r in (rs or []) if r and r.get("status") == "loaded"]
         if not loaded:
             raise AirflowSkipException("no new rows landed: the Asset events is not emitted")
         extra = {
@@ -122,12 +139,12 @@ def ingest_events() -> None:
 
         if paths is None:  # discover itself failed (e.g. a missing connection): its log names the cause
             raise AirflowFailException("discover failed: no file was listed or ingested; see the discover task log")
-        done = {r["source_uri"]: r for r in (results or []) if r}
+        done = {r["source_uri"]: r for rs in (results or []) for r in (rs or []) if r}
         by_status: dict[str, int] = {}
         for r in done.values():
             by_status[r["status"]] = by_status.get(r["status"], 0) + 1
             log.info("%-10s %s", r["status"], r["message"])
-        failed = [p for p in paths if p not in done]
+        failed = [p for p in paths if p not in done or done[p]["status"] in ("quarantined", "error")]
         summary = {"files": len(paths), **by_status, "failed": len(failed)}
         if failed:
             raise AirflowFailException(
@@ -137,7 +154,7 @@ def ingest_events() -> None:
         return summary
 
     files = discover()
-    results = validate_and_load.expand(path=files)
+    results = validate_and_load.expand(files=group(files))
     emit_events(results)
     summarize(files, results)
 

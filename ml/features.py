@@ -187,7 +187,18 @@ class FeatureWindow:
             "since_7d": self.as_of - dt.timedelta(days=7),
             "since_24h": self.as_of - dt.timedelta(hours=24),
             "label_until": self.label_until,
+            # UTC days for the rollup queries (exact only when as_of is a UTC midnight: see uses_rollups)
+            "as_of_day": self.as_of.date(),
+            "since_day": self.since.date(),
+            "active_since_day": self.active_since.date(),
+            "day_7d": (self.as_of - dt.timedelta(days=7)).date(),
+            "day_24h": (self.as_of - dt.timedelta(hours=24)).date(),
         }
+
+    @property
+    def at_midnight(self) -> bool:
+        """True when as_of is a UTC midnight: every window is then whole UTC days, which the daily rollups serve."""
+        return self.as_of.time() == dt.time(0) and self.as_of.utcoffset() == dt.timedelta(0)
 
 
 # --- SQL text ------------------------------------------------------------------------------------------------------
@@ -211,6 +222,28 @@ def render_sql(name: str, **includes: str) -> str:
 def to_pyformat(sql: str) -> str:
     """Turn ``:name`` bind parameters into psycopg's ``%(name)s`` (``::`` casts and literal ``%`` are kept)."""
     return _BIND_RE.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+#: The include mapping that makes pair_features.sql / item_stats_insert.sql / active_pair_count.sql read the rollups
+#: of migration 0180 instead of raw.events (same columns, same values; tests/integration/test_rollups.py checks it).
+ROLLUP_INCLUDES: dict[str, str] = {
+    "pair_aggregates": "pair_aggregates_rollup",
+    "item_products": "item_products_rollup",
+    "active_pairs": "active_pairs_rollup",
+}
+
+
+def uses_rollups(window: FeatureWindow, settings: Settings) -> bool:
+    """Whether the features of ``window`` are read from the daily rollups (``settings.feature_source`` is
+    ``rollups`` and as_of is a UTC midnight, so every window is whole days) rather than aggregated from raw.events."""
+    return getattr(settings, "feature_source", "raw") == "rollups" and window.at_midnight
+
+
+def feature_sql(name: str, window: FeatureWindow, settings: Settings, **includes: str) -> str:
+    """``render_sql(name, **includes)``, reading the rollups when :func:`uses_rollups` says so."""
+    if uses_rollups(window, settings):
+        includes = {**ROLLUP_INCLUDES, **includes}
+    return render_sql(name, **includes)
 
 
 def feature_version() -> str:
@@ -359,10 +392,10 @@ def iter_pair_feature_batches(
             if item_stats_key is None:
                 drop_item_stats(engine, key)
         return
-    sql = render_sql("pair_features")
+    sql = feature_sql("pair_features", window, settings)
     if item_stats_key is not None:
         prepare_item_stats(engine, window.as_of, settings, item_stats_key)
-        sql = render_sql("pair_features", item_stats="item_stats_cached")
+        sql = feature_sql("pair_features", window, settings, item_stats="item_stats_cached")
         params["item_stats_key"] = item_stats_key
     what = f"features {window.as_of:%Y-%m-%d %H:%M}" + (f" bucket {bucket}/{n_buckets}" if n_buckets else "")
     yield from _copy_batches(engine, sql, params, _feature_schema(), settings, what)
@@ -443,7 +476,7 @@ def prepare_item_stats(
         )
         cur.execute("delete from ml.feature_item_stats_keys where created_at < now() - %s", (ITEM_STATS_MAX_AGE,))
         t = time.perf_counter()
-        cur.execute(to_pyformat(render_sql("item_stats_insert")), {**window.params(), "item_stats_key": key})
+        cur.execute(to_pyformat(feature_sql("item_stats_insert", window, settings)), {**window.params(), "item_stats_key": key})
         products = cur.rowcount
         seconds = time.perf_counter() - t
         cur.execute(
@@ -479,7 +512,7 @@ def build_labels(
     purchased the product in ``[as_of, as_of + label_horizon_days)``, else 0). One row per active pair."""
     window = FeatureWindow.at(as_of, settings)
     check_buckets(bucket, n_buckets)
-    sql = render_sql("labels")
+    sql = feature_sql("labels", window, settings)
     with engine.connect() as conn:
         conn.execute(
             sa.text(_SESSION_SQL.replace("%(work_mem)s", ":work_mem")), {"work_mem": settings.feature_work_mem}
@@ -503,7 +536,7 @@ def count_active_pairs(
     check_buckets(bucket, n_buckets)
     params = {**window.params(), "bucket": bucket, "n_buckets": n_buckets}
     with engine.connect() as conn:
-        return int(conn.execute(sa.text(render_sql("active_pair_count")), params).scalar_one())
+        return int(conn.execute(sa.text(feature_sql("active_pair_count", window, settings)), params).scalar_one())
 
 
 

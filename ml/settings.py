@@ -261,6 +261,23 @@ class Settings(BaseSettings):
         "kept; older ones are deleted by maintenance (their registry rows stay).",
     )
 
+    # --- issue 17: incremental feature rollups ---
+    feature_source: Literal["rollups", "raw"] = Field(
+        "rollups",
+        description="Where point-in-time features are aggregated from when as_of is a UTC midnight (nightly "
+        "scoring, weekly training snapshots): 'rollups' reads the per-day rollups kept up to date by the event "
+        "load (migration 0180, docs/features.md); 'raw' re-aggregates raw.events (same values, slower). Any other "
+        "as_of always reads raw.events.",
+    )
+    ingest_group_max_files: int = Field(
+        16, ge=1, description="Most files one mapped ingest_events task validates and loads (each file on its own)."
+    )
+    ingest_group_max_rows: int = Field(
+        2_000_000, ge=1,
+        description="Most rows one mapped ingest_events task takes, estimated from file sizes (a larger file is a "
+        "task of its own).",
+    )
+
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().absolute()

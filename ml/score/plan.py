@@ -74,10 +74,10 @@ def load_model(engine: Engine, settings: Settings, version: str) -> Ensemble:
 
 def count_pairs_by_bucket(engine: Engine, settings: Settings, day: dt.date, n_buckets: int) -> list[int]:
     """Active pairs at ``day`` 00:00 UTC per user_id hash bucket (one scan; the definition is ml.features')."""
-    from ml.features import FeatureWindow, render_sql
+    from ml.features import FeatureWindow, feature_sql
 
     window = FeatureWindow.at(midnight_utc(day), settings)
-    sql = sql_text("plan_pairs_by_bucket", active_pairs=psql.SQL(render_sql("active_pairs")))
+    sql = sql_text("plan_pairs_by_bucket", active_pairs=psql.SQL(feature_sql("active_pairs", window, settings)))
     params = {**window.params(), "bucket": None, "n_buckets": None, "bucket_count": n_buckets}
     counts = [0] * n_buckets
     with engine.connect() as conn:

@@ -43,15 +43,17 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
 
     good = _head(rees46_sample, landing / "events_2019-10-01_a.csv", 3000)
     corrupt_file(good, landing / "events_2019-10-01_bad.csv", "unknown_event_type", seed=3)
+    _head(rees46_sample, landing / "events_2019-10-01_c.csv", 2000)
     run = dag.test()
     states = _states(run)
     assert run.state == "failed", states
-    assert sorted(states["validate_and_load"]) == ["failed", "success"]
+    # the three small files are one group: one task, the bad file quarantined alone, the others loaded
+    assert states["validate_and_load"] == ["success"]
     assert states["emit_events"] == ["success"]
     assert states["summarize"] == ["failed"]
     events = _asset_events(run.run_id)
     assert [(e["source_task_id"], e["extra"]["rows"], e["extra"]["files"]) for e in events] == [
-        ("emit_events", 3000, ["events_2019-10-01_a.csv"])
+        ("emit_events", 5000, ["events_2019-10-01_a.csv", "events_2019-10-01_c.csv"])
     ]
 
     with engine.connect() as c:
@@ -62,9 +64,11 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
             ),
             {"r": run.run_id},
         ).all()
-        assert [(f.file_name, f.row_count) for f in files] == [("events_2019-10-01_a.csv", 3000)]
-        n = c.execute(sa.text("select count(*) from raw.events where file_id = :f"), {"f": files[0].file_id}).scalar()
-        assert n == 3000
+        assert sorted((f.file_name, f.row_count) for f in files) == [
+            ("events_2019-10-01_a.csv", 3000), ("events_2019-10-01_c.csv", 2000)]
+        for f in files:  # each good file loaded exactly once
+            n = c.execute(sa.text("select count(*) from raw.events where file_id = :f"), {"f": f.file_id}).scalar()
+            assert n == f.row_count
         runs = c.execute(
             sa.text("select file_name, success, failed_rules from quality.validation_runs where dag_run_id = :r"),
             {"r": run.run_id},
@@ -72,12 +76,14 @@ def test_good_file_loads_bad_file_quarantined_run_fails(
     assert sorted((r.file_name, r.success, list(r.failed_rules)) for r in runs) == [
         ("events_2019-10-01_a.csv", True, []),
         ("events_2019-10-01_bad.csv", False, ["event_type_allowed"]),
+        ("events_2019-10-01_c.csv", True, []),
     ]
     quarantine = Path(airflow_conns.location("quarantine"))
     assert (quarantine / "events_2019-10-01_bad.csv").exists()
     report = json.loads((quarantine / "events_2019-10-01_bad.csv.report.json").read_text())
     assert report["failed_rules"] == ["event_type_allowed"]
     assert (Path(airflow_conns.location("archive")) / "events_2019-10-01_a.csv").exists()
+    assert (Path(airflow_conns.location("archive")) / "events_2019-10-01_c.csv").exists()
     assert sorted(p.name for p in landing.iterdir()) == []
 
     # the next run finds nothing new: success, and no Asset event

@@ -1,0 +1,31 @@
+"""The nightly benchmark in a small configuration (correctness only, never timing): both paths (features from the
+rollups and from raw events) run the whole night - plan, buckets in parallel processes, finalize, publish, drift -
+and score the same pairs with the same probabilities."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_nightly_small(server_pg_url: str, redis_url: str, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import bench_nightly
+
+    monkeypatch.setenv("PROPENSITY_STATE_DIR", str(tmp_path / "state"))
+    report = bench_nightly.main([
+        "--users", "150", "--products", "120", "--days", "35", "--trees", "5", "--model-users", "150",
+        "--buckets", "2", "--workers", "2", "--curve", "", "--no-doc",
+        "--postgres-url", server_pg_url, "--redis-url", redis_url,
+    ])
+    new, base = report["rollups"], report["baseline"]
+    assert new["pairs"] > 50 and new["pairs"] == base["pairs"]
+    assert new["buckets"] == base["buckets"] == 2 and len(new["bucket_peaks"]) == 2
+    assert math.isclose(new["probability_sum"], base["probability_sum"], rel_tol=1e-9)
+    for night in (new, base):
+        assert set(night["stages"]) == set(bench_nightly.STAGES)
+        assert all(s["seconds"] >= 0 and s["peak_mib"] > 0 for s in night["stages"].values())
