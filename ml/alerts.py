@@ -179,3 +179,21 @@ def check_stale_served(engine: Engine, settings: Settings, served_score_date: dt
             value=float(age), threshold=float(settings.served_max_age_days), metric_date=served_score_date))
     resolve_alerts(engine, "stale_scores")
     return None
+
+
+def challenger_refused(engine: Engine, settings: Settings, version: str, reason: str) -> Alert:
+    """Alert that the gate refused challenger ``version`` (the champion keeps serving)."""
+    return raise_alert(engine, settings, Alert(
+        "challenger_refused", version, "warning", f"challenger {version} was refused by the gate: {reason}",
+        model_version=version))
+
+
+def check_served(engine: Engine, redis_client: Any, settings: Settings, today: dt.date | None = None) -> Alert | None:
+    """Read the served version's score date from Redis (``P:current`` -> ``P:v{V}:meta``) and apply
+    :func:`check_stale_served`."""
+    from ml.publish import current_version, version_meta
+
+    v = current_version(redis_client, settings)
+    meta = version_meta(redis_client, settings, v) if v is not None else {}
+    served = dt.date.fromisoformat(meta["score_date"]) if meta.get("score_date") else None
+    return check_stale_served(engine, settings, served, today)

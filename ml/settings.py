@@ -249,6 +249,11 @@ class Settings(BaseSettings):
         0.5, description="The day before the score date must hold at least this share of the trailing daily average."
     )
     freshness_history_days: int = Field(7, description="Days making the trailing daily average of the freshness gate.")
+    freshness_max_gap_hours: float = Field(
+        3.0,
+        description="The day before the score date has landed only when its newest event is at most this many hours "
+        "before its end (midnight UTC), or later events exist.",
+    )
     freshness_wait_hours: float = Field(
         0.0,
         description="How long the freshness gate re-checks (reschedules itself, freeing its worker slot) before it "
