@@ -108,7 +108,14 @@ def score_active_pairs() -> None:
                 return PokeReturnValue(is_done=True, xcom_value=require_fresh(res.engine, res.settings, day).as_dict())
             started = ctx["dag_run"].start_date or pdl.now("UTC")
             if pdl.now("UTC") >= started + pdl.duration(hours=res.settings.freshness_wait_hours):
-                require_fresh(res.engine, res.settings, day)  # raises FreshnessError naming the day, with an alert
+                from airflow.sdk.exceptions import AirflowFailException
+
+                from ml.errors import FreshnessError
+
+                try:  # fails naming the day, with a `freshness` alert; retrying would only repeat the wait
+                    require_fresh(res.engine, res.settings, day)
+                except FreshnessError as e:
+                    raise AirflowFailException(str(e)) from e
             log.info("freshness gate waiting: %s", fresh.reason)
         return PokeReturnValue(is_done=False)
 
