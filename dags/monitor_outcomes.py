@@ -12,7 +12,8 @@ Realized performance: did the scores come true? Daily at **06:00 UTC**, and when
    and lift per tier (`monitoring.tier_outcomes`). A date already evaluated on the same labels is skipped; a date
    whose label files changed is re-evaluated in place (never duplicated). Realized PR-AUC below the holdout's by
    more than `PROPENSITY_PERFORMANCE_DROP_ALERT` raises a `performance` alert. Emits Asset `monitoring`.
-2. **check_served**: an alert when the score date served from Redis is older than `PROPENSITY_SERVED_MAX_AGE_DAYS`.
+2. **check_served**: an alert when the score date served from Redis is older than `PROPENSITY_SERVED_MAX_AGE_DAYS`;
+   refreshes the Redis hash `P:monitor` that the lookup API's `/metrics` turns into Prometheus gauges.
 
 BI: `bi.model_performance` (expected = holdout vs realized), `bi.calibration`, `bi.tier_conversion`.
 
@@ -66,11 +67,13 @@ def monitor_outcomes() -> None:
 
     @task
     def check_served() -> None:
-        """Alert when the score date served from Redis is stale."""
+        """Alert when the score date served from Redis is stale; refresh P:monitor (the API's pipeline gauges)."""
         from ml.alerts import check_served as check
+        from ml.monitor import push_monitor_summary
 
         with task_resources() as res:
             check(res.engine, res.redis, res.settings)
+            push_monitor_summary(res.engine, res.redis, res.settings)
 
     evaluate() >> check_served()
 

@@ -192,6 +192,9 @@ def score_active_pairs() -> None:
         with task_resources() as res:
             metrics = record_reference_drift(res.engine, res.settings, day)
             check_served(res.engine, res.redis, res.settings)
+            from ml.monitor import push_monitor_summary  # P:monitor: the gauges of the API's /metrics
+
+            push_monitor_summary(res.engine, res.redis, res.settings)
         return {f"{m.kind}:{m.name}": m.value for m in metrics}
 
     @task(trigger_rule=TriggerRule.ONE_FAILED)

@@ -218,3 +218,105 @@ def _f(v: Any) -> float | None:
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
+
+
+# --- what the serving side sees: the version's Redis meta and the P:monitor hash -----------------------------------
+HOLDOUT_KEYS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "hit_rate_at_10", "n", "positives")
+REALIZED_KEYS = ("score_date", "pairs", "positives", "base_rate", "roc_auc", "pr_auc", "log_loss", "brier", "ece",
+                 "k", "precision_at_k", "hit_rate_at_k")
+TOP_FEATURES = 10
+SHAP_SAMPLE_ROWS = 20_000
+
+
+def _latest_realized(conn: sa.Connection, model_version: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.text(
+        "select " + ", ".join(REALIZED_KEYS) + " from monitoring.realized_metrics where model_version = :m"
+        " and segment = 'all' order by score_date desc limit 1"), {"m": model_version}).mappings().one_or_none()
+    if row is None:
+        return None
+    return {k: (v.isoformat() if isinstance(v, dt.date) else _f(v) if k not in ("pairs", "positives", "k") else v)
+            for k, v in row.items()}
+
+
+def top_features(conn: sa.Connection, score_date: dt.date, n: int = TOP_FEATURES) -> list[dict[str, Any]]:
+    """The ``n`` features with the largest mean |SHAP| (log-odds) over up to SHAP_SAMPLE_ROWS pairs of the date."""
+    names = conn.execute(sa.text(
+        "select feature_names from scoring.runs where score_date = :d and status = 'succeeded'"
+        " order by finished_at desc nulls last limit 1"), {"d": score_date}).scalar_one_or_none()
+    if not names:
+        return []
+    rows = conn.execute(sa.text(
+        "with s as (select contributions from scoring.scores where score_date = :d limit :n)"
+        " select u.ord, avg(abs(u.c)) as v from s cross join lateral unnest(s.contributions) with ordinality"
+        " as u(c, ord) group by u.ord order by v desc limit :k"),
+        {"d": score_date, "n": SHAP_SAMPLE_ROWS, "k": n}).all()
+    return [{"feature": names[int(r.ord) - 1], "mean_abs_shap": float(r.v)} for r in rows if r.ord <= len(names)]
+
+
+def publish_meta(engine: Engine, model_version: str | None, score_date: dt.date) -> dict[str, str]:
+    """Fields added to a version's ``P:v{V}:meta`` hash at publish time, each a JSON text: ``holdout_metrics`` (the
+    model's holdout metrics), ``realized_metrics`` (its latest realized metrics, segment 'all'; null before any
+    matured date), ``top_features`` (mean |SHAP|). Never raises: a failure is logged and yields no fields (the
+    publish itself must not fail for monitoring extras)."""
+    from ml.jsonutil import dumps
+
+    try:
+        with engine.connect() as conn:
+            metrics = conn.execute(sa.text("select metrics from ml.model_versions where version = :v"),
+                                   {"v": model_version}).scalar_one_or_none() or {}
+            ens = metrics.get("ensemble", {})
+            return {
+                "holdout_metrics": dumps({k: ens.get(k) for k in HOLDOUT_KEYS}),
+                "realized_metrics": dumps(_latest_realized(conn, model_version) if model_version else None),
+                "top_features": dumps(top_features(conn, score_date)),
+            }
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("could not collect the model metadata of %s for publishing", model_version)
+        return {}
+
+
+def monitor_summary(engine: Engine) -> dict[str, str]:
+    """Pipeline health figures (text values) for the ``P:monitor`` hash: the newest night's largest PSI against
+    the training reference (``max_psi``, ``max_psi_name``, ``score_psi``, ``psi_date``), open alerts in total and
+    per severity, and per model version its latest realized ROC-AUC / PR-AUC and their score date."""
+    out: dict[str, str] = {"updated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()}
+    with engine.connect() as conn:
+        day = conn.execute(sa.text(
+            "select max(metric_date) from monitoring.metrics where kind = 'ref_feature_psi'")).scalar_one()
+        if day is not None:
+            top = conn.execute(sa.text(
+                "select name, value from monitoring.metrics where metric_date = :d and kind = 'ref_feature_psi'"
+                " and value is not null order by value desc limit 1"), {"d": day}).one_or_none()
+            score = conn.execute(sa.text(
+                "select value from monitoring.metrics where metric_date = :d and kind = 'ref_score_psi'"),
+                {"d": day}).scalar_one_or_none()
+            out["psi_date"] = day.isoformat()
+            if top is not None:
+                out["max_psi"], out["max_psi_name"] = repr(float(top.value)), top.name
+            if score is not None:
+                out["score_psi"] = repr(float(score))
+        for sev, n in conn.execute(sa.text(
+                "select severity, count(*) from monitoring.alerts where status = 'open' group by 1")).all():
+            out[f"open_alerts:{sev}"] = str(n)
+        out["open_alerts"] = str(sum(int(v) for k, v in out.items() if k.startswith("open_alerts:")))
+        for r in conn.execute(sa.text(
+                "select distinct on (model_version) model_version, score_date, roc_auc, pr_auc"
+                " from monitoring.realized_metrics where segment = 'all' order by model_version, score_date desc")):
+            out[f"realized_score_date:{r.model_version}"] = r.score_date.isoformat()
+            for name in ("roc_auc", "pr_auc"):
+                if getattr(r, name) is not None:
+                    out[f"realized_{name}:{r.model_version}"] = repr(float(getattr(r, name)))
+    return out
+
+
+def push_monitor_summary(engine: Engine, redis_client: Any, settings: Settings) -> dict[str, str]:
+    """Replace the ``P:monitor`` hash with :func:`monitor_summary` (one MULTI: readers see the old or the new)."""
+    from ml.keyspace import KeySpace
+
+    summary = monitor_summary(engine)
+    key = KeySpace(settings.redis_prefix).monitor()
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.hset(key, mapping=summary)
+    pipe.execute()
+    return summary
