@@ -148,3 +148,13 @@ create or replace view bi.alerts as
 select alert_id, kind, severity, subject, message, value, threshold, metric_date, model_version, status,
        occurrences, raised_at, last_seen_at, resolved_at
 from monitoring.alerts;
+
+-- bi.pipeline_freshness: one row: how fresh each stage's output is (Grafana "pipeline health").
+create or replace view bi.pipeline_freshness as
+select
+    (select max(max_event_time) from raw.ingested_files)                                  as newest_event_time,
+    extract(epoch from now() - (select max(max_event_time) from raw.ingested_files)) / 3600 as hours_since_newest_event,
+    (select max(score_date) from scoring.runs where status = 'succeeded')                 as newest_score_date,
+    (select score_date from scoring.publications where status = 'published'
+     order by published_at desc limit 1)                                                  as served_score_date,
+    (select count(*) from monitoring.alerts where status = 'open')                        as open_alerts;

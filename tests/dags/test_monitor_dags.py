@@ -70,5 +70,63 @@ def test_freshness_gate_then_override_then_realized_metrics(dag_env, world: Worl
             n, last = c.execute(sa.text("select count(*), max(evaluated_at) from monitoring.realized_metrics"
                                         " where score_date = '2019-11-04'")).one()
         assert n == 2 and last == again_before
+
+        check_grafana_panels(engine)
     finally:
         engine.dispose()
+
+
+# the columns each Postgres panel must return (dashboard uid, panel title) -> columns
+PANEL_COLUMNS = {
+    "Freshness": ["hours_since_newest_event", "newest_score_date", "served_score_date", "open_alerts"],
+    "Scoring run wall time (s)": ["time", "wall_seconds"],
+    "Pairs scored per score date": ["time", "scored_pairs"],
+    "Events loaded per day": ["time", "events"],
+    "Latest scoring runs": ["run_id", "score_date", "model_version", "status", "scored_pairs", "wall_seconds",
+                            "pairs_per_second", "started_at"],
+    "Open alerts": ["raised_at", "severity", "kind", "subject", "message", "occurrences", "last_seen_at"],
+    "PR-AUC: expected vs realized (all pairs)": ["time", "realized_pr_auc", "expected_pr_auc"],
+    "ROC-AUC: expected vs realized (all pairs)": ["time", "realized_roc_auc", "expected_roc_auc"],
+    "Published pairs: precision@k and hit-rate@k": ["time", "precision_at_k", "realized_hit_rate_at_k"],
+    "Calibration error and log loss: expected vs realized": ["time", "realized_ece", "expected_ece",
+                                                             "realized_log_loss", "expected_log_loss"],
+    "Reliability curve, newest evaluated date": ["bin", "lower_bound", "upper_bound", "pairs", "mean_probability",
+                                                 "observed_rate"],
+    "Tier conversion, newest evaluated date": ["tier", "pairs", "positives", "expected_conversion",
+                                               "realized_conversion", "lift"],
+    "Realized metrics per score date and model version": [
+        "score_date", "model_version", "segment", "pairs", "positives", "base_rate", "realized_roc_auc",
+        "expected_roc_auc", "realized_pr_auc", "expected_pr_auc", "realized_brier", "expected_brier"],
+    "Feature PSI vs reference": ["time", "metric", "value"],
+    "Score PSI vs reference": ["time", "score_psi"],
+    "Share of pairs unseen at training": ["time", "unseen_share"],
+    "Null rate per feature": ["time", "metric", "value"],
+    "Largest PSI, newest night": ["name", "psi", "model_version"],
+}
+
+
+def check_grafana_panels(engine: sa.Engine) -> None:
+    """Every Postgres panel's SQL, as the read-only BI role, returns rows with the expected columns. Grafana's
+    $__timeFilter(x) macro becomes a filter that keeps every row (the world's dates are in 2019)."""
+    import json
+    import re
+    from pathlib import Path
+
+    seen = set()
+    for path in sorted((Path(__file__).resolve().parents[2] / "docker/grafana/dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            if panel["datasource"]["uid"] != "propensity-pg":
+                continue
+            for target in panel["targets"]:
+                macro = r"\$__timeFilter\(([^()]*(?:\([^()]*\))?[^()]*)\)"
+                sql = re.sub(macro, r"(\1) is not null", target["rawSql"])
+                assert "$__" not in sql, sql
+                with engine.connect() as c:
+                    c.execute(sa.text("set role propensity_bi_reader"))  # least privilege: bi.* only
+                    result = c.execute(sa.text(sql))
+                    cols, rows = list(result.keys()), result.all()
+                    c.execute(sa.text("reset role"))
+                assert rows, f"{path.name}: panel {panel['title']!r} returned no row"
+                assert cols == PANEL_COLUMNS[panel["title"]], (panel["title"], cols)
+                seen.add(panel["title"])
+    assert seen == set(PANEL_COLUMNS)
