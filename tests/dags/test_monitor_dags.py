@@ -4,6 +4,8 @@ monitor_outcomes DAG records realized metrics next to the expected ones."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 
@@ -70,6 +72,11 @@ def test_freshness_gate_then_override_then_realized_metrics(dag_env, world: Worl
             n, last = c.execute(sa.text("select count(*), max(evaluated_at) from monitoring.realized_metrics"
                                         " where score_date = '2019-11-04'")).one()
         assert n == 2 and last == again_before
+
+        from ml.dev.demo import monitor_lines
+
+        lines = monitor_lines(engine, dt.date(2019, 11, 4))  # the demo's summary lines
+        assert len(lines) == 2 and "expected" in lines[0] and "roc_auc" in lines[0]
 
         check_grafana_panels(engine)
     finally:

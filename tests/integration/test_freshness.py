@@ -73,3 +73,17 @@ def test_partial_and_thin_days_shut_the_gate(engine: sa.Engine, settings) -> Non
             files = "select file_id from raw.ingested_files where file_name like 'mon-%'"
             c.execute(sa.text(f"delete from raw.events where file_id in ({files})"))
             c.execute(sa.text(f"delete from raw.ingested_files where file_id in ({files})"))
+
+
+def test_cli_freshness_and_alerts(settings, history, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    monkeypatch.setenv("PROPENSITY_POSTGRES_URL", settings.postgres_url)
+    ok = CliRunner().invoke(app, ["monitor", "freshness", "--score-date", "2050-01-05"])
+    assert ok.exit_code == 0 and ok.output.startswith("open: 2050-01-04: 40 events")
+    shut = CliRunner().invoke(app, ["monitor", "freshness", "--score-date", "2050-01-09"])
+    assert shut.exit_code == 1 and "no events of 2050-01-08 have landed" in shut.output
+    alerts = CliRunner().invoke(app, ["monitor", "alerts"])
+    assert alerts.exit_code == 0
