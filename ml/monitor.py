@@ -46,6 +46,7 @@ class DateEvaluation:
     labels_signature: str
     metrics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
 def _sql(name: str) -> str:
@@ -124,15 +125,23 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
             return None
         top_n, floor = _publication(conn, day, settings)
         conn.execute(sa.text("set local work_mem = '256MB'"))
-        conn.execute(sa.text(_sql("realized_pairs")), {
-            **window.params(), "score_date": day, "top_n": top_n, "min_probability": floor,
-            "bucket": None, "n_buckets": None})
-        conn.execute(sa.text(_sql("realized_segments")))
-        summary = {(r["model_version"], r["segment"]): dict(r) for r in conn.execute(
-            sa.text(_sql("realized_summary")), {"k": k}).mappings()}
-        ranking = {(r.model_version, r.segment): r for r in conn.execute(sa.text(_sql("realized_ranking")))}
-        bins = conn.execute(sa.text(_sql("realized_bins")), {"n_bins": CALIBRATION_BINS}).mappings().all()
-        tiers = conn.execute(sa.text(_sql("realized_tiers"))).mappings().all()
+        timings: dict[str, float] = {"signature": time.perf_counter() - t0}
+
+        def step(name: str, sql: str, params: dict[str, Any] | None = None) -> Any:
+            t = time.perf_counter()
+            result = conn.execute(sa.text(_sql(sql)), params or {})
+            rows = result.mappings().all() if result.returns_rows else None
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+            return rows
+
+        step("join_labels", "realized_pairs", {**window.params(), "score_date": day, "top_n": top_n,
+                                               "min_probability": floor, "bucket": None, "n_buckets": None})
+        conn.execute(sa.text("analyze mon_segments"))  # temporary tables have no statistics otherwise
+        summary = {(r["model_version"], r["segment"]): dict(r) for r in step("summary", "realized_summary", {"k": k})}
+        ranking = {key: (step("ranking", "realized_ranking", {"model_version": key[0], "segment": key[1]}) or [None])[0]
+                   for key in summary}
+        bins = step("calibration", "realized_bins", {"n_bins": CALIBRATION_BINS})
+        tiers = step("tiers", "realized_tiers")
 
         ece: dict[tuple[str, str], float] = {}
         for b in bins:
@@ -143,15 +152,15 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
 
         for table in ("realized_metrics", "calibration_bins", "tier_outcomes"):
             conn.execute(sa.text(f"delete from monitoring.{table} where score_date = :d"), {"d": day})
-        out = DateEvaluation(day, signature)
+        out = DateEvaluation(day, signature, timings=timings)
         for key, s in sorted(summary.items()):
             rk = ranking.get(key)
             row = {
                 "score_date": day, "model_version": key[0], "segment": key[1],
                 "label_horizon_days": settings.label_horizon_days, "pairs": int(s["pairs"]),
                 "users": int(s["users"]), "positives": int(s["positives"]), "base_rate": _f(s["base_rate"]),
-                "mean_probability": _f(s["mean_probability"]), "roc_auc": _f(rk.roc_auc if rk else None),
-                "pr_auc": _f(rk.pr_auc if rk else None), "log_loss": _f(s["log_loss"]), "brier": _f(s["brier"]),
+                "mean_probability": _f(s["mean_probability"]), "roc_auc": _f(rk["roc_auc"] if rk else None),
+                "pr_auc": _f(rk["pr_auc"] if rk else None), "log_loss": _f(s["log_loss"]), "brier": _f(s["brier"]),
                 "ece": ece.get(key), "k": k, "precision_at_k": _f(s["precision_at_k"]),
                 "hit_rate_at_k": _f(s["hit_rate_at_k"]), "labels_signature": signature,
             }
@@ -178,6 +187,7 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
                 {"d": day, "m": key[0], "s": key[1], "t": t["tier"], "n": n, "p": pos,
                  "mp": float(t["mean_probability"]), "c": conv, "l": conv / float(base) if base else None})
     out.seconds = time.perf_counter() - t0
+    log.info("monitor %s: step seconds %s", day, ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items()))
     for m in out.metrics:
         log.info("monitor %s %s [%s]: %d pairs, %d positives, ROC-AUC %s, PR-AUC %s, precision@%d %s (%.2fs)",
                  day, m["model_version"], m["segment"], m["pairs"], m["positives"], _fmt(m["roc_auc"]),
