@@ -41,12 +41,14 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from pipeline_common import DEFAULT_ARGS, EVENTS, TAGS, parse_time_setting, schedule_for, task_resources
+from pipeline_common import DAGRUN_TIMEOUT  # issue 13
 
 log = logging.getLogger(__name__)
 
 
 @dag(
     dag_id="ingest_events",
+    dagrun_timeout=DAGRUN_TIMEOUT,
     schedule=schedule_for(parse_time_setting("ingest_schedule", "@hourly")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,

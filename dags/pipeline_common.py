@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
+from airflow.sdk.bases.notifier import BaseNotifier
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 EVENTS = Asset(name="events", uri="x-propensity://raw/events")
 MODEL = Asset(name="model", uri="x-propensity://ml/model_versions")
 SCORES = Asset(name="scores", uri="x-propensity://scoring/scores")
+MONITOR = Asset(name="monitoring", uri="x-propensity://monitoring/realized_metrics")
 
 # --- Connection ids ------------------------------------------------------------------------------------------------
 # AIRFLOW_CONN_PROPENSITY_POSTGRES: a postgres URI (postgresql://user:pw@host:5432/db) or JSON with extra.url.
@@ -40,22 +42,40 @@ OWNER = "data-eng"
 TAGS = ["propensity"]
 
 
-def on_failure(context: dict[str, Any]) -> None:
-    """Failure callback: one clear summary line in the log, and the optional notifier (settings.alert_webhook_url)."""
-    ti = context.get("task_instance") or context.get("ti")
-    exc = context.get("exception")
-    dag_id = getattr(ti, "dag_id", "?")
-    summary = (
-        f"FAILED {dag_id}.{getattr(ti, 'task_id', '?')} map_index={getattr(ti, 'map_index', -1)} "
-        f"run={context.get('run_id')} try={getattr(ti, 'try_number', '?')}: {type(exc).__name__ if exc else ''} {exc}"
-    )
-    log.error(summary)
-    try:
-        from ml.notify import notify
+class PropensityNotifier(BaseNotifier):
+    """The one alerting path from Airflow (issue 13), an Airflow 3 notifier: a failed task becomes a ``task_failure``
+    row in ``monitoring.alerts`` and goes through the notifiers of ``settings.alert_notifiers`` (log, webhook) via
+    :func:`ml.alerts.raise_alert`. Without a reachable database the summary still goes to the notifiers directly.
+    Never raises: a broken notifier must never hide the original failure."""
 
-        notify(summary)
-    except Exception:  # noqa: BLE001 - a broken notifier must never hide the original failure
-        log.exception("failure notifier raised")
+    def notify(self, context: dict[str, Any]) -> None:
+        ti = context.get("task_instance") or context.get("ti")
+        exc = context.get("exception")
+        dag_id, task_id = getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?")
+        summary = (
+            f"FAILED {dag_id}.{task_id} map_index={getattr(ti, 'map_index', -1)} "
+            f"run={context.get('run_id')} try={getattr(ti, 'try_number', '?')}: "
+            f"{type(exc).__name__ if exc else ''} {exc}"
+        )
+        log.error(summary)
+        try:
+            from ml.alerts import Alert, dispatch, raise_alert
+
+            alert = Alert("task_failure", f"{dag_id}.{task_id}", "critical", summary,
+                          details={"run_id": str(context.get("run_id"))})
+            try:
+                with task_resources() as res:
+                    raise_alert(res.engine, res.settings, alert)
+            except Exception:  # noqa: BLE001 - no database: still tell someone
+                log.exception("could not record the task_failure alert; notifying without a row")
+                from ml.settings import get_settings
+
+                dispatch(alert, get_settings())
+        except Exception:  # noqa: BLE001 - a broken notifier must never hide the original failure
+            log.exception("failure notifier raised")
+
+
+on_failure = PropensityNotifier()
 
 
 DEFAULT_ARGS: dict[str, Any] = {
@@ -78,6 +98,12 @@ def parse_time_setting(field: str, default: Any) -> Any:
     except Exception:  # noqa: BLE001 - pydantic's ValidationError and anything a validator raises
         log.warning("invalid PROPENSITY_%s in the environment: parsing with %r", field.upper(), default)
         return default
+
+
+# every task and every DAG run is bounded (issue 13): settings task_timeout_minutes / dagrun_timeout_hours, read from
+# the environment at parse time
+DEFAULT_ARGS["execution_timeout"] = timedelta(minutes=parse_time_setting("task_timeout_minutes", 120))
+DAGRUN_TIMEOUT = timedelta(hours=parse_time_setting("dagrun_timeout_hours", 12))
 
 
 def schedule_for(timetable: Any, assets: Any = None) -> Any:

@@ -5,6 +5,10 @@ Nightly batch scoring of every active (user, product) pair, **03:00 UTC**, and w
 model (Asset `model`). Emits the Asset `scores` when the new
 score date is live in Postgres.
 
+0. **freshness_gate** (sensor, reschedule mode): the events of the day before the score date must have landed
+   (`ml.freshness`: rows up to the day's end, count not far below the trailing average). It re-checks every 5
+   minutes until `PROPENSITY_FRESHNESS_WAIT_HOURS` after the run started (default 0: fail at once), then fails naming
+   the missing day and records a `freshness` alert. Param `skip_freshness_check=true` scores anyway (backfills).
 1. **plan**: resolves the model (param `model_version`, default: the registry's champion), drops stage tables of
    failed or superseded runs, counts the active pairs per user_id hash bucket, records a `scoring.runs` row and
    creates the run's stage table. XCom carries only bucket descriptors `{run_id, score_date, bucket, n_buckets,
@@ -21,6 +25,9 @@ score date is live in Postgres.
    published; `always` publishes (an older date still needs `allow_older=true`, recorded in
    `scoring.publications.allowed_older`); `never` skips publishing.
 5. **drift**: PSI of the scores and the features against the previous score date -> `monitoring.metrics`.
+6. **drift_vs_reference**: PSI of every feature and of the score against the model's training reference, null
+   rates, share of pairs unseen at training -> `monitoring.metrics` (kinds `ref_*`); alerts over the thresholds and
+   when the served score date is stale (docs/monitoring.md).
 
 If a batch or finalize fails, **mark_failed** records the run as failed; the previous partition and the Redis
 version being served stay untouched.
@@ -42,12 +49,14 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
 from pipeline_common import DEFAULT_ARGS, MODEL, SCORES, TAGS, parse_time_setting, schedule_for, task_resources
+from pipeline_common import DAGRUN_TIMEOUT  # issue 13
 
 log = logging.getLogger(__name__)
 
 
 @dag(
     dag_id="score_active_pairs",
+    dagrun_timeout=DAGRUN_TIMEOUT,
     # nightly, and also as soon as a new model version is registered (Asset `model`)
     schedule=schedule_for(CronTriggerTimetable("0 3 * * *", timezone="UTC"), MODEL),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -76,13 +85,52 @@ log = logging.getLogger(__name__)
                               "previous date's (otherwise finalize fails and the old partition stays)."),
         "allow_older": Param(False, type="boolean",
                              description="Let publish serve a score date older than the served one (recorded)."),
+        "skip_freshness_check": Param(False, type="boolean",
+                                      description="Score even when the events of the day before the score date "
+                                      "have not landed (backfills, re-runs)."),
     },
 )
 def score_active_pairs() -> None:
     @task.branch
     def choose_path(params: dict[str, Any] | None = None) -> str:
         """Scoring path, or only the Redis rollback."""
-        return "rollback_redis" if (params or {}).get("rollback_redis") else "plan"
+        return "rollback_redis" if (params or {}).get("rollback_redis") else "freshness_gate"
+
+    @task.sensor(poke_interval=300, timeout=parse_time_setting("freshness_wait_hours", 0.0) * 3600 + 3600,
+                 mode="reschedule")
+    def freshness_gate(params: dict[str, Any] | None = None) -> Any:
+        """The events of the day before the score date must have landed (ml.freshness); re-checks every 5 minutes
+        (reschedule mode: no worker slot held) until settings.freshness_wait_hours after the run started, then fails
+        naming the missing day and records a `freshness` alert. Param skip_freshness_check overrides."""
+        import pendulum as pdl
+        from airflow.sdk import PokeReturnValue
+
+        from ml.dates import utc_date
+        from ml.freshness import check_freshness, require_fresh
+
+        params = params or {}
+        ctx = get_current_context()
+        day = utc_date(params.get("score_date") or ctx.get("logical_date") or ctx["dag_run"].run_after,
+                       what="score_date")
+        if params.get("skip_freshness_check"):
+            log.warning("freshness gate skipped by param skip_freshness_check for score date %s", day)
+            return PokeReturnValue(is_done=True, xcom_value={"skipped": True})
+        with task_resources() as res:
+            fresh = check_freshness(res.engine, res.settings, day)
+            if fresh.fresh:
+                return PokeReturnValue(is_done=True, xcom_value=require_fresh(res.engine, res.settings, day).as_dict())
+            started = ctx["dag_run"].start_date or pdl.now("UTC")
+            if pdl.now("UTC") >= started + pdl.duration(hours=res.settings.freshness_wait_hours):
+                from airflow.sdk.exceptions import AirflowFailException
+
+                from ml.errors import FreshnessError
+
+                try:  # fails naming the day, with a `freshness` alert; retrying would only repeat the wait
+                    require_fresh(res.engine, res.settings, day)
+                except FreshnessError as e:
+                    raise AirflowFailException(str(e)) from e
+            log.info("freshness gate waiting: %s", fresh.reason)
+        return PokeReturnValue(is_done=False)
 
     @task
     def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -158,6 +206,23 @@ def score_active_pairs() -> None:
             metrics = record_drift(res.engine, res.settings, day)
         return {f"{m.kind}:{m.name}": m.value for m in metrics}
 
+    @task
+    def drift_vs_reference(summary: dict[str, Any]) -> dict[str, float | None]:
+        """PSI, null rates and unseen share vs the model's training reference -> monitoring.metrics; alerts over
+        the thresholds; an alert when the served score date is stale (issue 13)."""
+        from ml.alerts import check_served
+        from ml.dates import utc_date
+        from ml.drift import record_reference_drift
+
+        day = utc_date(summary["score_date"], what="score_date")
+        with task_resources() as res:
+            metrics = record_reference_drift(res.engine, res.settings, day)
+            check_served(res.engine, res.redis, res.settings)
+            from ml.monitor import push_monitor_summary  # P:monitor: the gauges of the API's /metrics
+
+            push_monitor_summary(res.engine, res.redis, res.settings)
+        return {f"{m.kind}:{m.name}": m.value for m in metrics}
+
     @task(trigger_rule=TriggerRule.ONE_FAILED)
     def mark_failed() -> None:
         """A batch or finalize failed: record the run as failed (the live partition is untouched)."""
@@ -183,13 +248,15 @@ def score_active_pairs() -> None:
         return result.as_dict()
 
     path = choose_path()
+    gate = freshness_gate()
     planned = plan()
+    gate >> planned
     batches = score_bucket.expand(batch=planned)
     summary = finalize(planned)
     batches >> summary
-    publish(summary) >> drift(summary)
+    publish(summary) >> drift(summary) >> drift_vs_reference(summary)
     [batches, summary] >> mark_failed()
-    path >> [planned, rollback_redis()]
+    path >> [gate, rollback_redis()]
 
 
 score_active_pairs_dag = score_active_pairs()

@@ -40,6 +40,7 @@ from pipeline_common import (
     schedule_for,
     task_resources,
 )
+from pipeline_common import DAGRUN_TIMEOUT  # issue 13
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def _staging_dir(settings: Any, context: Any) -> Path:
 
 @dag(
     dag_id="train_ensemble",
+    dagrun_timeout=DAGRUN_TIMEOUT,
     # weekly; plus the Asset `events` when PROPENSITY_TRAIN_ON_NEW_EVENTS
     schedule=schedule_for(WEEKLY, EVENTS if parse_time_setting("train_on_new_events", False) else None),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),

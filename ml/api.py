@@ -42,6 +42,7 @@ from ml.api_metrics import ApiMetrics, MetricsMiddleware
 from ml.api_redis import FastRedis
 from ml.errors import ConfigError
 from ml.keyspace import KeySpace, decode_details, decode_reason
+from ml.pipeline_metrics import PipelineGauges
 from ml.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,21 @@ class RecommendationsResponse(ServedVersion):
 
 class PairResponse(ServedVersion, Recommendation):
     user_id: int
+
+
+class TopFeature(BaseModel):
+    feature: str
+    mean_abs_shap: float = Field(description="Mean |SHAP| (log-odds) over a sample of the score date's pairs.")
+
+
+class ModelResponse(ServedVersion):
+    """The served model and how it performs (issue 13): from the version's Redis meta, written at publish time."""
+
+    holdout_metrics: dict[str, float | int | None] | None = Field(
+        None, description="Expected: the model's holdout metrics (roc_auc, pr_auc, log_loss, brier, ece, ...).")
+    realized_metrics: dict[str, Any] | None = Field(
+        None, description="Realized: the latest matured score date's metrics (null before any matured date).")
+    top_features: list[TopFeature] = Field(default_factory=list, description="Largest mean |SHAP| first.")
 
 
 class HealthResponse(BaseModel):
@@ -349,6 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = Authenticator(settings)
     limiter = RateLimiter(settings)
     metrics = ApiMetrics()
+    pipeline = PipelineGauges()
     if settings.api_auth_enabled and not auth.configured:
         log.warning("API auth is on but no api_key_hashes / api_jwt_secret is configured: every /v1 call gets 401")
 
@@ -474,6 +491,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _json({**item, **version.fields, "user_id": user_id})
 
     @app.get(
+        "/v1/model",
+        response_model=ModelResponse,
+        responses=_V1_RESPONSES,
+        tags=["model"],
+        summary="The served model version, its holdout and realized metrics, its top features",
+    )
+    async def model_info(request: Request, credentials: Bearer) -> Response:
+        _reject_unknown_query(request, _NO_QUERY)
+        await _authorize(request, credentials)
+        reader: ScoreReader = request.app.state.reader
+        version = _serving(await reader.served())
+        meta = {k.decode(): v.decode() for k, v in (await reader.client.hgetall(keys.meta(version.id))).items()}
+        extra = {}
+        for field in ("holdout_metrics", "realized_metrics", "top_features"):
+            try:
+                extra[field] = orjson.loads(meta[field]) if meta.get(field) else None
+            except ValueError:
+                extra[field] = None
+        extra["top_features"] = extra["top_features"] or []
+        return _json({**version.fields, **extra})
+
+    @app.get(
         "/healthz",
         response_model=HealthResponse,
         responses={503: {"description": "Redis unreachable.", "model": HealthResponse}},
@@ -496,7 +535,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def prometheus_metrics(request: Request) -> Response:
         _reject_unknown_query(request, _NO_QUERY)
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        await pipeline.refresh(request.app.state.reader.client, keys)  # issue 13: gauges from Redis
+        return Response(metrics.exposition() + pipeline.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def prometheus_metrics_authenticated(request: Request, credentials: Bearer) -> Response:
         await _authorize(request, credentials)  # the /v1 bearer token, and the same failed-login limit

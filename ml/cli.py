@@ -623,6 +623,85 @@ def retention_cmd(
             typer.echo(f"{key}: {value:,.1f}")
 
 
+# --- monitoring: realized performance, drift vs reference, freshness, alerts (issue 13) -----------------------------
+monitor_app = typer.Typer(help="Realized performance, drift against the training reference, freshness and alerts.",
+                          no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("run")
+def monitor_run(
+    score_date: Annotated[list[str] | None, typer.Option(
+        "--score-date", help="Score date YYYY-MM-DD to evaluate (repeat); default: every matured date.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-evaluate even when the labels did not change.")] = False,
+) -> None:
+    """Evaluate matured score dates against the purchases that followed (the monitor_outcomes DAG's task) and
+    print expected (holdout) vs realized metrics."""
+    from ml.db import migrate as run_migrations
+    from ml.monitor import expected_vs_realized, run_monitor
+
+    s = settings()
+    engine = pg_engine(s)
+    run_migrations(engine)
+    days = [_date_option(d, "--score-date") for d in score_date] if score_date else None
+    done = run_monitor(engine, s, score_dates=days, force=force)
+    if not done:
+        typer.echo("nothing (re-)evaluated: no matured score date is new or has changed labels")
+    for ev in done:
+        for r in expected_vs_realized(engine, ev.score_date, "all") + expected_vs_realized(engine, ev.score_date,
+                                                                                           "published"):
+            typer.echo(f"{r['score_date']} {r['model_version']} [{r['segment']}] pairs {r['pairs']:,} "
+                       f"positives {r['positives']:,}  " + "  ".join(
+                           f"{m} {_fmt(r['realized_' + m])} (expected {_fmt(r['expected_' + m])})"
+                           for m in ("roc_auc", "pr_auc", "brier", "ece")))
+
+
+@monitor_app.command("drift")
+def monitor_drift(
+    score_date: Annotated[str, typer.Option(help="Score date YYYY-MM-DD (UTC).")],
+) -> None:
+    """PSI of every feature and of the score against the model's training reference, null rates, unseen share;
+    recorded in monitoring.metrics, alerts over the thresholds."""
+    from ml.drift import record_reference_drift
+
+    s = settings()
+    for m in record_reference_drift(pg_engine(s), s, _date_option(score_date, "--score-date")):
+        typer.echo(f"{m.kind:<18} {m.name:<32} {_fmt(m.value)}")
+
+
+@monitor_app.command("freshness")
+def monitor_freshness(
+    score_date: Annotated[str, typer.Option(help="Score date YYYY-MM-DD (UTC): checks the day before it.")],
+) -> None:
+    """The scoring freshness gate: have the events of the day before the score date landed? Exit 1 when not."""
+    from ml.freshness import check_freshness
+
+    s = settings()
+    f = check_freshness(pg_engine(s), s, _date_option(score_date, "--score-date"))
+    typer.echo(("open: " if f.fresh else "shut: ") + f.reason)
+    if not f.fresh:
+        raise typer.Exit(1)
+
+
+@monitor_app.command("alerts")
+def monitor_alerts(
+    limit: Annotated[int, typer.Option(help="Most alerts to show.")] = 50,
+) -> None:
+    """The open alerts (monitoring.alerts), newest first."""
+    from ml.alerts import open_alerts
+
+    rows = open_alerts(pg_engine(settings()), limit)
+    for a in rows:
+        typer.echo(f"{a['raised_at']:%Y-%m-%d %H:%M} {a['severity']:<8} {a['kind']:<18} {a['subject']}: "
+                   f"{a['message']} (seen {a['occurrences']}x)")
+    if not rows:
+        typer.echo("no open alert")
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())

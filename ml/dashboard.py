@@ -1,7 +1,9 @@
 """Data and HTML for the "Propensity" page in the Airflow UI (served by plugins/propensity_ui.py).
 
-The page shows the model leaderboard (champion, challengers, metrics), the latest ingest/train/score/publish runs
-with counts and timings, validation failures, drift, and links to the model reports and Data Docs. Read-only SQL;
+The page shows the open alerts, realized vs expected performance of matured score dates (with a plot), drift
+against the training reference, the model leaderboard (champion, challengers, metrics), the latest
+ingest/train/score/publish runs with counts and timings, validation failures, day-over-day drift, and links to the
+model reports and Data Docs. Read-only SQL;
 tables that do not exist yet (a fresh install) show as empty sections.
 """
 
@@ -47,6 +49,24 @@ _QUERIES: dict[str, tuple[str, str]] = {
         "monitoring.metrics",
         "select metric_date, kind, name, value from monitoring.metrics "
         "where kind in ('score_psi', 'feature_psi') order by metric_date desc, kind, name limit 40",
+    ),
+    "alerts": (
+        "monitoring.alerts",
+        "select kind, severity, subject, message, occurrences, raised_at, last_seen_at from monitoring.alerts "
+        "where status = 'open' order by raised_at desc limit 30",
+    ),
+    "performance": (
+        "monitoring.realized_metrics",
+        "select score_date, model_version, segment, pairs, positives, realized_roc_auc, expected_roc_auc, "
+        "realized_pr_auc, expected_pr_auc, realized_brier, expected_brier, realized_ece, expected_ece, k, "
+        "precision_at_k, realized_hit_rate_at_k from bi.model_performance order by score_date desc, model_version, "
+        "segment limit 60",
+    ),
+    "reference_drift": (
+        "monitoring.reference_distributions",
+        "select metric_date, kind, name, value, model_version from monitoring.metrics where kind like 'ref\\_%' "
+        "and metric_date = (select max(metric_date) from monitoring.metrics where kind like 'ref\\_%') "
+        "order by kind, value desc nulls last",
     ),
     "daily_scores": (
         "scoring.runs",
@@ -121,6 +141,40 @@ def _plot_daily(rows: list[dict[str, Any]]) -> str:
     return f'<img alt="pairs scored per night" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+def _plot_performance(rows: list[dict[str, Any]]) -> str:
+    """A small PNG of realized vs expected (holdout) PR-AUC and ROC-AUC per score date (segment 'all', one line per
+    model version), or '' with no realized metric yet."""
+    rows = [r for r in rows if r["segment"] == "all" and r["realized_pr_auc"] is not None]
+    if not rows:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 2.4), dpi=100)
+    for ax, metric in zip(axes, ("pr_auc", "roc_auc"), strict=True):
+        for version in sorted({r["model_version"] for r in rows}):
+            mine = sorted((r for r in rows if r["model_version"] == version), key=lambda r: r["score_date"])
+            dates = [r["score_date"] for r in mine]
+            ax.plot(dates, [r[f"realized_{metric}"] for r in mine], marker="o", label=f"{version} realized")
+            if mine[0][f"expected_{metric}"] is not None:
+                ax.plot(dates, [r[f"expected_{metric}"] for r in mine], linestyle="--", label=f"{version} expected")
+        ax.set_title(metric.replace("_", "-").upper(), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.autofmt_xdate()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return (f'<img alt="realized vs expected PR-AUC and ROC-AUC" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
+
+
+def _num(v: Any, fmt: str = ".4f") -> str:
+    return "" if v is None else format(v, fmt)
+
+
 def render_dashboard(data: DashboardData, *, files_base: str = "files", data_docs_href: str | None = None) -> str:
     """The page as one self-contained HTML document. ``files_base`` is the relative URL serving report files."""
     e = html.escape
@@ -189,12 +243,36 @@ def render_dashboard(data: DashboardData, *, files_base: str = "files", data_doc
         [[e(str(d["metric_date"])), e(d["kind"]), e(d["name"]), f"{d['value']:.4f}" if d["value"] is not None else ""]
          for d in s.get("drift", [])],
     )
+    alerts = _table(
+        ["severity", "kind", "subject", "message", "seen", "raised", "last seen"],
+        [[f"<b>{e(a['severity'])}</b>" if a["severity"] == "critical" else e(a["severity"]), e(a["kind"]),
+          e(a["subject"]), e(a["message"]), str(a["occurrences"]), e(f"{a['raised_at']:%Y-%m-%d %H:%M}"),
+          e(f"{a['last_seen_at']:%Y-%m-%d %H:%M}")] for a in s.get("alerts", [])],
+    )
+    perf = _table(
+        ["score date", "model", "pairs", "positives", "PR-AUC realized", "expected", "ROC-AUC realized", "expected",
+         "Brier realized", "expected", "ECE realized", "expected", "precision@k", "hit-rate@k"],
+        [[e(str(r["score_date"])),
+          e(str(r["model_version"])) + ("" if r["segment"] == "all" else " <small>(published pairs)</small>"),
+          f"{r['pairs']:,}", f"{r['positives']:,}", _num(r["realized_pr_auc"]), _num(r["expected_pr_auc"]),
+          _num(r["realized_roc_auc"]), _num(r["expected_roc_auc"]), _num(r["realized_brier"]),
+          _num(r["expected_brier"]), _num(r["realized_ece"]), _num(r["expected_ece"]), _num(r["precision_at_k"]),
+          _num(r["realized_hit_rate_at_k"])] for r in s.get("performance", [])],
+    )
+    ref_drift = _table(
+        ["date", "model", "metric", "name", "value"],
+        [[e(str(d["metric_date"])), e(str(d["model_version"])), e(d["kind"].removeprefix("ref_")), e(d["name"]),
+          _num(d["value"])] for d in s.get("reference_drift", [])],
+    )
     docs = f'<p><a href="{data_docs_href}" target="_blank">Great Expectations Data Docs</a></p>' if data_docs_href else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Propensity pipeline</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.2em;color:#222}}h2{{margin-top:1.4em;font-size:1.1em}}
 table{{border-collapse:collapse;font-size:.85em}}td,th{{border:1px solid #ddd;padding:3px 7px;text-align:left}}
 th{{background:#f3f3f3}}.empty{{color:#888}}</style></head><body>
 <h1>Propensity pipeline</h1>{docs}
+<h2>Open alerts</h2>{alerts}
+<h2>Realized vs expected performance (matured score dates)</h2>{_plot_performance(s.get("performance", []))}{perf}
+<h2>Drift against the training reference (newest night)</h2>{ref_drift}
 <h2>Model leaderboard</h2>{models}
 <h2>Scoring runs</h2>{_plot_daily(s.get("daily_scores", []))}{runs}
 <h2>Redis publications</h2>{pubs}

@@ -40,3 +40,7 @@ class ScoringError(PipelineError):
 
 class PublishError(PipelineError):
     """Publishing scores to Redis failed; the previously served version stays current."""
+
+
+class FreshnessError(PipelineError):
+    """The events a scoring run needs (the day before the score date) have not landed (issue 13)."""

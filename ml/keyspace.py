@@ -7,6 +7,8 @@ Key layout (``P`` = ``settings.redis_prefix``, ``V`` = a version id, ``U`` = a u
     P:versions         zset    version id -> version id: every complete version still stored (rollback targets).
     P:seq              string  counter handing out version ids (INCR); ids only grow.
     P:lock             string  lock held by publish / rollback / cleanup; it expires only if its holder died.
+    P:monitor          hash    pipeline health for Prometheus (max_psi, open_alerts, realized metrics per model
+                               version, ...): written by ml.monitor.push_monitor_summary, read by the API's /metrics.
     P:v{V}:meta        hash    version, score_date, model_version, run_id, scored_pairs, users, pairs, reasons, top_n,
                                min_probability, published_at (ISO-8601 UTC), previous (version served before V).
     P:v{V}:reasons     hash    reason id -> JSON ["code", "text"]: the version's dictionary of reasons.
@@ -54,6 +56,10 @@ class KeySpace:
 
     def lock(self) -> str:
         return f"{self.prefix}:lock"
+
+    def monitor(self) -> str:
+        """Hash of pipeline health figures for the API's /metrics (issue 13, written by ml.monitor)."""
+        return f"{self.prefix}:monitor"
 
     def meta(self, version: int) -> str:
         return f"{self.prefix}:v{version}:meta"

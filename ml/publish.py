@@ -453,6 +453,9 @@ def publish_version(
                 "min_probability": repr(float(floor)), "published_at": published_at.isoformat(),
                 "previous": "" if previous is None else previous,
             }
+            from ml.monitor import publish_meta  # issue 13: holdout/realized metrics, top features (/v1/model)
+
+            meta.update(publish_meta(engine, model_version, day))
             pipe = redis_client.pipeline(transaction=False)
             pipe.hset(ks.meta(version), mapping=meta)
             pipe.zadd(ks.versions(), {version: version})

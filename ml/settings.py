@@ -278,6 +278,45 @@ class Settings(BaseSettings):
         "task of its own).",
     )
 
+    # --- monitoring: realized performance, drift vs reference, freshness, alerts (issue 13) -----------------------
+    monitor_top_k: int = Field(10, description="k of precision@k and hit-rate@k per user in realized performance.")
+    psi_warn: float = Field(0.1, description="PSI (feature or score vs the training reference) raising a warning.")
+    psi_alert: float = Field(0.25, description="PSI (feature or score vs the training reference) raising a critical alert.")
+    null_rate_increase_alert: float = Field(
+        0.2, description="A feature's null rate above its training reference by more than this (absolute) alerts."
+    )
+    unseen_share_alert: float = Field(
+        0.5, description="Share of active pairs whose user was never seen at training above which an alert is raised."
+    )
+    performance_drop_alert: float = Field(
+        0.2,
+        description="Realized PR-AUC below the holdout's by more than this fraction (0.2: below 80% of it) alerts.",
+    )
+    served_max_age_days: int = Field(
+        2, description="The served score date may be at most this many days older than today (UTC) before alerting."
+    )
+    freshness_min_row_ratio: float = Field(
+        0.5, description="The day before the score date must hold at least this share of the trailing daily average."
+    )
+    freshness_history_days: int = Field(7, description="Days making the trailing daily average of the freshness gate.")
+    freshness_max_gap_hours: float = Field(
+        3.0,
+        description="The day before the score date has landed only when its newest event is at most this many hours "
+        "before its end (midnight UTC), or later events exist.",
+    )
+    freshness_wait_hours: float = Field(
+        0.0,
+        description="How long the freshness gate re-checks (reschedules itself, freeing its worker slot) before it "
+        "fails; 0: fail at once.",
+    )
+    alert_notifiers: list[str] = Field(
+        ["log", "webhook"],
+        description="Notifiers every alert goes through: log (the task log), webhook (alert_webhook_url, skipped "
+        "when unset).",
+    )
+    task_timeout_minutes: int = Field(120, description="execution_timeout of every DAG task, minutes.")
+    dagrun_timeout_hours: int = Field(12, description="dagrun_timeout of every DAG, hours.")
+
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().absolute()

@@ -375,6 +375,10 @@ def register_result(
         dag_run_id=dag_run_id,
     )
     registry.register_version(engine, mv)
+    from ml.drift import record_reference  # issue 13: the holdout reference of every feature and of the score
+
+    record_reference(engine, settings, version, prepared.data.frame.iloc[prepared.split.holdout],
+                     list(ens.feature_names), ens.predict_proba(prepared.X["holdout"]))
     champ_version, champ_metrics, note = evaluate_champion(engine, prepared, settings)
     if champ_version is not None and champ_metrics is None:
         auto = GateDecision(False, f"not comparable: {note}; promote manually if intended",
@@ -389,6 +393,10 @@ def register_result(
                                 auto.challenger_metrics, auto.champion_metrics, auto.champion_version,
                                 auto.tolerances, manual=True)
     row = registry.apply_gate(engine, version, decision, decided_by=dag_run_id)
+    if row.status == "rejected":  # issue 13: a refused challenger is an alert
+        from ml.alerts import challenger_refused
+
+        challenger_refused(engine, settings, version, decision.reason)
     return Registered(version, row.status, decision, uri)
 
 

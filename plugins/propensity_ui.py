@@ -1,5 +1,6 @@
-"""Airflow UI plugin: a "Propensity" entry in the navigation showing the model leaderboard, the latest runs,
-validation failures, drift and links to reports (Airflow 3 plugin: a FastAPI app + an external view).
+"""Airflow UI plugin: a "Propensity" entry in the navigation showing open alerts, realized vs expected performance,
+drift against the training reference, the model leaderboard, the latest runs, validation failures, drift and links
+to reports (Airflow 3 plugin: a FastAPI app + an external view).
 
 Only glue lives here: the data and HTML come from ``ml.dashboard``. The pipeline database URL comes from the
 ``propensity_postgres`` connection (env-var connections are read directly, so the api-server needs no Task SDK).

@@ -26,7 +26,7 @@ from ml.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DAG_IDS = ["ingest_events", "train_ensemble", "score_active_pairs"]
+DAG_IDS = ["ingest_events", "train_ensemble", "score_active_pairs", "monitor_outcomes"]
 
 
 @dataclass
@@ -159,6 +159,24 @@ def summarize(engine: sa.Engine, settings: Settings) -> list[str]:
     return out
 
 
+def monitor_lines(engine: sa.Engine, day: dt.date) -> list[str]:
+    """Expected (holdout) vs realized metrics of one evaluated score date, for the summary (issue 13)."""
+    from ml.monitor import expected_vs_realized
+
+    rows = [r for seg in ("all", "published") for r in expected_vs_realized(engine, day, seg)]
+    if not rows:
+        return [f"  no realized metrics for {day} (label horizon not matured?)"]
+    out = []
+    for r in rows:
+        def pair(m: str, r: dict = r) -> str:
+            real, exp = r[f"realized_{m}"], r[f"expected_{m}"]
+            return f"{m} {'n/a' if real is None else f'{real:.4f}'} (expected {'n/a' if exp is None else f'{exp:.4f}'})"
+
+        out.append(f"  {r['segment']:>9} pairs: {r['pairs']:,} pairs, {r['positives']:,} bought; "
+                   + ", ".join(pair(m) for m in ("roc_auc", "pr_auc", "brier", "ece")))
+    return out
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -212,11 +230,24 @@ def run_demo(
         _say(f"train_ensemble finished: {train['state']} ({time.perf_counter() - t0:.0f}s)")
         score = af.wait_for_run("score_active_pairs", after=started, timeout=timeout_s)
         _say(f"score_active_pairs finished: {score['state']} ({time.perf_counter() - t0:.0f}s)")
+        # a matured date (its label horizon ended before the data does), scored as a backfill (Postgres only:
+        # the storefront keeps the newest date), then evaluated by the monitor_outcomes DAG
+        from ml.score import run_scoring
+
+        matured = _utc_today() - dt.timedelta(days=settings.label_horizon_days + 1)
+        _say(f"scoring the matured date {matured} (backfill, not published) ...")
+        run_scoring(engine, settings.model_copy(update={"postgres_url": svc.postgres_url}), matured)
+        mon_id = af.trigger("monitor_outcomes", conf={"score_dates": [matured.isoformat()], "force": True})
+        mon = af.wait_for_run("monitor_outcomes", run_id=mon_id, timeout=timeout_s)
+        _say(f"monitor_outcomes finished: {mon['state']} ({time.perf_counter() - t0:.0f}s)")
 
         summary.add("=" * 78)
         summary.add("Demo summary")
         summary.add("=" * 78)
         for line in summarize(engine, settings):
+            summary.add(line)
+        summary.add(f"expected (holdout) vs realized for the matured score date {matured}:")
+        for line in monitor_lines(engine, matured):
             summary.add(line)
         summary.add("one lookup through the HTTP API:")
         for line in _api_lookup(settings, svc.redis_url, svc.postgres_url, api_port):

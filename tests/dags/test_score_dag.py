@@ -132,8 +132,8 @@ def test_dag_shape_and_params() -> None:
 
     assert "0 3 * * *" in repr(dag.timetable) or dag.schedule == "0 3 * * *"  # 03:00 UTC nightly
     assert {t.task_id for t in dag.tasks} == {"choose_path", "plan", "score_bucket", "finalize", "publish", "drift",
-                                              "mark_failed", "rollback_redis"}
+                                              "mark_failed", "rollback_redis", "freshness_gate", "drift_vs_reference"}
     assert [o.name for o in dag.get_task("finalize").outlets] == ["scores"]
     assert dag.get_task("score_bucket").pool in ("propensity_db_writers", "default_pool")
-    assert set(dag.params) == {"score_date", "model_version", "buckets", "rollback_redis"}
+    assert set(dag.params) == {"score_date", "model_version", "buckets", "rollback_redis", "skip_freshness_check"}
     assert dag.max_active_runs == 1
