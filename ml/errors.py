@@ -40,3 +40,8 @@ class ScoringError(PipelineError):
 
 class PublishError(PipelineError):
     """Publishing scores to Redis failed; the previously served version stays current."""
+
+
+class ExperimentError(PipelineError):
+    """An A/B experiment's configuration or lifecycle action is invalid (issue 14): the message names the
+    experiment, the field and the rule."""
