@@ -453,7 +453,294 @@ def sql_assignment(engine: Engine, experiment_id: str, user_ids: Sequence[int]) 
     return {int(u): arm for u, arm in rows}
 
 
+# --- publishing and exposure --------------------------------------------------------------------------------------
+def published_arms_meta(engine: Engine, run_id: str | None) -> dict[str, str]:
+    """The fields a published Redis version's meta gets from an experiment run (empty outside experiments):
+    ``experiment_id`` and ``arms`` (JSON ``{"arm": "model_version"}``)."""
+    if not run_id:
+        return {}
+    with engine.connect() as conn:
+        exp = conn.execute(sa.text("select params -> 'experiment' from scoring.runs where run_id = :r"),
+                           {"r": run_id}).scalar()
+    if not exp:
+        return {}
+    return {"experiment_id": exp["experiment_id"],
+            "arms": dumps({a["arm"]: a["model_version"] for a in exp["arms"]}, separators=(",", ":"))}
+
+
+def move_exposures(engine: Engine, redis_client: Any, settings: Any, day: dt.date | str | None = None) -> list[dict]:
+    """Copy the API's exposure counts of UTC ``day`` (default: yesterday) from Redis into experiments.exposures,
+    for every running experiment and every experiment stopped within the last two days. Re-runnable: a day's row
+    is replaced. ``users_to_date`` is a PFCOUNT over every day key from the experiment's creation (or start date,
+    the earlier) to ``day``. Returns the rows written."""
+    from ml.keyspace import KeySpace
+
+    day = utc_date(day, what="day") if day is not None else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    ks = KeySpace(settings.redis_prefix)
+    with engine.connect() as conn:
+        found = _load(conn, "status = 'running' or (status = 'stopped' and stopped_at >= :since)",
+                      {"since": dt.datetime.combine(day - dt.timedelta(days=2), dt.time(), dt.UTC)})
+    rows = []
+    for exp in found:
+        first = min(exp.start_date, (exp.created_at or dt.datetime.now(dt.UTC)).date())
+        if day < first:
+            continue
+        days = [(first + dt.timedelta(days=i)).strftime("%Y%m%d") for i in range((day - first).days + 1)]
+        stamp = day.strftime("%Y%m%d")
+        for arm in exp.arms:
+            pipe = redis_client.pipeline(transaction=False)
+            pipe.get(ks.exposure_requests(exp.experiment_id, arm.name, stamp))
+            pipe.pfcount(ks.exposure_users(exp.experiment_id, arm.name, stamp))
+            pipe.pfcount(*[ks.exposure_users(exp.experiment_id, arm.name, d) for d in days])
+            requests, users, to_date = pipe.execute()
+            rows.append({"e": exp.experiment_id, "arm": arm.name, "d": day, "req": int(requests or 0),
+                         "users": int(users), "to_date": int(to_date)})
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "insert into experiments.exposures (experiment_id, arm, exposure_date, requests, users, users_to_date)"
+                " values (:e, :arm, :d, :req, :users, :to_date) on conflict (experiment_id, arm, exposure_date) do"
+                " update set requests = excluded.requests, users = excluded.users, users_to_date ="
+                " excluded.users_to_date, moved_at = now()"), rows)
+    for r in rows:
+        log.info("exposure %s %s/%s: %s requests, %s users (%s to date)", day, r["e"], r["arm"], f"{r['req']:,}",
+                 f"{r['users']:,}", f"{r['to_date']:,}")
+    return rows
+
+
+# --- results -------------------------------------------------------------------------------------------------------
+def _norm_ppf(q: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(q))
+
+
+def two_proportion_test(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float = 0.05) -> dict[str, float | None]:
+    """Treatment (x_t of n_t) vs control (x_c of n_c): absolute lift with a Wald CI (unpooled standard error),
+    relative lift with a delta-method CI on log(p_t / p_c), and the pooled two-sided z-test p-value. Values that
+    are undefined (an empty arm, no conversion in the control) are None."""
+    from scipy.stats import norm
+
+    out: dict[str, float | None] = dict.fromkeys(
+        ("abs_lift", "abs_lift_ci_low", "abs_lift_ci_high", "rel_lift", "rel_lift_ci_low", "rel_lift_ci_high",
+         "z", "p_value"))
+    if n_t <= 0 or n_c <= 0:
+        return out
+    z_crit = _norm_ppf(1 - alpha / 2)
+    p_t, p_c = x_t / n_t, x_c / n_c
+    d = p_t - p_c
+    se = math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
+    out.update(abs_lift=d, abs_lift_ci_low=d - z_crit * se, abs_lift_ci_high=d + z_crit * se)
+    if p_c > 0:
+        out["rel_lift"] = p_t / p_c - 1
+        if p_t > 0:
+            se_log = math.sqrt((1 - p_t) / x_t + (1 - p_c) / x_c)
+            log_r = math.log(p_t / p_c)
+            out.update(rel_lift_ci_low=math.exp(log_r - z_crit * se_log) - 1,
+                       rel_lift_ci_high=math.exp(log_r + z_crit * se_log) - 1)
+    pooled = (x_t + x_c) / (n_t + n_c)
+    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n_t + 1 / n_c))
+    if se_pooled > 0:
+        z = d / se_pooled
+        out.update(z=z, p_value=float(2 * norm.sf(abs(z))))
+    else:
+        out.update(z=0.0, p_value=1.0)
+    return out
+
+
+def srm_check(assigned: Sequence[int], shares: Sequence[float]) -> tuple[float, float]:
+    """Sample-ratio mismatch: chi-square goodness of fit of the assigned users per arm against the configured
+    shares (normalised over the arms). Returns (chi2, p-value); p = 1 when nobody is assigned."""
+    from scipy.stats import chisquare
+
+    total = sum(assigned)
+    if total == 0:
+        return 0.0, 1.0
+    weights = np.asarray(shares, dtype=np.float64) / sum(shares)
+    res = chisquare(np.asarray(assigned, dtype=np.float64), weights * total)
+    return float(res.statistic), float(res.pvalue)
+
+
+def required_sample_size(p_control: float, mde: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Users per arm for a two-sided two-proportion test to detect an absolute difference ``mde`` from a baseline
+    conversion ``p_control`` at ``alpha`` with ``power`` (normal approximation):
+    n = (z_{1-a/2} sqrt(2 p(1-p)) + z_{power} sqrt(p1(1-p1) + p2(1-p2)))^2 / mde^2, p = (p1 + p2) / 2.
+    None when p_control + mde leaves [0, 1]."""
+    p1, p2 = p_control, p_control + mde
+    if not 0 <= p1 <= 1 or not 0 < p2 < 1:
+        return None
+    pbar = (p1 + p2) / 2
+    n = (_norm_ppf(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar))
+         + _norm_ppf(power) * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / mde**2
+    return math.ceil(n)
+
+
+@dataclass
+class ArmResult:
+    """One arm's line of an experiment's results (the columns of experiments.results)."""
+
+    arm: str
+    is_control: bool
+    model_version: str
+    expected_share: float
+    assigned_users: int
+    exposed_users: int | None
+    converters: int
+    purchases: int
+    conversion: float | None
+    purchases_per_exposed: float | None
+    abs_lift: float | None = None
+    abs_lift_ci_low: float | None = None
+    abs_lift_ci_high: float | None = None
+    rel_lift: float | None = None
+    rel_lift_ci_low: float | None = None
+    rel_lift_ci_high: float | None = None
+    p_value: float | None = None
+    significant: bool | None = None
+    srm_chi2: float = 0.0
+    srm_p_value: float = 1.0
+    srm_flag: bool = False
+    required_per_arm: int | None = None
+    horizon_matured: bool = False
+    decision: str = ""
+
+
+@dataclass
+class ExperimentResults:
+    experiment: Experiment
+    arms: list[ArmResult]
+    computed_at: dt.datetime
+
+    @property
+    def srm_flag(self) -> bool:
+        return any(a.srm_flag for a in self.arms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"experiment_id": self.experiment.experiment_id, "status": self.experiment.status,
+                "computed_at": self.computed_at, "srm_flag": self.srm_flag, "arms": [asdict(a) for a in self.arms]}
+
+    def lines(self) -> list[str]:
+        """A printable table: one line per arm, the SRM verdict, the decision rule."""
+        exp = self.experiment
+        head = (f"experiment {exp.experiment_id} ({exp.status}; {exp.start_date} .. {exp.end_date}, horizon "
+                f"{exp.horizon_days}d, metric {exp.primary_metric}, mde {exp.mde:g}, alpha {exp.alpha:g})")
+        cols = (f"{'arm':12} {'model':24} {'share':>6} {'assigned':>9} {'exposed':>8} {'conv':>8} {'conv.rate':>9} "
+                f"{'purch/exp':>9} {'abs lift [95% CI]':>28} {'rel lift [95% CI]':>26} {'p-value':>8} {'need/arm':>9}")
+        out = [head, cols]
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v:+.2%}"
+
+        for a in self.arms:
+            rate = "-" if a.conversion is None else f"{a.conversion:.2%}"
+            ppe = "-" if a.purchases_per_exposed is None else f"{a.purchases_per_exposed:.3f}"
+            absl = "control" if a.is_control else f"{pct(a.abs_lift)} [{pct(a.abs_lift_ci_low)}, {pct(a.abs_lift_ci_high)}]"
+            rel = "" if a.is_control else f"{pct(a.rel_lift)} [{pct(a.rel_lift_ci_low)}, {pct(a.rel_lift_ci_high)}]"
+            pv = "" if a.p_value is None else f"{a.p_value:.4f}"
+            need = "-" if a.required_per_arm is None else f"{a.required_per_arm:,}"
+            exposed = "-" if a.exposed_users is None else f"{a.exposed_users:,}"
+            out.append(f"{a.arm:12} {a.model_version[:24]:24} {a.expected_share:6.0%} {a.assigned_users:9,} "
+                       f"{exposed:>8} {a.converters:8,} {rate:>9} {ppe:>9} {absl:>28} {rel:>26} {pv:>8} {need:>9}")
+        a0 = self.arms[0] if self.arms else None
+        if a0 is not None:
+            if self.srm_flag:
+                out.append(f"!!! SAMPLE RATIO MISMATCH: chi2 {a0.srm_chi2:.2f}, p {a0.srm_p_value:.2g} -- the split "
+                           "of assigned users does not match the configuration; do NOT trust these results")
+            else:
+                out.append(f"sample ratio: ok (chi2 {a0.srm_chi2:.2f}, p {a0.srm_p_value:.3f})")
+        for a in self.arms:
+            if not a.is_control:
+                out.append(f"decision for {a.arm}: {a.decision}")
+        return out
+
+
+def _decide(exp: Experiment, arm: ArmResult, control: ArmResult) -> str:
+    """The fixed-horizon decision rule (docs/experiments.md)."""
+    if arm.srm_flag:
+        return "invalid: sample ratio mismatch; find the cause before reading any lift"
+    if not arm.horizon_matured:
+        return (f"wait: fixed horizon not reached (last score date {exp.end_date} + {exp.horizon_days} days); "
+                "interim numbers are for monitoring only")
+    need = arm.required_per_arm
+    if need is not None and min(arm.assigned_users, control.assigned_users) < need:
+        return f"inconclusive: underpowered ({min(arm.assigned_users, control.assigned_users):,} < {need:,} per arm)"
+    if arm.p_value is not None and arm.p_value < exp.alpha:
+        return "ship the challenger" if (arm.abs_lift or 0) > 0 else "keep the control (challenger is worse)"
+    return "keep the control (no significant difference)"
+
+
+def experiment_results(
+    engine: Engine,
+    experiment_id: str,
+    *,
+    srm_p_threshold: float = SRM_P_THRESHOLD,
+    today: dt.date | None = None,
+    record: bool = True,
+) -> ExperimentResults:
+    """Compute the per-arm results of an experiment (see the module docstring) and, with ``record``, store them in
+    experiments.results (read by bi.experiment_results)."""
+    from ml.db import read_sql
+
+    exp = get_experiment(engine, experiment_id)
+    today = today or dt.datetime.now(dt.UTC).date()
+    with engine.connect() as conn:
+        outcome = {r.arm: r for r in conn.execute(sa.text(read_sql("experiments/arm_outcomes.sql")), {
+            "experiment_id": experiment_id, "start_date": exp.start_date, "end_date": exp.end_date,
+            "horizon_days": exp.horizon_days})}
+        exposed = {r.arm: int(r.users) for r in conn.execute(sa.text(
+            "select distinct on (arm) arm, users_to_date as users from experiments.exposures"
+            " where experiment_id = :e order by arm, exposure_date desc"), {"e": experiment_id})}
+    matured = today >= exp.end_date + dt.timedelta(days=exp.horizon_days)
+    arms = []
+    for a in exp.arms:
+        o = outcome.get(a.name)
+        n, x, k = (int(o.assigned_users), int(o.converters), int(o.purchases)) if o else (0, 0, 0)
+        e = exposed.get(a.name)
+        arms.append(ArmResult(a.name, a.is_control, a.model_version, a.share, n, e, x, k, x / n if n else None,
+                              k / e if e else None, horizon_matured=matured))
+    chi2, p_srm = srm_check([r.assigned_users for r in arms], [r.expected_share for r in arms])
+    control = next(r for r in arms if r.is_control)
+    need = (required_sample_size(control.conversion, exp.mde, exp.alpha, exp.power)
+            if control.conversion is not None else None)
+    for r in arms:
+        r.srm_chi2, r.srm_p_value, r.srm_flag = chi2, p_srm, p_srm < srm_p_threshold
+        r.required_per_arm = need
+        if not r.is_control:
+            t = two_proportion_test(r.converters, r.assigned_users, control.converters, control.assigned_users,
+                                    exp.alpha)
+            for key in ("abs_lift", "abs_lift_ci_low", "abs_lift_ci_high", "rel_lift", "rel_lift_ci_low",
+                        "rel_lift_ci_high", "p_value"):
+                setattr(r, key, t[key])
+            r.significant = None if r.p_value is None else r.p_value < exp.alpha
+            r.decision = _decide(exp, r, control)
+        else:
+            r.decision = "control"
+    if p_srm < srm_p_threshold:
+        log.error("experiment %s: SAMPLE RATIO MISMATCH (chi2 %.2f, p %.3g): assigned %s vs split %s",
+                  experiment_id, chi2, p_srm, [r.assigned_users for r in arms], [r.expected_share for r in arms])
+    computed_at = dt.datetime.now(dt.UTC)
+    results = ExperimentResults(exp, arms, computed_at)
+    if record:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "insert into experiments.results (experiment_id, computed_at, " + ", ".join(_RESULT_COLUMNS)
+                + ") values (:experiment_id, :computed_at, " + ", ".join(f":{c}" for c in _RESULT_COLUMNS) + ")"),
+                [{"experiment_id": experiment_id, "computed_at": computed_at, **asdict(r)} for r in arms])
+    return results
+
+
+_RESULT_COLUMNS = tuple(ArmResult.__dataclass_fields__)
+
+
 __all__ = [
+    "ArmResult",
+    "ExperimentResults",
+    "experiment_results",
+    "move_exposures",
+    "published_arms_meta",
+    "required_sample_size",
+    "srm_check",
+    "two_proportion_test",
     "ARCHIVED_STATUSES",
     "N_BUCKETS",
     "Arm",
