@@ -456,7 +456,8 @@ def sql_assignment(engine: Engine, experiment_id: str, user_ids: Sequence[int]) 
 # --- publishing and exposure --------------------------------------------------------------------------------------
 def published_arms_meta(engine: Engine, run_id: str | None) -> dict[str, str]:
     """The fields a published Redis version's meta gets from an experiment run (empty outside experiments):
-    ``experiment_id`` and ``arms`` (JSON ``{"arm": "model_version"}``)."""
+    ``experiment_id``, ``arms`` (JSON ``{"arm": "model_version"}``) and ``model_version``, the control's (the
+    partition holds several versions; users outside the experiment get the control's, the champion)."""
     if not run_id:
         return {}
     with engine.connect() as conn:
@@ -464,7 +465,8 @@ def published_arms_meta(engine: Engine, run_id: str | None) -> dict[str, str]:
                            {"r": run_id}).scalar()
     if not exp:
         return {}
-    return {"experiment_id": exp["experiment_id"],
+    control = next(a["model_version"] for a in exp["arms"] if a["is_control"])
+    return {"experiment_id": exp["experiment_id"], "model_version": control,  # users outside: the champion
             "arms": dumps({a["arm"]: a["model_version"] for a in exp["arms"]}, separators=(",", ":"))}
 
 

@@ -129,3 +129,47 @@ def test_explicit_model_version_scores_everyone_without_arms(ab: AbWorld, abengi
     rows = scored(abengine, day)
     assert summary.arms == {}
     assert {(r.model_version, r.experiment_id, r.arm) for r in rows} == {(ab.challenger, None, None)}
+
+
+def test_publish_and_api_return_each_users_arm_and_count_exposure(ab: AbWorld, abengine: sa.Engine, redis_url: str,
+                                                                  redis_client) -> None:
+    from fastapi.testclient import TestClient
+
+    from ml.api import create_app
+    from ml.api_auth import new_api_key
+    from ml.keyspace import KeySpace
+    from ml.publish import publish_version
+    from ml.score import run_scoring
+
+    key, key_hash = new_api_key()
+    s = ab.settings(redis_url=redis_url, redis_prefix=f"ab{uuid.uuid4().hex[:6]}", api_key_hashes=[key_hash],
+                    publish_min_probability=0.0)
+    run_scoring(abengine, s, SCORE_DAY, n_buckets=1)
+    result = publish_version(abengine, redis_client, s, SCORE_DAY)
+    ks = KeySpace(s.redis_prefix)
+    meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(ks.meta(result.version)).items()}
+    assert meta["experiment_id"] == ab.experiment_id and meta["model_version"] == ab.champion
+    rows = scored(abengine, SCORE_DAY)
+    arm_of = {r.user_id: r.arm for r in rows}
+    want_model = {"control": ab.champion, "challenger": ab.challenger}
+    users = sorted(arm_of)[:40]
+    served = {"control": 0, "challenger": 0}
+    with TestClient(create_app(s)) as client:
+        for user in users:
+            body = client.get(f"/v1/users/{user}/recommendations", headers={"Authorization": f"Bearer {key}"}).json()
+            assert (body["experiment_id"], body["variant"], body["model_version"]) == (
+                ab.experiment_id, arm_of[user], want_model[arm_of[user]])
+            assert body["variant"] == X.get_experiment(abengine, ab.experiment_id).arms[
+                int(X.assign_arms(X.get_experiment(abengine, ab.experiment_id), [user])[0])].name
+            served[body["variant"]] += 1
+            product = body["items"][0]["product_id"]
+            pair = client.get(f"/v1/users/{user}/products/{product}", headers={"Authorization": f"Bearer {key}"})
+            assert (pair.json()["variant"], pair.json()["model_version"]) == (arm_of[user], want_model[arm_of[user]])
+        # a user outside the experiment's scores: no arm key -> champion, variant null (404: nothing to serve)
+        redis_client.zadd(ks.recs(result.version, 10**12), {"5": 0.5})
+        body = client.get(f"/v1/users/{10**12}/recommendations", headers={"Authorization": f"Bearer {key}"}).json()
+        assert (body["experiment_id"], body["variant"], body["model_version"]) == (None, None, ab.champion)
+    assert min(served.values()) > 0
+    moved = {r["arm"]: r for r in X.move_exposures(abengine, redis_client, s, dt.datetime.now(dt.UTC).date())}
+    assert {a: moved[a]["users"] for a in served} == served  # HyperLogLog is exact at this size
+    assert {a: moved[a]["req"] for a in served} == {a: 2 * n for a, n in served.items()}
