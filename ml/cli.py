@@ -650,6 +650,40 @@ def experiment_list(
         for line in _experiment_lines(exp):
             typer.echo(line)
 
+@experiment_app.command("results")
+def experiment_results_cmd(
+    experiment_id: Annotated[str, typer.Argument(help="Experiment id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    record: Annotated[bool, typer.Option(help="Store the results in experiments.results (bi.experiment_results).")]
+    = True,
+    move_exposures: Annotated[bool, typer.Option(help="First move today's Redis exposure counters to Postgres.")]
+    = False,
+) -> None:
+    """Per arm: assigned and exposed users, conversion, purchases per exposed user, lift vs control with 95% CIs,
+    p-value, sample-ratio-mismatch check and the sample size needed for the MDE; the fixed-horizon decision."""
+    from ml import experiments as X
+
+    s = settings()
+    engine = pg_engine(s)
+    if move_exposures:
+        from ml.dev.services import resolve_services
+        from ml.publish import connect_redis
+
+        client = connect_redis(s, resolve_services(s).redis_url)
+        try:
+            X.move_exposures(engine, client, s, dt.datetime.now(dt.UTC).date())
+        finally:
+            client.close()
+    res = _experiment_call(X.experiment_results, engine, experiment_id,
+                           srm_p_threshold=s.experiment_srm_p_threshold, record=record)
+    if as_json:
+        typer.echo(dumps(res.as_dict(), indent=2))
+    else:
+        for line in res.lines():
+            typer.echo(line)
+    if res.srm_flag:
+        raise typer.Exit(3)  # loud: scripts and CI notice a sample-ratio mismatch
+
 
 def main() -> None:
     app()
