@@ -127,7 +127,9 @@ def experiments() -> None:
             else:
                 ids = [e.experiment_id for e in X.list_experiments(res.engine, "running")]
             for eid in ids:
-                result = X.experiment_results(res.engine, eid, srm_p_threshold=res.settings.experiment_srm_p_threshold)
+                result = X.experiment_results(res.engine, eid, srm_p_threshold=res.settings.experiment_srm_p_threshold,
+                                              top_n=res.settings.publish_top_n,
+                                              min_probability=res.settings.publish_min_probability)
                 for line in result.lines():
                     log.info(line)
                 out.append({"experiment_id": eid, "srm_flag": result.srm_flag,

@@ -675,7 +675,8 @@ def experiment_results_cmd(
         finally:
             client.close()
     res = _experiment_call(X.experiment_results, engine, experiment_id,
-                           srm_p_threshold=s.experiment_srm_p_threshold, record=record)
+                           srm_p_threshold=s.experiment_srm_p_threshold, record=record, top_n=s.publish_top_n,
+                           min_probability=s.publish_min_probability)
     if as_json:
         typer.echo(dumps(res.as_dict(), indent=2))
     else:

@@ -678,9 +678,15 @@ def experiment_results(
     srm_p_threshold: float = SRM_P_THRESHOLD,
     today: dt.date | None = None,
     record: bool = True,
+    top_n: int = 20,
+    min_probability: float = 0.0,
 ) -> ExperimentResults:
     """Compute the per-arm results of an experiment (see the module docstring) and, with ``record``, store them in
-    experiments.results (read by bi.experiment_results)."""
+    experiments.results (read by bi.experiment_results).
+
+    Only score dates whose horizon has matured by ``today`` (UTC, default: now) count. ``top_n`` /
+    ``min_probability``: what counts as published on a score date that was never published (replays; normally
+    ``settings.publish_top_n`` / ``publish_min_probability``)."""
     from ml.db import read_sql
 
     exp = get_experiment(engine, experiment_id)
@@ -688,7 +694,8 @@ def experiment_results(
     with engine.connect() as conn:
         outcome = {r.arm: r for r in conn.execute(sa.text(read_sql("experiments/arm_outcomes.sql")), {
             "experiment_id": experiment_id, "start_date": exp.start_date, "end_date": exp.end_date,
-            "horizon_days": exp.horizon_days})}
+            "mature_until": today - dt.timedelta(days=exp.horizon_days), "horizon_days": exp.horizon_days,
+            "default_top_n": top_n, "default_min_probability": min_probability})}
         exposed = {r.arm: int(r.users) for r in conn.execute(sa.text(
             "select distinct on (arm) arm, users_to_date as users from experiments.exposures"
             " where experiment_id = :e order by arm, exposure_date desc"), {"e": experiment_id})}

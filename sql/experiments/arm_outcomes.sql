@@ -1,9 +1,11 @@
 -- Per-arm outcomes of one experiment (ml.experiments.experiment_results): assigned users, converters and purchases.
 -- A user is assigned to an arm when the experiment scored the user (scoring.scores.arm) on a score date in
--- [start_date, end_date]. A pair is published when it was among the user's top_n pairs at or above
--- min_probability of the latest successful publication of that score date (scoring.publications). A user converts
--- when buying a product published to them within [score_date, score_date + horizon_days) (UTC).
--- Parameters: experiment_id, start_date, end_date, horizon_days.
+-- [start_date, end_date] whose horizon has matured (score_date <= mature_until = today - horizon_days). A pair is
+-- published when it was among the user's top_n pairs at or above min_probability of the latest successful
+-- publication of that score date (scoring.publications); a score date never published (a replay or a backfill)
+-- uses what the publisher would have published (default_top_n, default_min_probability). A user converts when
+-- buying a product published to them within [score_date, score_date + horizon_days) (UTC).
+-- Parameters: experiment_id, start_date, end_date, mature_until, horizon_days, default_top_n, default_min_probability.
 with
 
 stg_scored as (
@@ -17,6 +19,7 @@ stg_scored as (
     from scoring.scores as s
     where s.experiment_id = :experiment_id
       and s.score_date between :start_date and :end_date
+      and s.score_date <= :mature_until
       and s.arm is not null
 ),
 
@@ -39,9 +42,9 @@ published as (
         s.product_id,
         s.arm
     from stg_scored as s
-    join stg_publications as p on p.score_date = s.score_date
-    where s.rnk <= p.top_n
-      and s.probability >= p.min_probability
+    left join stg_publications as p on p.score_date = s.score_date
+    where s.rnk <= coalesce(p.top_n, :default_top_n)
+      and s.probability >= coalesce(p.min_probability, :default_min_probability)
 ),
 
 assigned as (
