@@ -48,6 +48,11 @@ _QUERIES: dict[str, tuple[str, str]] = {
         "select metric_date, kind, name, value from monitoring.metrics "
         "where kind in ('score_psi', 'feature_psi') order by metric_date desc, kind, name limit 40",
     ),
+    "experiments": (  # issue 14: latest A/B results per experiment and arm (ml.experiments.results_html)
+        "experiments.results",
+        "select * from bi.experiment_results order by status = 'running' desc, computed_at desc, experiment_id,"
+        " is_control desc, arm limit 40",
+    ),
     "daily_scores": (
         "scoring.runs",
         "select distinct on (score_date) score_date, scored_pairs from scoring.runs where status = 'succeeded' "
@@ -119,6 +124,12 @@ def _plot_daily(rows: list[dict[str, Any]]) -> str:
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return f'<img alt="pairs scored per night" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _experiments_html(rows: list[dict[str, Any]]) -> str:
+    from ml.experiments import results_html
+
+    return results_html(rows)
 
 
 def render_dashboard(data: DashboardData, *, files_base: str = "files", data_docs_href: str | None = None) -> str:
@@ -201,4 +212,5 @@ th{{background:#f3f3f3}}.empty{{color:#888}}</style></head><body>
 <h2>Validation failures (quarantined files)</h2>{failures}
 <h2>Latest ingested files</h2>{ingested}
 <h2>Drift (PSI against the previous score date)</h2>{drift}
+<h2>A/B experiments</h2>{_experiments_html(s.get("experiments", []))}
 </body></html>"""

@@ -741,12 +741,46 @@ def experiment_results(
 _RESULT_COLUMNS = tuple(ArmResult.__dataclass_fields__)
 
 
+def results_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The Propensity UI page's A/B section: rows of bi.experiment_results as an HTML table; a sample-ratio
+    mismatch is a red banner."""
+    import html
+
+    if not rows:
+        return '<p class="empty">no experiment results yet (propensity experiment results EXPERIMENT_ID)</p>'
+    e = html.escape
+
+    def pct(v: Any) -> str:
+        return "" if v is None else f"{v:+.2%}"
+
+    banners = sorted({r["experiment_id"] for r in rows if r["srm_flag"]})
+    out = [f'<p style="color:#fff;background:#c00;padding:4px"><b>SAMPLE RATIO MISMATCH</b> in {e(x)}: do not trust '
+           "its results</p>" for x in banners]
+    head = ["experiment", "status", "arm", "model", "assigned", "exposed", "conversion", "abs lift [95% CI]",
+            "rel lift", "p-value", "need/arm", "decision", "computed"]
+    out.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
+    for r in rows:
+        cells = [r["experiment_id"], r["status"], r["arm"] + (" (control)" if r["is_control"] else ""),
+                 r["model_version"], f"{r['assigned_users']:,}",
+                 "" if r["exposed_users"] is None else f"{r['exposed_users']:,}",
+                 "" if r["conversion"] is None else f"{r['conversion']:.2%}",
+                 "" if r["is_control"] else f"{pct(r['abs_lift'])} [{pct(r['abs_lift_ci_low'])}, "
+                 f"{pct(r['abs_lift_ci_high'])}]",
+                 pct(r["rel_lift"]), "" if r["p_value"] is None else f"{r['p_value']:.4f}",
+                 "" if r["required_per_arm"] is None else f"{r['required_per_arm']:,}", r["decision"],
+                 f"{r['computed_at']:%Y-%m-%d %H:%M}"]
+        out.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+
 __all__ = [
     "ArmResult",
     "ExperimentResults",
     "experiment_results",
     "move_exposures",
     "published_arms_meta",
+    "results_html",
     "required_sample_size",
     "srm_check",
     "two_proportion_test",

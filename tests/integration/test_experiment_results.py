@@ -124,8 +124,34 @@ def test_an_injected_60_40_split_is_flagged_as_srm(engine) -> None:
     assert res.arms[0].srm_chi2 == pytest.approx(40.0) and res.arms[0].srm_p_value < 1e-9
     assert res.arms[1].decision.startswith("invalid: sample ratio mismatch")
     assert any("SAMPLE RATIO MISMATCH" in line for line in res.lines())
+    from ml.dashboard import collect_dashboard, render_dashboard
+
+    page = render_dashboard(collect_dashboard(engine))
+    assert "<h2>A/B experiments</h2>" in page and f"<b>SAMPLE RATIO MISMATCH</b> in {exp.experiment_id}" in page
     # a 52/48 split of 1000 users is within chance: not flagged
     assert X.srm_check([520, 480], [0.5, 0.5])[1] > 0.001
+
+
+def test_only_matured_dates_count_and_unpublished_dates_use_the_publisher_defaults(engine) -> None:
+    day = dt.date(2034, 8, 1)
+    exp = _experiment(engine, day)
+    exp_end = day + dt.timedelta(days=7)
+    with engine.begin() as conn:
+        conn.execute(sa.text("update experiments.experiments set end_date = :d where experiment_id = :e"),
+                     {"d": exp_end, "e": exp.experiment_id})
+    mv = {a.name: a.model_version for a in exp.arms}
+    for d in (day, exp_end):
+        _scores(engine, d, [(u, p, q, mv["control"], exp.experiment_id, "control") for u in (1, 2)
+                            for p, q in ((7, 0.9), (8, 0.8))])
+    t0 = dt.datetime.combine(day, dt.time(), dt.UTC)
+    _purchases(engine, [(1, 8, t0 + dt.timedelta(days=1)), (2, 8, t0 + dt.timedelta(days=8))])
+    # no publication of either date: top_n=1 -> only product 7 counts as published; with top_n=2 product 8 too
+    assert X.experiment_results(engine, exp.experiment_id, today=day + dt.timedelta(days=7), top_n=1,
+                                record=False).arms[0].converters == 0
+    res = X.experiment_results(engine, exp.experiment_id, today=day + dt.timedelta(days=7), top_n=2, record=False)
+    assert (res.arms[0].assigned_users, res.arms[0].converters) == (2, 1)  # exp_end has not matured: not counted
+    res = X.experiment_results(engine, exp.experiment_id, today=exp_end + dt.timedelta(days=7), top_n=2, record=False)
+    assert (res.arms[0].assigned_users, res.arms[0].converters, res.arms[0].purchases) == (2, 2, 2)
 
 
 def test_daily_move_copies_redis_exposure_counts(engine, settings, redis_client) -> None:
