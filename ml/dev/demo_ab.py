@@ -61,7 +61,8 @@ def run_ab_demo(engine: sa.Engine, settings: Settings, redis_url: str, *, lookup
             return [*out, "  (no champion: skipped)"]
         _say("training a challenger model (LightGBM only, no tuning) ...")
         t = time.perf_counter()
-        trained = run_training(engine, settings, n_trials=0, members=["lightgbm"], write_report=False)
+        data = _champion_training_data(champ.training_window)  # the champion's snapshots: no rebuild
+        trained = run_training(engine, settings, n_trials=0, members=["lightgbm"], write_report=False, data=data)
         _say(f"challenger {trained.version} trained in {time.perf_counter() - t:.0f}s")
         now = champion(engine)
         control = now.version if now else champ.version
@@ -76,7 +77,7 @@ def run_ab_demo(engine: sa.Engine, settings: Settings, redis_url: str, *, lookup
             t = time.perf_counter()
             summary = run_scoring(engine, settings, day)
             _say(f"scored {day} per arm in {time.perf_counter() - t:.0f}s")
-            out.extend(f"  {line.strip()}" for line in summary.lines() if line.strip().startswith("arm "))
+            out.extend(f"  {day} {line.strip()}" for line in summary.lines() if line.strip().startswith("arm "))
         client = redis.Redis.from_url(redis_url)
         try:
             pub = publish_version(engine, client, settings, today)
@@ -100,6 +101,21 @@ def run_ab_demo(engine: sa.Engine, settings: Settings, redis_url: str, *, lookup
     out.extend(f"    {line}" for line in res.lines())
     out.append(f"  again: propensity experiment results {exp.experiment_id};  SQL: select * from bi.experiment_results")
     return out
+
+
+def _champion_training_data(window: dict[str, Any] | None) -> Any:
+    """The training data the champion was trained on (saved by run_training), or None (then it is rebuilt)."""
+    from ml.errors import PipelineError
+    from ml.training_data import load_training_data
+
+    uri = (window or {}).get("data_uri")
+    if not uri:
+        return None
+    try:
+        return load_training_data(uri)
+    except (OSError, PipelineError, ValueError) as e:
+        log.warning("champion training data %s not readable (%s): rebuilding the snapshots", uri, e)
+        return None
 
 
 def _lookups(engine: sa.Engine, settings: Settings, redis_url: str, day: dt.date, n: int) -> list[str]:
