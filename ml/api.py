@@ -70,6 +70,9 @@ class ServedVersion(BaseModel):
     model_version: str = Field(description="Model version that scored the pairs.")
     score_date: dt.date = Field(description="Score date (UTC) of the published partition.")
     published_at: dt.datetime | None = Field(None, description="When the version was flipped in (UTC).")
+    experiment_id: str | None = Field(None, description="A/B experiment the user is enrolled in (null: none).")
+    variant: str | None = Field(
+        None, description="The user's experiment arm; model_version is then that arm's model. Null: the champion.")
 
 
 class RecommendationsResponse(ServedVersion):
@@ -136,6 +139,22 @@ class _Version:
     id: int
     served: ServedVersion
     fields: dict[str, Any]  # the ServedVersion fields, JSON-ready, merged into every response body
+    arms: dict[str, str] | None = None  # experiment arm -> model version, while the version was scored in one
+
+    def for_arm(self, raw_arm: bytes | str | None) -> _Version:
+        """This version as seen by a user in experiment arm ``raw_arm`` (the Redis reply; None: not enrolled)."""
+        if not raw_arm or not self.arms:
+            return self
+        arm = raw_arm.decode() if isinstance(raw_arm, bytes) else raw_arm
+        return _Version(self.id, self.served, {**self.fields, "variant": arm,
+                                               "experiment_id": self.fields["experiment_id_of_version"],
+                                               "model_version": self.arms.get(arm, self.served.model_version)},
+                        self.arms)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The fields merged into a response (without internal ones)."""
+        return {k: v for k, v in self.fields.items() if k != "experiment_id_of_version"}
 
 
 def _as_dict(reply: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
@@ -187,7 +206,12 @@ class ScoreReader:
             score_date=dt.date.fromisoformat(meta["score_date"]),
             published_at=dt.datetime.fromisoformat(published_at) if published_at else None,
         )
-        version = _Version(vid, served, served.model_dump(mode="json"))
+        fields = served.model_dump(mode="json")
+        arms = None
+        if meta.get("experiment_id"):  # scored during an A/B experiment (issue 14): users carry their arm
+            arms = orjson.loads(meta.get("arms") or "{}")
+            fields["experiment_id_of_version"] = meta["experiment_id"]
+        version = _Version(vid, served, fields, arms)
         self._versions[vid] = version
         for old in sorted(self._versions)[:-_VERSION_CACHE]:
             self._versions.pop(old, None)
@@ -249,12 +273,31 @@ class ScoreReader:
 
         def reads(vid: int) -> list[tuple[Any, ...]]:
             return [("ZREVRANGE", self.keys.recs(vid, user_id), 0, limit - 1, "WITHSCORES"),
-                    ("HGETALL", self.keys.details(vid, user_id))]
+                    ("HGETALL", self.keys.details(vid, user_id)),
+                    ("GET", self.keys.arm(vid, user_id))]
 
         version, results = await self._lookup(reads)
         if version is None or not results[0]:
             return version, []
+        version = version.for_arm(results[2])
         return version, await self._items(version.id, _score_pairs(results[0]), _as_dict(results[1]))
+
+    async def count_exposure(self, version: _Version, user_id: int, ttl_s: int) -> None:
+        """Count that ``version`` served the user's experiment arm today (UTC): PFADD into the day's user
+        HyperLogLog and INCR of its request counter, one pipelined round trip, only for enrolled users. A Redis
+        error is logged, never returned to the client (the lookup already succeeded)."""
+        arm = version.fields.get("variant")
+        if not arm:
+            return
+        from redis.exceptions import RedisError
+
+        eid, day = version.fields["experiment_id"], dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+        users, requests = self.keys.exposure_users(eid, arm, day), self.keys.exposure_requests(eid, arm, day)
+        try:
+            await self._roundtrip([("PFADD", users, user_id), ("INCR", requests), ("EXPIRE", users, ttl_s),
+                                   ("EXPIRE", requests, ttl_s)])
+        except (RedisError, OSError) as e:
+            log.warning("exposure of experiment %s arm %s not counted: %s", eid, arm, e)
 
     async def pair(self, user_id: int, product_id: int) -> tuple[_Version | None, bool, dict | None]:
         """(served version or None, user known in it, the pair's item or None when the pair is not hot)."""
@@ -262,12 +305,14 @@ class ScoreReader:
         def reads(vid: int) -> list[tuple[Any, ...]]:
             return [("ZSCORE", self.keys.recs(vid, user_id), product_id),
                     ("HGET", self.keys.details(vid, user_id), product_id),
-                    ("EXISTS", self.keys.recs(vid, user_id))]
+                    ("EXISTS", self.keys.recs(vid, user_id)),
+                    ("GET", self.keys.arm(vid, user_id))]
 
         version, results = await self._lookup(reads)
         if version is None:
             return None, False, None
-        score, payload, exists = results
+        score, payload, exists, arm = results
+        version = version.for_arm(arm)
         if score is None:
             return version, bool(exists), None
         member = str(product_id).encode()
@@ -460,7 +505,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.lookups.labels("recommendations", "miss").inc()
             raise HTTPException(404, f"user {user_id} has no recommendations in version {version.id}")
         metrics.lookups.labels("recommendations", "hit").inc()
-        return _json({**version.fields, "user_id": user_id, "items": items})
+        await request.app.state.reader.count_exposure(version, user_id, settings.experiment_exposure_ttl_days * 86400)
+        return _json({**version.body, "user_id": user_id, "items": items})
 
     @app.get(
         "/v1/users/{user_id}/products/{product_id}",
@@ -488,7 +534,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             raise HTTPException(404, detail)
         metrics.lookups.labels("pair", "hit").inc()
-        return _json({**item, **version.fields, "user_id": user_id})
+        await request.app.state.reader.count_exposure(version, user_id, settings.experiment_exposure_ttl_days * 86400)
+        return _json({**item, **version.body, "user_id": user_id})
 
     @app.get(
         "/v1/model",

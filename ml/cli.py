@@ -702,6 +702,142 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+# --- A/B experiments between model versions (issue 14; ml.experiments, docs/experiments.md) -------------------------
+experiment_app = typer.Typer(help="A/B experiments between model versions: create, start, stop, list, results.",
+                             no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _experiment_call(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - any ml.experiments action
+    """Run an ml.experiments action; a configuration or lifecycle error is one line and exit code 2."""
+    from ml.errors import ExperimentError
+
+    try:
+        return fn(*args, **kwargs)
+    except ExperimentError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _experiment_lines(exp) -> list[str]:  # noqa: ANN001 - ml.experiments.Experiment
+    arms = ", ".join(f"{a.name}{'*' if a.is_control else ''}={a.model_version} ({a.share:.0%}, buckets "
+                     f"{a.bucket_from}-{a.bucket_to - 1})" for a in exp.arms)
+    return [f"{exp.experiment_id}: {exp.status}; {exp.start_date} .. {exp.end_date}, traffic {exp.traffic_percent:g}%,"
+            f" metric {exp.primary_metric}, mde {exp.mde:g}, horizon {exp.horizon_days}d",
+            f"  arms (* = control): {arms}"]
+
+
+@experiment_app.command("create")
+def experiment_create(
+    experiment_id: Annotated[str, typer.Argument(help="Experiment id: lower-case letters, digits, - and _.")],
+    arms: Annotated[str, typer.Option(help="NAME=MODEL_VERSION,... (first arm is the control unless --control).")],
+    start: Annotated[str, typer.Option(help="First score date (UTC, YYYY-MM-DD) scored per arm.")],
+    end: Annotated[str, typer.Option(help="Last score date (UTC, YYYY-MM-DD) scored per arm.")],
+    split: Annotated[str | None, typer.Option(help="Shares per arm, e.g. 50,50 or 0.5,0.5 (default: equal).")] = None,
+    control: Annotated[str | None, typer.Option(help="Control arm name (must serve the champion).")] = None,
+    description: Annotated[str, typer.Option(help="What the experiment tests.")] = "",
+    traffic: Annotated[float, typer.Option(help="Percent of users enrolled (the rest get the champion).")] = 100.0,
+    metric: Annotated[str, typer.Option(help="Primary metric: conversion or purchases_per_exposed.")] = "conversion",
+    mde: Annotated[float, typer.Option(help="Minimum detectable effect: absolute conversion difference.")] = 0.01,
+    alpha: Annotated[float, typer.Option(help="Two-sided significance level.")] = 0.05,
+    power: Annotated[float, typer.Option(help="Power for the sample-size estimate.")] = 0.8,
+    horizon_days: Annotated[int, typer.Option(help="Days after a score date in which a purchase converts.")] = 7,
+    allow_past: Annotated[bool, typer.Option(help="Allow a start date in the past (replays of history).")] = False,
+) -> None:
+    """Create an experiment in status draft (validated: split sums to 1, known non-archived versions, control is
+    the champion, dates)."""
+    from ml.db import migrate as run_migrations
+    from ml.experiments import create_experiment
+
+    start_day, end_day = _date_option(start, "--start"), _date_option(end, "--end")
+    engine = pg_engine()
+    run_migrations(engine)
+    exp = _experiment_call(create_experiment, engine, experiment_id, arms, split=split, start_date=start_day,
+                           end_date=end_day, description=description, control=control, traffic_percent=traffic,
+                           primary_metric=metric, mde=mde, alpha=alpha, power=power, horizon_days=horizon_days,
+                           allow_past=allow_past)
+    for line in _experiment_lines(exp):
+        typer.echo(line)
+
+
+@experiment_app.command("start")
+def experiment_start(experiment_id: Annotated[str, typer.Argument(help="Experiment id.")]) -> None:
+    """Start a draft experiment: from the next scoring run, each enrolled user is scored by the arm's model."""
+    from ml.experiments import start_experiment
+
+    for line in _experiment_lines(_experiment_call(start_experiment, pg_engine(), experiment_id)):
+        typer.echo(line)
+
+
+@experiment_app.command("stop")
+def experiment_stop(
+    experiment_id: Annotated[str, typer.Argument(help="Experiment id.")],
+    reason: Annotated[str, typer.Option(help="Why (stored in experiments.experiments.stop_reason).")] = "",
+) -> None:
+    """Stop an experiment: from the next scoring run everyone gets the champion again."""
+    from ml.experiments import stop_experiment
+
+    for line in _experiment_lines(_experiment_call(stop_experiment, pg_engine(), experiment_id, reason=reason)):
+        typer.echo(line)
+
+
+@experiment_app.command("list")
+def experiment_list(
+    status: Annotated[str | None, typer.Option(help="Only draft, running or stopped experiments.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
+) -> None:
+    """List experiments, newest first."""
+    from ml.db import migrate as run_migrations
+    from ml.experiments import list_experiments
+
+    engine = pg_engine()
+    run_migrations(engine)
+    found = list_experiments(engine, status)
+    if as_json:
+        typer.echo(dumps([e.as_dict() for e in found], indent=2))
+        return
+    if not found:
+        typer.echo("no experiment")
+    for exp in found:
+        for line in _experiment_lines(exp):
+            typer.echo(line)
+
+@experiment_app.command("results")
+def experiment_results_cmd(
+    experiment_id: Annotated[str, typer.Argument(help="Experiment id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    record: Annotated[bool, typer.Option(help="Store the results in experiments.results (bi.experiment_results).")]
+    = True,
+    move_exposures: Annotated[bool, typer.Option(help="First move today's Redis exposure counters to Postgres.")]
+    = False,
+) -> None:
+    """Per arm: assigned and exposed users, conversion, purchases per exposed user, lift vs control with 95% CIs,
+    p-value, sample-ratio-mismatch check and the sample size needed for the MDE; the fixed-horizon decision."""
+    from ml import experiments as X
+
+    s = settings()
+    engine = pg_engine(s)
+    if move_exposures:
+        from ml.dev.services import resolve_services
+        from ml.publish import connect_redis
+
+        client = connect_redis(s, resolve_services(s).redis_url)
+        try:
+            X.move_exposures(engine, client, s, dt.datetime.now(dt.UTC).date())
+        finally:
+            client.close()
+    res = _experiment_call(X.experiment_results, engine, experiment_id,
+                           srm_p_threshold=s.experiment_srm_p_threshold, record=record, top_n=s.publish_top_n,
+                           min_probability=s.publish_min_probability)
+    if as_json:
+        typer.echo(dumps(res.as_dict(), indent=2))
+    else:
+        for line in res.lines():
+            typer.echo(line)
+    if res.srm_flag:
+        raise typer.Exit(3)  # loud: scripts and CI notice a sample-ratio mismatch
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())

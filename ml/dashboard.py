@@ -68,6 +68,11 @@ _QUERIES: dict[str, tuple[str, str]] = {
         "and metric_date = (select max(metric_date) from monitoring.metrics where kind like 'ref\\_%') "
         "order by kind, value desc nulls last",
     ),
+    "experiments": (  # issue 14: latest A/B results per experiment and arm (ml.experiments.results_html)
+        "experiments.results",
+        "select * from bi.experiment_results order by status = 'running' desc, computed_at desc, experiment_id,"
+        " is_control desc, arm limit 40",
+    ),
     "daily_scores": (
         "scoring.runs",
         "select distinct on (score_date) score_date, scored_pairs from scoring.runs where status = 'succeeded' "
@@ -175,6 +180,12 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return "" if v is None else format(v, fmt)
 
 
+def _experiments_html(rows: list[dict[str, Any]]) -> str:
+    from ml.experiments import results_html
+
+    return results_html(rows)
+
+
 def render_dashboard(data: DashboardData, *, files_base: str = "files", data_docs_href: str | None = None) -> str:
     """The page as one self-contained HTML document. ``files_base`` is the relative URL serving report files."""
     e = html.escape
@@ -279,4 +290,5 @@ th{{background:#f3f3f3}}.empty{{color:#888}}</style></head><body>
 <h2>Validation failures (quarantined files)</h2>{failures}
 <h2>Latest ingested files</h2>{ingested}
 <h2>Drift (PSI against the previous score date)</h2>{drift}
+<h2>A/B experiments</h2>{_experiments_html(s.get("experiments", []))}
 </body></html>"""

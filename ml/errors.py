@@ -44,3 +44,8 @@ class PublishError(PipelineError):
 
 class FreshnessError(PipelineError):
     """The events a scoring run needs (the day before the score date) have not landed (issue 13)."""
+
+
+class ExperimentError(PipelineError):
+    """An A/B experiment's configuration or lifecycle action is invalid (issue 14): the message names the
+    experiment, the field and the rule."""

@@ -14,6 +14,12 @@ Key layout (``P`` = ``settings.redis_prefix``, ``V`` = a version id, ``U`` = a u
     P:v{V}:reasons     hash    reason id -> JSON ["code", "text"]: the version's dictionary of reasons.
     P:v{V}:u:{U}       zset    product_id -> probability: the user's top-N hot products (ZREVRANGE for best first).
     P:v{V}:d:{U}       hash    product_id -> "tier|rid,rid,..." (reason ids into P:v{V}:reasons, strongest first).
+    P:v{V}:a:{U}       string  the user's experiment arm (variant) when V was scored during an A/B experiment; absent
+                               for users outside it. P:v{V}:meta then has experiment_id and arms (JSON arm -> model
+                               version; model_version is the control's, the champion).
+    P:xp:{E}:{A}:{D}:users     HyperLogLog of users served arm A of experiment E on UTC day D (YYYYMMDD), and
+    P:xp:{E}:{A}:{D}:requests  counter of those responses: written by the API (PFADD, INCR, EXPIRE), moved to
+                               experiments.exposures daily. The only keys the API writes (ACL: ``%W~P:xp:*``).
 
 Reading (the API and any storefront do the same): ``GET P:current`` -> V; then ``ZREVRANGE P:v{V}:u:{U} 0 n-1
 WITHSCORES`` and ``HGETALL P:v{V}:d:{U}`` (same slot, so one pipeline, even on a cluster); reason ids resolve through
@@ -72,6 +78,23 @@ class KeySpace:
 
     def details(self, version: int, user_id: int) -> str:
         return f"{self.prefix}:v{version}:d:{{{user_id}}}"
+
+    def arm(self, version: int, user_id: int) -> str:
+        """The user's experiment arm in version ``version`` (same slot as the user's other keys)."""
+        return f"{self.prefix}:v{version}:a:{{{user_id}}}"
+
+    def exposure_users(self, experiment_id: str, arm: str, day: str) -> str:
+        """HyperLogLog of users served ``arm`` of ``experiment_id`` on ``day`` (YYYYMMDD, UTC). The ``{E}`` hash
+        tag keeps one experiment in one slot, so a PFCOUNT over several days works on a cluster."""
+        return f"{self.prefix}:xp:{{{experiment_id}}}:{arm}:{day}:users"
+
+    def exposure_requests(self, experiment_id: str, arm: str, day: str) -> str:
+        """Counter of responses that served ``arm`` of ``experiment_id`` on ``day`` (YYYYMMDD, UTC)."""
+        return f"{self.prefix}:xp:{{{experiment_id}}}:{arm}:{day}:requests"
+
+    def exposure_glob(self) -> str:
+        """The pattern of every exposure key (the API's only write permission: ACL ``%W~<this>``)."""
+        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ":xp:*"
 
     def version_glob(self) -> str:
         """SCAN MATCH pattern covering every key of every version (never the pointer, registry, seq or lock)."""

@@ -316,7 +316,7 @@ def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterato
             f"copy ({sql}) to stdout (format binary)",
             {"score_date": day, "min_probability": floor, "top_n": top_n},
         ) as copy:
-            copy.set_types(["int8", "int8[]", "float8[]", "text[]", "text[]", "text[]"])
+            copy.set_types(["int8", "int8[]", "float8[]", "text[]", "text[]", "text[]", "text"])
             try:
                 yield from copy.rows()
             except GeneratorExit:  # the consumer stopped early (Redis failed): stop the server, don't drain it
@@ -335,7 +335,9 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
     reason_ids: dict[tuple[str, str], int] = {}
     pipe = redis_client.pipeline(transaction=False)
     users = pairs = pending = 0
-    for user_id, product_ids, probabilities, tiers, codes, texts in rows:
+    for user_id, product_ids, probabilities, tiers, codes, texts, *arm in rows:
+        if arm and arm[0]:  # the user's A/B experiment arm (issue 14)
+            pipe.set(ks.arm(version, user_id), arm[0])
         payloads = []
         for tier, c, t in zip(tiers, codes, texts, strict=True):
             if not c:
@@ -455,7 +457,10 @@ def publish_version(
             }
             from ml.monitor import publish_meta  # issue 13: holdout/realized metrics, top features (/v1/model)
 
+            from ml.experiments import published_arms_meta
+
             meta.update(publish_meta(engine, model_version, day))
+            meta.update(published_arms_meta(engine, run_id))  # experiment_id + arms while an experiment ran
             pipe = redis_client.pipeline(transaction=False)
             pipe.hset(ks.meta(version), mapping=meta)
             pipe.zadd(ks.versions(), {version: version})

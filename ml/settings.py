@@ -317,6 +317,14 @@ class Settings(BaseSettings):
     task_timeout_minutes: int = Field(120, description="execution_timeout of every DAG task, minutes.")
     dagrun_timeout_hours: int = Field(12, description="dagrun_timeout of every DAG, hours.")
 
+    # --- A/B experiments between model versions (issue 14; ml.experiments, docs/experiments.md) ---
+    experiment_exposure_ttl_days: int = Field(
+        35, ge=2, description="Days the API's per-day exposure keys (P:xp:...) live in Redis; the daily move "
+        "copies them to experiments.exposures long before they expire.")
+    experiment_srm_p_threshold: float = Field(
+        0.001, gt=0, lt=1, description="Sample-ratio-mismatch alarm: a chi-square p-value of the arms' assigned "
+        "users against the configured split below this flags the experiment (results are then not trustworthy).")
+
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().absolute()

@@ -57,7 +57,11 @@ def prepare_landing(settings: Settings, *, days: int, users: int, products: int,
     landing = Path(settings.location("landing"))
     landing.mkdir(parents=True, exist_ok=True)
     start = _utc_today() - dt.timedelta(days=days)
-    cfg = GeneratorConfig(start=start, days=days, n_users=users, n_products=products, seed=seed)
+    from ml.dev.demo_ab import uplift_config
+
+    # the A/B knob: the demo experiment's challenger arm gets a real uplift (ml.dev.demo_ab)
+    cfg = GeneratorConfig(start=start, days=days, n_users=users, n_products=products, seed=seed,
+                          **uplift_config(_utc_today()))
     _say(f"generating {days} days of events for {users:,} users x {products:,} products from {start} ...")
     t0 = time.perf_counter()
     events = generate_events(cfg)
@@ -252,6 +256,11 @@ def run_demo(
         summary.add("one lookup through the HTTP API:")
         for line in _api_lookup(settings, svc.redis_url, svc.postgres_url, api_port):
             summary.add(line)
+        if score["state"] == "success":  # issue 14: champion vs challenger on the same data
+            from ml.dev.demo_ab import run_ab_demo
+
+            for line in run_ab_demo(engine, settings, svc.redis_url):
+                summary.add(line)
         reports = Path(settings.location("reports"))
         summary.add(f"Airflow UI: {af.base_url}  ({'running' if keep_ui else 'stopped at exit; --keep-ui keeps it'})")
         summary.add(f"Data Docs:  {reports / 'data_docs'}")

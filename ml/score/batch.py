@@ -26,6 +26,7 @@ from ml.observe import Progress
 from ml.pgcopy import COPY_HEADER, COPY_TRAILER, connect
 from ml.score.encode import SCORE_COLUMNS, encode_sample_rows, encode_score_rows
 from ml.score.plan import load_model, run_row
+from ml.score.arms import RunArm, RunArms
 from ml.score.records import BatchResult, BatchSpec, ScoredBlock, format_timings
 from ml.score.tables import scoring_table, sql_text
 from ml.settings import Settings
@@ -198,9 +199,15 @@ def score_batch(
     timings: dict[str, float] = {}
     try:
         ens = ensemble if ensemble is not None else load_model(engine, settings, spec.model_version)
+        arms = RunArms.from_params(run.params)
+        models = {spec.model_version: ens}
+        for arm in arms.arms if arms else ():  # per-arm scoring: every arm's model, loaded once per process
+            if arm.model_version not in models:
+                models[arm.model_version] = load_model(engine, settings, arm.model_version)
         timings["load_model"] = time.perf_counter() - t0
-        if list(ens.feature_names) != list(run.feature_names):
-            raise ScoringError(f"{what}: model {spec.model_version} features differ from the run's feature list")
+        for version, model in models.items():
+            if list(model.feature_names) != list(run.feature_names):
+                raise ScoringError(f"{what}: model {version} features differ from the run's feature list")
         stage = scoring_table(run.stage_table)
         copy_scores = sql_text("batch_copy_scores", stage=stage,
                                columns=psql.SQL(", ").join(psql.Identifier(c) for c in SCORE_COLUMNS))
@@ -220,25 +227,35 @@ def score_batch(
                 blocks = (_feature_blocks(engine, settings, spec, ens.feature_names, timings)
                           if prev.planned_pairs else iter(()))  # an empty bucket reads nothing
                 for uid, pid, X in blocks:
-                    block = score_block(ens, uid, pid, X, settings, timings)
-                    if block.max_residual > settings.score_additivity_tolerance:
-                        raise ScoringError(
-                            f"{what}: additivity residual {block.max_residual:.3g} exceeds "
-                            f"{settings.score_additivity_tolerance:g} (sum(contributions) + base != logit(p))")
-                    max_residual = max(max_residual, block.max_residual)
+                    payloads = []
+                    for arm, rows_of in _arm_parts(arms, uid):
+                        version = arm.model_version if arm else spec.model_version
+                        part = (uid, pid, X) if rows_of is None else (uid[rows_of], pid[rows_of], X[rows_of])
+                        block = score_block(models[version], *part, settings, timings)
+                        if block.max_residual > settings.score_additivity_tolerance:
+                            raise ScoringError(
+                                f"{what}: additivity residual {block.max_residual:.3g} exceeds "
+                                f"{settings.score_additivity_tolerance:g} (sum(contributions) + base != logit(p))"
+                                + (f" in arm {arm.name} ({version})" if arm else ""))
+                        max_residual = max(max_residual, block.max_residual)
+                        t = time.perf_counter()
+                        payloads.append(encode_score_rows(block, day, version, spec.run_id,
+                                                          arms.experiment_id if arm else None,
+                                                          arm.name if arm else None))
+                        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t
                     t = time.perf_counter()
-                    payload = encode_score_rows(block, day, spec.model_version, spec.run_id)
                     keep = sample_mask(uid, pid, settings.drift_sample_rate)
                     if keep.any():
                         samples.append(encode_sample_rows(day, spec.run_id, spec.bucket, uid[keep], pid[keep],
                                                           X[keep]))
                     t1 = time.perf_counter()
-                    copy.write(payload)
+                    for payload in payloads:
+                        copy.write(payload)
                     t2 = time.perf_counter()
                     timings["encode"] = timings.get("encode", 0.0) + t1 - t
                     timings["copy"] = timings.get("copy", 0.0) + t2 - t1  # time blocked on the server
-                    rows += len(block)
-                    progress.advance(len(block))
+                    rows += len(uid)
+                    progress.advance(len(uid))
                 copy.write(COPY_TRAILER)
                 t = time.perf_counter()
             timings["copy"] = timings.get("copy", 0.0) + time.perf_counter() - t  # the COPY's final flush
@@ -263,6 +280,15 @@ def score_batch(
     log.info("%s: %s pairs in %.1fs (%s pairs/s); %s", what, f"{rows:,}", result.seconds,
              f"{result.rows_per_s:,.0f}", format_timings(timings))
     return result
+
+
+def _arm_parts(arms: RunArms | None, uid: np.ndarray) -> Iterator[tuple[RunArm | None, np.ndarray | None]]:
+    """(arm, row mask) per arm of the block's users; (None, None): the whole block, no experiment."""
+    if arms is None:
+        yield None, None
+        return
+    for arm, mask in arms.split(uid):
+        yield arm, mask
 
 
 def _mark_batch_failed(engine: Engine, spec: BatchSpec, error: BaseException) -> None:

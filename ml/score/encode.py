@@ -28,7 +28,7 @@ from ml.score.records import ScoredBlock
 
 SCORE_COLUMNS: tuple[str, ...] = (
     "score_date", "user_id", "product_id", "probability", "model_version", "run_id", "tier", "reason_codes",
-    "reason_texts", "top_contributions", "base_value", "contributions",
+    "reason_texts", "top_contributions", "base_value", "contributions", "experiment_id", "arm",
 )
 SAMPLE_COLUMNS: tuple[str, ...] = ("score_date", "run_id", "bucket", "user_id", "product_id", "features")
 _NUM_MAX = 32  # bytes of the longest number the kernel writes ("-" + 19 digits + "." + 6 digits)
@@ -192,8 +192,14 @@ def _encode_kernel(bound, chunk, head, tail, tier, tier_d, tier_o, code, code_d,
     return out
 
 
-def encode_score_rows(block: ScoredBlock, score_date: dt.date, model_version: str, run_id: str) -> memoryview:
+def encode_score_rows(
+    block: ScoredBlock, score_date: dt.date, model_version: str, run_id: str, experiment_id: str | None = None,
+    arm: str | None = None,
+) -> memoryview:
     """The COPY BINARY rows (no header/trailer) of ``block`` for the columns :data:`SCORE_COLUMNS`.
+
+    ``experiment_id`` and ``arm``: the experiment arm whose model scored every row of the block (None: null, the
+    row was scored outside any experiment).
 
     ``top_contributions`` numbers are rounded to 6 decimals (``null`` for a missing feature value); contributions
     are stored as float32 (real[]), the full vector in the model's feature order."""
@@ -213,9 +219,16 @@ def encode_score_rows(block: ScoredBlock, score_date: dt.date, model_version: st
     head["l_prob"], head["prob"] = 8, block.probability
     head["l_mv"], head["mv"] = len(mv), mv
     head["l_run"], head["run"] = len(rid), rid
-    tail = np.zeros(n, dtype=[("l_base", ">i4"), ("base", ">f8"), *float4_array_dtype(f)])
+    xp = [(name, None if value is None else value.encode()) for name, value in (("exp", experiment_id), ("arm", arm))]
+    tail = np.zeros(n, dtype=[("l_base", ">i4"), ("base", ">f8"), *float4_array_dtype(f),
+                              *[d for name, v in xp for d in ((f"l_{name}", ">i4"),
+                                                               *(((name, f"S{len(v)}"),) if v else ()))]])
     tail["l_base"], tail["base"] = 8, block.base_value
     put_float4_array(tail, block.contributions)
+    for name, v in xp:  # a null is length -1 and no bytes; a text its UTF-8 bytes
+        tail[f"l_{name}"] = -1 if v is None else len(v)
+        if v:
+            tail[name] = v
     tiers = [len_prefixed(t.encode()) for t in ins.tiers]
     codes = [len_prefixed(c.encode()) for c in ins.codes]
     texts = [len_prefixed(t.encode()) for t in ins.texts]

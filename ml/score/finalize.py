@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from ml.errors import ScoringError
 from ml.jsonutil import dumps, to_jsonable
 from ml.pgcopy import pg_days
+from ml.score.arms import RunArms
 from ml.score.batch import score_batch
 from ml.score.plan import load_model, plan_run, run_row
 from ml.score.records import CheckResult, RunSummary
@@ -81,6 +82,20 @@ def check_stage(engine: Engine, settings: Settings, run_id: str) -> list[CheckRe
                     column="contributions_complete", value_set=[True])),
             ]),
         ]
+        arms = RunArms.from_params(run.params)
+        if arms is not None:  # per-arm scoring: every row's model is its arm's (non-enrolled rows: the control's)
+            expected = psql.SQL(", ").join(psql.SQL("({}, {})").format(psql.Literal(a.name), psql.Literal(a.model_version))
+                                           for a in arms.arms)
+            query = psql.SQL(
+                "select (s.model_version = coalesce(m.model_version, {control}) and (s.arm is null) = (s.experiment_id"
+                " is null) and coalesce(s.experiment_id = {eid}, true)) as arm_model_matches from {stage} as s left"
+                " join (values {expected}) as m(arm, model_version) on m.arm = s.arm").format(
+                control=psql.Literal(arms.control.model_version), eid=psql.Literal(arms.experiment_id),
+                stage=scoring_table(stage), expected=expected).as_string()
+            suites.append((ds.add_query_asset("arms", query=query), [
+                ("arm_model_version_matches", gxe.ExpectColumnValuesToBeInSet(column="arm_model_matches",
+                                                                              value_set=[True])),
+            ]))
         if sampled or planned:
             suites.append((ds.add_table_asset("residuals", table_name=sample, schema_name="scoring"), [
                 ("additivity_sample_not_empty", gxe.ExpectTableRowCountToBeBetween(min_value=1)),
@@ -127,11 +142,16 @@ def fail_run(engine: Engine, run_id: str, error: BaseException | str) -> None:
         log.exception("could not mark scoring run %s failed", run_id)
 
 
-def _stage_facts(conn: sa.Connection, stage: str) -> tuple[dict[str, int], dict[str, int]]:
+def _stage_facts(conn: sa.Connection, stage: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
     table = scoring_table(stage)
     tiers = {r.tier: int(r.n) for r in conn.execute(sa.text(sql_text("finalize_stage_tiers", stage=table)))}
     reasons = {r.code: int(r.n) for r in conn.execute(sa.text(sql_text("finalize_stage_reasons", stage=table)))}
-    return tiers, reasons
+    arms = {r.arm or "(outside)": {"experiment_id": r.experiment_id, "model_version": r.model_version, "pairs": int(r.pairs),
+                    "users": int(r.users)}
+            for r in conn.execute(sa.text(sql_text("finalize_stage_arms", stage=table)))}
+    if not any(a["experiment_id"] for a in arms.values()):
+        arms = {}  # no experiment: the run's model scored every row
+    return tiers, reasons, arms
 
 
 def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
@@ -174,7 +194,7 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
     _shrink_guard(engine, settings, run_id, day, scored, what)
     stage, part = run.stage_table, partition_name(day)
     with engine.connect() as conn:
-        tiers, reasons = _stage_facts(conn, stage)
+        tiers, reasons, arms = _stage_facts(conn, stage)
     t = time.perf_counter()
     try:
         with engine.begin() as conn:
@@ -183,7 +203,8 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
             timings["swap"] = round(time.perf_counter() - t, 4)
             wall = float(conn.execute(sa.text(sql_text("finalize_wall_seconds")), {"run_id": run_id}).scalar_one())
             summary = RunSummary(run_id, day, run.model_version, "succeeded", int(run.planned_pairs or 0), scored,
-                                 int(run.buckets), part, replaced, timings, wall, tiers, reasons, checks)
+                                 int(run.buckets), part, replaced, timings, wall, tiers, reasons, checks,
+                                 arms)
             conn.execute(sa.text(sql_text("finalize_succeeded")),
                          {"scored_pairs": scored, "timings": dumps(timings), "summary": dumps(summary.as_dict()),
                           "run_id": run_id})

@@ -54,6 +54,7 @@ def resolve_model_version(engine: Engine, model_version: str | None) -> str:
 
 
 _MODEL_CACHE: dict[tuple[str, str], Ensemble] = {}
+_MODEL_CACHE_SIZE = 4  # models kept per process: every arm of a running experiment
 
 
 def load_model(engine: Engine, settings: Settings, version: str) -> Ensemble:
@@ -67,7 +68,8 @@ def load_model(engine: Engine, settings: Settings, version: str) -> Ensemble:
             _, ens = load_version(engine, settings, version)
         except ModelError as e:
             raise ScoringError(f"cannot load model version {version}: {e}") from e
-        _MODEL_CACHE.clear()  # one model per process is enough: a new version replaces the old one
+        while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:  # the arms of an experiment; older versions are dropped
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[key] = ens
     return _MODEL_CACHE[key]
 
@@ -124,17 +126,26 @@ def plan_run(
 ) -> RunPlan:
     """Plan a scoring run of ``score_date`` (features at its 00:00 UTC): see :mod:`ml.score`, step 1.
 
-    ``model_version`` defaults to the champion; ``n_buckets`` to ``settings.score_buckets`` (1..512). Raises
-    ScoringError when there is no model or the bucket count is out of range, and (issue 15) when the date has no
-    active pair unless ``allow_empty``; ``allow_shrink`` is kept for finalize's shrink guard.
+    ``model_version`` defaults to the champion, or, while an experiment runs on the date, to per-arm scoring
+    (:mod:`ml.score.arms`: each user by the model of the user's arm; the run's ``model_version`` is the control's);
+    ``n_buckets`` to ``settings.score_buckets`` (1..512). Raises ScoringError when there is no model or the bucket
+    count is out of range, and when the date has no active pair unless ``allow_empty``; ``allow_shrink`` is kept
+    for finalize's shrink guard.
     """
     t0 = time.perf_counter()
     day = utc_date(score_date, what="score_date")
     k = int(settings.score_buckets if n_buckets is None else n_buckets)
     if not 1 <= k <= MAX_BUCKETS:
         raise ScoringError(f"bucket count must be in 1..{MAX_BUCKETS} (mapped fan-out), not {k}")
-    version = resolve_model_version(engine, model_version)
+    from ml.score.arms import plan_arms
+
+    arms = plan_arms(engine, day, model_version)
+    version = arms.control.model_version if arms else resolve_model_version(engine, model_version)
     features = _feature_names_of(engine, version)
+    for arm in arms.arms if arms else ():
+        if _feature_names_of(engine, arm.model_version) != features:
+            raise ScoringError(f"experiment {arms.experiment_id}: arm {arm.name} ({arm.model_version}) has another "
+                               "feature list than the control arm")
     dropped = cleanup_stages(engine, settings, day)
     counts = count_pairs_by_bucket(engine, settings, day, k)
     if not sum(counts) and not allow_empty:  # issue 15: missing upstream data must not look like a quiet night
@@ -146,6 +157,8 @@ def plan_run(
               "reason_top_features": settings.reason_top_features, "max_reasons": settings.max_reasons,
               "lookback_days": settings.lookback_days, "active_window_days": settings.active_window_days,
               "as_of": midnight_utc(day).isoformat(), "allow_shrink": bool(allow_shrink)}
+    if arms:
+        params["experiment"] = arms.as_dict()
     with engine.begin() as conn:
         conn.execute(
             sa.text(sql_text("plan_insert_run")),

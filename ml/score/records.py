@@ -112,6 +112,7 @@ class RunSummary:
     tiers: dict[str, int]
     reasons: dict[str, int]
     checks: list[CheckResult]
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> experiment_id, model_version, pairs, users
 
     @property
     def rows_per_s(self) -> float:
@@ -132,7 +133,7 @@ class RunSummary:
             scored_pairs=int(d["scored_pairs"]), buckets=int(d["buckets"]), partition=d["partition"],
             replaced_previous=bool(d["replaced_previous"]), timings=dict(d["timings"]),
             wall_seconds=float(d["wall_seconds"]), tiers=dict(d["tiers"]), reasons=dict(d["reasons"]),
-            checks=[CheckResult(**c) for c in d["checks"]],
+            checks=[CheckResult(**c) for c in d["checks"]], arms=dict(d.get("arms") or {}),
         )
 
     def lines(self) -> list[str]:
@@ -149,6 +150,8 @@ class RunSummary:
             f"  top reasons: {top or 'none'}",
             f"  checks: {sum(c.success for c in self.checks)}/{len(self.checks)} passed; partition scoring."
             f"{self.partition} {'replaced' if self.replaced_previous else 'created'}",
+            *[f"  arm {name}: model {a['model_version']}, {a['users']:,} users, {a['pairs']:,} pairs"
+              + (f" (experiment {a['experiment_id']})" if a["experiment_id"] else "") for name, a in self.arms.items()],
         ]
 
 

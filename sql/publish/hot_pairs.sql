@@ -14,7 +14,8 @@ scored as (
         probability,
         tier,
         reason_codes,
-        reason_texts
+        reason_texts,
+        arm
     from scoring.scores
     where score_date = %(score_date)s
       and probability >= %(min_probability)s
@@ -34,7 +35,8 @@ select
     array_agg(probability order by rnk)                                       as probabilities,
     array_agg(tier order by rnk)                                              as tiers,
     array_agg(array_to_string(reason_codes, chr(31)) order by rnk)            as reason_codes,
-    array_agg(array_to_string(reason_texts, chr(31)) order by rnk)            as reason_texts
+    array_agg(array_to_string(reason_texts, chr(31)) order by rnk)            as reason_texts,
+    max(arm)                                                                  as arm  -- experiment arm (one per user)
 from ranked
 where rnk <= %(top_n)s
 group by user_id

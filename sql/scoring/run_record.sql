@@ -11,6 +11,7 @@ select
     timings,
     started_at,
     summary,
-    orchestrator_run_id
+    orchestrator_run_id,
+    params
 from scoring.runs
 where run_id = :run_id

@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.airflow
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"ingest_events", "train_ensemble", "score_active_pairs", "monitor_outcomes"}
+EXPECTED = {"ingest_events", "train_ensemble", "score_active_pairs", "monitor_outcomes", "experiments"}
 
 
 @pytest.fixture(scope="module")

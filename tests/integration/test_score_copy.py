@@ -60,7 +60,8 @@ def test_score_rows_round_trip_through_copy_binary(pg_url: str, engine: sa.Engin
         rows = conn.execute(f"select {', '.join(SCORE_COLUMNS)} from t order by product_id").fetchall()
     assert len(rows) == 4
     for i, r in enumerate(rows):
-        (score_date, uid, pid, p, mv, run_id, tier, codes, texts, top, base, contrib) = r
+        (score_date, uid, pid, p, mv, run_id, tier, codes, texts, top, base, contrib, experiment, arm) = r
+        assert experiment is None and arm is None  # scored outside any experiment
         assert (score_date, uid, pid, p, mv, run_id) == (day, int(b.user_id[i]), int(b.product_id[i]),
                                                          float(b.probability[i]), "model-v1",
                                                          "20310517_0123456789ab")
@@ -74,6 +75,22 @@ def test_score_rows_round_trip_through_copy_binary(pg_url: str, engine: sa.Engin
     assert rows[1][9][0] == {"feature": "x\\y", "value": None, "shap": -3.5}  # inf -> null
     assert rows[3][9] == [{"feature": "x\\y", "value": 1e15, "shap": 7.0},
                           {"feature": "price é\"q", "value": -0.0, "shap": 1.25}]
+
+
+def test_score_rows_carry_the_experiment_arm(pg_url: str) -> None:
+    day = dt.date(2031, 5, 17)
+    b = block()
+    with psycopg.connect(libpq_url(pg_url)) as conn:
+        conn.execute("create temp table t (like scoring.scores including defaults including constraints)")
+        with conn.cursor() as cur, cur.copy(f"copy t ({', '.join(SCORE_COLUMNS)}) from stdin (format binary)") as cp:
+            cp.write(COPY_HEADER)
+            cp.write(encode_score_rows(b, day, "challenger-v2", "20310517_0123456789ab", "exp-ü1", "treatment"))
+            cp.write(encode_score_rows(b, day + dt.timedelta(days=1), "champ-v1", "r", "exp-ü1", None))
+            cp.write(COPY_TRAILER)
+        rows = conn.execute("select score_date, model_version, experiment_id, arm, probability from t"
+                            " order by score_date, product_id").fetchall()
+    assert [r[1:4] for r in rows] == [("challenger-v2", "exp-ü1", "treatment")] * 4 + [("champ-v1", "exp-ü1", None)] * 4
+    assert [r[4] for r in rows[:4]] == b.probability.tolist()
 
 
 def test_feature_sample_rows_round_trip(pg_url: str) -> None:

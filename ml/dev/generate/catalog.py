@@ -146,7 +146,20 @@ class GeneratorConfig:
     drift_conversion_factor: float = 0.55
     """From drift_from: odds of carting and buying are multiplied by this."""
 
+    uplift_experiment: str | None = None
+    """A/B uplift knob (issue 14): the experiment id whose assignment hash (ml.experiments) picks the uplifted users."""
+    uplift_buckets: tuple[int, int] = (5000, 10000)
+    """The uplifted arm's assignment buckets [from, to) (default: the second arm of a 50/50 experiment)."""
+    uplift_from: date | None = None
+    """From this day (UTC) the uplifted users' sessions convert better; None: the whole period."""
+    uplift_factor: float = 1.0
+    """Odds multiplier on carting and buying in the uplifted users' sessions (1.0: no uplift)."""
+
     def __post_init__(self) -> None:
+        if self.uplift_factor <= 0:
+            raise ValueError(f"uplift_factor must be > 0, got {self.uplift_factor}")
+        if not 0 <= self.uplift_buckets[0] < self.uplift_buckets[1] <= 10_000:
+            raise ValueError(f"uplift_buckets must be 0 <= from < to <= 10000, got {self.uplift_buckets}")
         if self.days < 1:
             raise ValueError(f"days must be >= 1, got {self.days}")
         if self.n_users < 1:

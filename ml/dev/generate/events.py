@@ -103,6 +103,19 @@ def _sample_hours(u: np.ndarray, weekend: np.ndarray) -> np.ndarray:
     return np.minimum(np.where(weekend, hours_we, hours), 23).astype(np.int64)
 
 
+def _uplifted_sessions(config: GeneratorConfig, user_id: np.ndarray, s_user: np.ndarray,
+                       s_day: np.ndarray) -> np.ndarray:
+    """Sessions of users in the uplifted arm (the experiment's assignment hash, as ml.experiments computes it) on
+    or after ``uplift_from``."""
+    from ml.experiments import assignment_buckets
+
+    lo, hi = config.uplift_buckets
+    bucket = assignment_buckets(str(config.uplift_experiment), user_id.tolist())
+    in_arm = (bucket >= lo) & (bucket < hi)
+    first_day = 0 if config.uplift_from is None else (config.uplift_from - config.start).days
+    return in_arm[s_user] & (s_day >= first_day)
+
+
 def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     """Generate every event of the configured period.
 
@@ -239,6 +252,9 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     uu = np.clip(_hash_uniform(pair, salt=config.seed * 7 + 1), 1e-9, 1 - 1e-9)
     taste = 0.5 * np.log(uu / (1 - uu))  # logistic(0, 0.5): some pairs are simply liked more
     conv = np.log(config.conversion_scale) + np.where(s_drift[sl_sess], np.log(config.drift_conversion_factor), 0.0)
+    if config.uplift_experiment and config.uplift_factor != 1.0:  # the A/B knob: one arm's users convert better
+        conv = conv + np.where(_uplifted_sessions(config, user_id, s_user, s_day)[sl_sess],
+                               np.log(config.uplift_factor), 0.0)
     n_views = 1 + rs("views").poisson(_VIEWS_LAMBDA[beh] + 0.3 * np.minimum(visit_idx, 3) * (beh == 0))
     cart_logit = _CART_BASE[beh] + 0.9 * z + 0.7 * a + 0.6 * np.log1p(visit_idx) + taste + conv
     carted = rs("cart").random(n_slots) < _sigmoid(cart_logit)
