@@ -5,7 +5,8 @@ Nightly batch scoring of every active (user, product) pair, **03:00 UTC**, and w
 model (Asset `model`). Emits the Asset `scores` when the new
 score date is live in Postgres.
 
-1. **plan**: resolves the model (param `model_version`, default: the registry's champion), drops stage tables of
+1. **plan**: resolves the model (param `model_version`, default: the registry's champion; while an A/B experiment
+   runs on the date, each user's pairs are scored by the model of the user's arm, docs/experiments.md), drops stage tables of
    failed or superseded runs, counts the active pairs per user_id hash bucket, records a `scoring.runs` row and
    creates the run's stage table. XCom carries only bucket descriptors `{run_id, score_date, bucket, n_buckets,
    model_version}`.
