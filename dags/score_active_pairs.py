@@ -9,7 +9,8 @@ score date is live in Postgres.
    (`ml.freshness`: rows up to the day's end, count not far below the trailing average). It re-checks every 5
    minutes until `PROPENSITY_FRESHNESS_WAIT_HOURS` after the run started (default 0: fail at once), then fails naming
    the missing day and records a `freshness` alert. Param `skip_freshness_check=true` scores anyway (backfills).
-1. **plan**: resolves the model (param `model_version`, default: the registry's champion), drops stage tables of
+1. **plan**: resolves the model (param `model_version`, default: the registry's champion; while an A/B experiment
+   runs on the date, each user's pairs are scored by the model of the user's arm, docs/experiments.md), drops stage tables of
    failed or superseded runs, counts the active pairs per user_id hash bucket, records a `scoring.runs` row and
    creates the run's stage table. XCom carries only bucket descriptors `{run_id, score_date, bucket, n_buckets,
    model_version}`.

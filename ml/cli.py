@@ -722,9 +722,9 @@ def _experiment_call(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - any ml.expe
 def _experiment_lines(exp) -> list[str]:  # noqa: ANN001 - ml.experiments.Experiment
     arms = ", ".join(f"{a.name}{'*' if a.is_control else ''}={a.model_version} ({a.share:.0%}, buckets "
                      f"{a.bucket_from}-{a.bucket_to - 1})" for a in exp.arms)
-    return [f"{exp.experiment_id}: {exp.status}; {exp.start_date} .. {exp.end_date}, traffic {exp.traffic_percent:g}%,"
-            f" metric {exp.primary_metric}, mde {exp.mde:g}, horizon {exp.horizon_days}d",
-            f"  arms (* = control): {arms}"]
+    head = (f"{exp.experiment_id}: {exp.status}; {exp.start_date} .. {exp.end_date}, traffic "
+            f"{exp.traffic_percent:g}%, metric {exp.primary_metric}, mde {exp.mde:g}, horizon {exp.horizon_days}d")
+    return [head, f"  arms (* = control): {arms}"]
 
 
 @experiment_app.command("create")

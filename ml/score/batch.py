@@ -24,9 +24,9 @@ from ml.insights import derive_insights
 from ml.jsonutil import dumps
 from ml.observe import Progress
 from ml.pgcopy import COPY_HEADER, COPY_TRAILER, connect
+from ml.score.arms import RunArm, RunArms
 from ml.score.encode import SCORE_COLUMNS, encode_sample_rows, encode_score_rows
 from ml.score.plan import load_model, run_row
-from ml.score.arms import RunArm, RunArms
 from ml.score.records import BatchResult, BatchSpec, ScoredBlock, format_timings
 from ml.score.tables import scoring_table, sql_text
 from ml.settings import Settings
@@ -287,8 +287,7 @@ def _arm_parts(arms: RunArms | None, uid: np.ndarray) -> Iterator[tuple[RunArm |
     if arms is None:
         yield None, None
         return
-    for arm, mask in arms.split(uid):
-        yield arm, mask
+    yield from arms.split(uid)
 
 
 def _mark_batch_failed(engine: Engine, spec: BatchSpec, error: BaseException) -> None:

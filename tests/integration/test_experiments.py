@@ -9,7 +9,6 @@ import uuid
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from scipy import stats
 
 from ml import experiments as X
 from ml.errors import ExperimentError
