@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"the {settings.label_horizon_days}-day horizon), {args.features} features, one model version. "
                 f"Speed-up of the monitor over the baseline: **{t_base / (t_eval + t_drift):.1f}x** wall; the "
                 f"baseline holds every pair in memory, the monitor keeps them in Postgres (its peak RSS is this "
-                f"process's, the server's work_mem is bounded by `set local work_mem = '256MB'`). "
+                f"process's, the server's work_mem is bounded by `set local work_mem = '256MB'`; this process also "
+                f"holds the generated pairs and the {args.pairs:,} x {args.features} matrix, "
+                f"{X.nbytes / 2**20:,.0f} MiB, during both measurements). "
                 f"Largest difference between the monitor's SQL metrics and scikit-learn's: {diff:.2e}. "
                 f"1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores (shared machine).\n\n"
                 + table)

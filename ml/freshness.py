@@ -63,7 +63,8 @@ def check_freshness(engine: Engine, settings: Settings, score_date: dt.date | st
             {"a": start, "b": end}).scalar_one()
         avg = conn.execute(sa.text(
             "select avg(n) from (select count(*) as n from raw.events where event_time >= :a and event_time < :b"
-            " group by date_trunc('day', event_time at time zone 'UTC')) t"), {"a": hist_start, "b": start}).scalar_one()
+            " group by date_trunc('day', event_time at time zone 'UTC')) t"),
+            {"a": hist_start, "b": start}).scalar_one()
     avg = float(avg) if avg is not None else None
     min_rows = avg * settings.freshness_min_row_ratio if avg is not None else None
     if rows == 0:

@@ -281,7 +281,9 @@ class Settings(BaseSettings):
     # --- monitoring: realized performance, drift vs reference, freshness, alerts (issue 13) -----------------------
     monitor_top_k: int = Field(10, description="k of precision@k and hit-rate@k per user in realized performance.")
     psi_warn: float = Field(0.1, description="PSI (feature or score vs the training reference) raising a warning.")
-    psi_alert: float = Field(0.25, description="PSI (feature or score vs the training reference) raising a critical alert.")
+    psi_alert: float = Field(
+        0.25, description="PSI (feature or score vs the training reference) raising a critical alert."
+    )
     null_rate_increase_alert: float = Field(
         0.2, description="A feature's null rate above its training reference by more than this (absolute) alerts."
     )
