@@ -60,6 +60,8 @@ def test_plugin_page_and_file_guard(settings, seeded, monkeypatch: pytest.Monkey
     (reports / "models").mkdir(parents=True)
     (reports / "models" / "v1.html").write_text("<html>report v1</html>")
     monkeypatch.setenv("PROPENSITY_REPORTS_URL", str(reports))
+    # content only: the Airflow login the page requires is tested in test_plugin_auth.py (real api-server app)
+    monkeypatch.setitem(propensity_ui.app.dependency_overrides, propensity_ui.require_user, lambda: None)
     client = TestClient(propensity_ui.app)
     r = client.get("/")
     assert r.status_code == 200 and seeded[0] in r.text and "Model leaderboard" in r.text

@@ -83,8 +83,8 @@ REFUSED = [
     "select * from scoring.scores limit 1",
     "select * from ml.model_registry limit 1",
     "select * from public.schema_migrations limit 1",
-    "insert into raw.events (event_time, event_type, product_id, category_id, price, user_id) "
-    "values (now(), 'view', 1, 1, 1, 1)",
+    ("insert into raw.events (event_time, event_type, product_id, category_id, price, user_id) "
+     "values (now(), 'view', 1, 1, 1, 1)"),
     "delete from quality.validation_runs",
     "update bi.latest_scores set probability = 1",
     "delete from bi.scoring_runs",

@@ -42,7 +42,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ml", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+        [sys.executable, "-m", "ml", *args], check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=120
     )
 
 
