@@ -129,7 +129,7 @@ def check_grafana_panels(engine: sa.Engine) -> None:
                 sql = re.sub(macro, r"(\1) is not null", target["rawSql"])
                 assert "$__" not in sql, sql
                 with engine.connect() as c:
-                    c.execute(sa.text("set role propensity_bi_reader"))  # least privilege: bi.* only
+                    c.execute(sa.text("set role propensity_bi"))  # least privilege: bi.* only
                     result = c.execute(sa.text(sql))
                     cols, rows = list(result.keys()), result.all()
                     c.execute(sa.text("reset role"))

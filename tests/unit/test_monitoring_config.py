@@ -97,5 +97,6 @@ def test_compose_runs_grafana_with_provisioning() -> None:
     assert "grafana-data" in compose["volumes"]
     prom_mounts = compose["services"]["prometheus"]["volumes"]
     assert "./docker/prometheus-alerts.yml:/etc/prometheus/alerts.yml:ro" in prom_mounts
-    init = compose["services"]["postgres"]["volumes"]
-    assert any("grafana-postgres-init.sql" in v for v in init)
+    datasources = yaml.safe_load((ROOT / "docker/grafana/provisioning/datasources/propensity.yml").read_text())
+    pg = next(d for d in datasources["datasources"] if d["uid"] == "propensity-pg")
+    assert pg["user"] == "propensity_bi_user"  # the least-privilege BI login of docker/postgres-init.sql
