@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             drop_database(server, name)
 
     report["curve"] = []
+    if not args.no_doc:  # written now and after each curve point: a long run stopped early keeps what it measured
+        write_doc(report)
     for pairs in [int(p) for p in args.curve.split(",") if p.strip()]:
         users = max(50, round(pairs / PAIRS_PER_USER))
         cname, _, ceng, cset, cn = bench_database(server, users, max(500, users // 3), args.days, args.trees,
@@ -223,12 +225,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not args.keep:
                 drop_database(server, cname)
         report["curve"].append({"target_pairs": pairs, "users": users, "events": cn, **night})
+        if not args.no_doc:
+            write_doc(report)
 
     import shutil
 
     shutil.rmtree(state, ignore_errors=True)
-    if not args.no_doc:
-        write_doc(report)
     return report
 
 
@@ -249,7 +251,11 @@ def write_doc(r: dict[str, Any]) -> None:
               f"{c['stages']['plan']['seconds']:,.1f}", f"{c['stages']['buckets']['seconds']:,.1f}",
               f"{max(c['bucket_peaks']):,.0f}", f"{max(c['stages'][s]['peak_mib'] for s in STAGES):,.0f}"]
              for c in r["curve"]]
+    import os
+
     body = (
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs "
+        "shared the machine: read the ratios rather than the absolute seconds).\n\n"
         f"`bench/bench_nightly.py`: {r['events']:,} events, **{new['pairs']:,} active pairs** at score date "
         f"{r['day']}, {new['buckets']} buckets in {r['workers']} parallel processes (one fresh process per bucket, "
         "as Airflow runs the mapped tasks), then finalize (GX checks + swap), publish (Redis) and drift. "
