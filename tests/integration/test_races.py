@@ -1,5 +1,7 @@
 """Issue 15 (5): regression tests for what held, as real processes on real services: concurrent ingest of one
-landing folder, SIGKILL mid-score, a publisher killed while holding the publish lock."""
+landing folder, SIGKILL mid-score (inside the swap transaction), a publisher SIGKILLed while holding the publish
+lock (its lock expires, the next publish takes over and marks its row failed). Kill -9 mid-ingest is in
+test_ingest.py; Redis dropped mid-publish in test_publish.py."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from tests.integration.test_score import wengine, world  # noqa: F401 - shared session fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +60,78 @@ def test_two_concurrent_ingests_of_one_landing_folder_load_each_file_exactly_onc
                                  " where f.file_name like :p"), {"p": f"events_race_{tag}_%"}).scalar_one()
     assert len(files) == 6 and rows == expected  # nothing lost, nothing twice
     assert not list(landing.glob("events_race_*")) and len(list(Path(settings.location("archive")).glob("*"))) == 6
+
+
+def test_sigkill_mid_score_swap_leaves_the_old_partition_and_the_next_run_succeeds(world, wengine) -> None:
+    """A real SIGKILL of a scoring process inside its swap transaction (after detach/rename, before COMMIT)."""
+    import datetime as dt
+
+    from ml.score import run_scoring
+    from tests.integration.test_score import fetch
+
+    day = dt.date(2019, 11, 5)
+    run_scoring(wengine, world.settings(), day, n_buckets=2)
+    before = fetch(wengine, day)
+    script = (
+        "import datetime as dt, os, signal\n"
+        "import ml.score.finalize as F\n"
+        "from ml.db import make_engine\n"
+        "from ml.settings import Settings\n"
+        "real = F._swap_partition\n"
+        "def die(*a, **k):\n"
+        "    real(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "F._swap_partition = die\n"
+        f"F.run_scoring(make_engine({world.url!r}), Settings(postgres_url={world.url!r},"
+        f" state_dir={str(world.state_dir)!r}), dt.date(2019, 11, 5), n_buckets=2)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert fetch(wengine, day) == before  # byte-identical: the killed transaction rolled back
+    after = run_scoring(wengine, world.settings(), day, n_buckets=2)
+    rows = fetch(wengine, day)
+    assert [r[:-1] for r in rows] == [r[:-1] for r in before] and {r[-1] for r in rows} == {after.run_id}
+
+
+def test_a_killed_publisher_lock_is_taken_over_and_its_row_reconciled(settings, engine, pg_url, redis_client) -> None:
+    import datetime as dt
+
+    from ml.publish import current_version, publish_version
+    from tests.integration.test_publish import insert_scores, make_rows
+
+    day = dt.date(2034, 5, 1)
+    insert_scores(pg_url, day, make_rows(range(1, 400), 5, seed=9))
+    script = (
+        "import os, signal, redis\n"
+        "import ml.publish as P\n"
+        "from ml.db import make_engine\n"
+        "from ml.settings import Settings\n"
+        "real = P._write_version\n"
+        "def die(rows, *a, **k):\n"
+        "    next(iter(rows))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "P._write_version = die\n"
+        f"s = Settings(postgres_url={pg_url!r}, redis_url={settings.redis_url!r}, redis_prefix={settings.redis_prefix!r},"
+        f" state_dir={str(settings.state_dir)!r}, publish_lock_timeout_s=2)\n"
+        "P.publish_version(make_engine(s.postgres_url), redis.Redis.from_url(s.redis_url), s, '2034-05-01')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert current_version(redis_client, settings) is None  # nothing half-published is served
+    fast = settings.model_copy(update={"publish_lock_timeout_s": 2})
+    deadline = time.monotonic() + 60
+    while True:  # the dead holder's lock expires by itself (no heartbeat renews it); then a publish takes over
+        try:
+            result = publish_version(engine, redis_client, fast, day)
+            break
+        except Exception as e:  # noqa: BLE001 - only "holds the lock" is expected while it lives
+            assert "holds" in str(e), e
+            assert time.monotonic() < deadline, "the dead publisher's lock never expired"
+            time.sleep(0.5)
+    assert current_version(redis_client, settings) == result.version
+    with engine.connect() as c:
+        st = c.execute(sa.text("select status, count(*) from scoring.publications where redis_prefix = :p"
+                               " group by 1"), {"p": settings.redis_prefix}).all()
+    assert dict(st) == {"failed": 1, "published": 1}
