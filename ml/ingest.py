@@ -98,7 +98,8 @@ _UUID_HEX_POS = np.array([*range(0, 8), *range(9, 13), *range(14, 18), *range(19
 @dataclass
 class IngestResult:
     """The outcome of one file. ``status``: ``loaded`` (rows in raw.events), ``duplicate`` (checksum already loaded:
-    nothing written), ``quarantined`` (validation failed: nothing written), ``error`` (an unexpected failure;
+    nothing written), ``quarantined`` (validation failed: nothing written), ``skipped`` (the file left landing
+    before it was read: a concurrent run took it), ``error`` (an unexpected failure;
     only :func:`ingest_files` returns it, :func:`ingest_file` raises instead)."""
 
     file_name: str
@@ -582,13 +583,23 @@ def _quarantine(
     body["quarantine_uri"] = target
     _write_text(report_uri, dumps(body, indent=2) + "\n")
     _write_text(target + ".summary.txt", report.summary_text())
-    _put_file(source_uri, target, data, move=move)
+    try:
+        _put_file(source_uri, target, data, move=move)
+    except FileNotFoundError:  # a concurrent run of the same landing folder moved it first
+        if not move:
+            raise
+        dfs, dp = _fs(target)
+        with dfs.open(dp, "wb") as f:  # the bytes we read are the file's: keep them next to the report
+            f.write(data)
     return target, report_uri
 
 
 def _archive(source_uri: str, data: bytes, checksum: str, settings: Settings) -> str:
     target = _free_uri(settings.location("archive"), posixpath.basename(source_uri.rstrip("/")), checksum)
-    _put_file(source_uri, target, data, move=True)
+    try:
+        _put_file(source_uri, target, data, move=True)
+    except FileNotFoundError:  # a concurrent run of the same landing folder archived it first
+        log.info("%s: already moved out of landing by a concurrent run", source_uri)
     return target
 
 
@@ -615,21 +626,33 @@ def ingest_file(
     name = posixpath.basename(uri.rstrip("/"))
     fmt, compression = file_format(name)
     fs, fpath = _fs(uri)
-    raw = fs.cat_file(fpath)
-    checksum = hashlib.sha256(raw).hexdigest()
     in_landing = _is_under(uri, settings.location("landing"))
+    try:
+        raw = fs.cat_file(fpath)
+    except FileNotFoundError:
+        if not in_landing:
+            raise PipelineError(f"{uri}: no such file") from None
+        # a concurrent run of the same landing folder took it (archived or quarantined it) between listing and now
+        result = IngestResult(file_name=name, source_uri=uri, status="skipped",
+                              message=f"{name}: no longer in landing (taken by a concurrent run); nothing to do")
+        log.info(result.message)
+        return result
+    checksum = hashlib.sha256(raw).hexdigest()
     result = IngestResult(file_name=name, source_uri=uri, status="duplicate", checksum_sha256=checksum)
     result.timings["read"] = time.perf_counter() - started
 
-    existing = find_ingested(engine, checksum)
-    if existing is not None:
-        result.file_id = existing
+    def already_loaded(existing: int) -> IngestResult:
+        result.status, result.file_id = "duplicate", existing
         if in_landing:
             result.archived_uri = _archive(uri, raw, checksum, settings)
         result.message = f"{name}: already loaded as file_id {existing} (same sha256); nothing to do"
         log.info(result.message)
         result.seconds = time.perf_counter() - started
         return result
+
+    existing = find_ingested(engine, checksum)
+    if existing is not None:
+        return already_loaded(existing)
 
     mark = time.perf_counter()
     mean, n_files = row_count_history(engine, settings)
@@ -656,7 +679,10 @@ def ingest_file(
     table = _events_only(parsed) if report.success else None
     content = replaced = None
     if table is not None:
-        content, replaced = _content_rules(engine, report, table, name, replace)
+        existing = find_ingested(engine, checksum)  # a concurrent run loaded these very bytes while we validated
+        if existing is not None and not replace:
+            return already_loaded(existing)
+        content, replaced = _content_rules(engine, report, table, name, replace, checksum)
 
     def quarantined() -> IngestResult:
         q_uri, r_uri = _quarantine(uri, raw, report, settings, move=in_landing)
@@ -737,7 +763,7 @@ def _duplicate_rule(report: ValidationReport, holder: tuple[int, str] | None, co
 
 
 def _content_rules(engine: Engine, report: ValidationReport, table: pa.Table, name: str,
-                   replace: bool) -> tuple[str, int | None]:
+                   replace: bool, checksum: str = "") -> tuple[str, int | None]:
     """Exactly-once by content (docs/ingest.md): add the ``duplicate_delivery`` rule (critical) when another file
     already loaded the same events, unless ``replace``, and the ``cross_file_duplicates`` rule (a warning with
     counts) for events already loaded from other files. Returns (content fingerprint, file_id to replace)."""
@@ -746,6 +772,8 @@ def _content_rules(engine: Engine, report: ValidationReport, table: pa.Table, na
 
     content = content_fingerprint(table)
     holder = find_by_content(engine, content)
+    if holder is not None and find_ingested(engine, checksum) == holder[0]:
+        return content, None  # these very bytes were loaded by a concurrent run: the load is a no-op
     replaced: int | None = None
     if replace:
         replaced = holder[0] if holder else latest_by_name(engine, name)

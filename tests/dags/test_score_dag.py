@@ -135,5 +135,41 @@ def test_dag_shape_and_params() -> None:
                                               "mark_failed", "rollback_redis", "freshness_gate", "drift_vs_reference"}
     assert [o.name for o in dag.get_task("finalize").outlets] == ["scores"]
     assert dag.get_task("score_bucket").pool in ("propensity_db_writers", "default_pool")
-    assert set(dag.params) == {"score_date", "model_version", "buckets", "rollback_redis", "skip_freshness_check"}
+    assert set(dag.params) == {"score_date", "model_version", "buckets", "rollback_redis", "skip_freshness_check",
+                               "publish", "allow_older", "allow_empty", "allow_shrink"}
     assert dag.max_active_runs == 1
+
+
+def test_a_backfill_of_an_older_date_scores_but_does_not_publish_unless_asked(dag_env, world: World,  # noqa: ANN001
+                                                                              redis_client) -> None:
+    """Issue 15: never go backwards by accident. publish=auto (default) leaves an older date in Postgres only;
+    publish=always + allow_older=true serves it, recorded in scoring.publications.allowed_older."""
+    from score_active_pairs import score_active_pairs_dag
+
+    from ml.db import make_engine
+    from ml.publish import publish_version, served_score_date
+
+    engine = make_engine(world.url)
+    try:
+        newest = score_active_pairs_dag.test(run_conf={"score_date": "2019-11-03", "buckets": 1})
+        assert newest.state == "success", _task_states(newest)
+        served, day = served_score_date(redis_client, dag_env)
+        if str(day) < "2019-11-03":  # another test of this module may have served an older date last
+            served = publish_version(engine, redis_client, dag_env, "2019-11-03", allow_older=True).version
+        served, day = served_score_date(redis_client, dag_env)
+        backfill = score_active_pairs_dag.test(run_conf={"score_date": "2019-11-02", "buckets": 1})
+        assert backfill.state == "success", _task_states(backfill)
+        assert served_score_date(redis_client, dag_env) == (served, day)  # not flipped to the older date
+        with engine.connect() as c:
+            assert c.execute(sa.text("select count(*) from scoring.scores where score_date = '2019-11-02'")).scalar() > 0
+        forced = score_active_pairs_dag.test(run_conf={"score_date": "2019-11-02", "buckets": 1,
+                                                       "publish": "always", "allow_older": True})
+        assert forced.state == "success", _task_states(forced)
+        v, d = served_score_date(redis_client, dag_env)
+        assert str(d) == "2019-11-02" and v != served
+        with engine.connect() as c:
+            assert c.execute(sa.text("select allowed_older from scoring.publications where redis_prefix = :p"
+                                     " and version = :v"), {"p": dag_env.redis_prefix, "v": v}).scalar() is True
+        publish_version(engine, redis_client, dag_env, str(day), allow_older=True)  # leave the newer date served
+    finally:
+        engine.dispose()

@@ -310,3 +310,32 @@ def test_gate_refuses_a_worse_model_then_manual_promote_and_rollback(trained: di
     assert d["manual"] and d["reason"].startswith("manual: force_promote") and "refused" in d["reason"]
     assert d["champion_metrics"]["pr_auc"] > d["challenger_metrics"]["pr_auc"]
     assert registry.rollback_champion(gen_engine, reason="test cleanup").version == champion
+
+
+def test_a_better_challenger_is_promoted_automatically_over_an_existing_champion(
+    trained: dict, gen_engine: sa.Engine, gen_settings: Settings
+) -> None:
+    """Issue 15: the gate's other outcome, asserted (not "either"): a champion trained on shuffled labels is
+    replaced, without any manual step, by a challenger trained on the real labels, measured on the same holdout."""
+    import dataclasses
+
+    from ml import registry
+    from ml.train import register_result, train_prepared
+
+    prepared = trained["prepared"]
+    rng = np.random.default_rng(1)
+    shuffled = dataclasses.replace(prepared, y={**prepared.y, "train": rng.permutation(prepared.y["train"]),
+                                                "validation": rng.permutation(prepared.y["validation"])})
+    weak = register_result(gen_engine, gen_settings, train_prepared(shuffled, gen_settings, n_trials=0,
+                                                                    members=["lightgbm"]),
+                           shuffled, force_promote=True, dag_run_id="test-weak-champion")
+    assert registry.champion(gen_engine).version == weak.version
+    better = register_result(gen_engine, gen_settings, train_prepared(prepared, gen_settings, n_trials=0,
+                                                                      members=["lightgbm"]),
+                             prepared, dag_run_id="test-better-challenger")
+    assert better.status == "champion" and better.decision.promote, better.decision.reason
+    assert registry.champion(gen_engine).version == better.version
+    assert registry.get_version(gen_engine, weak.version).status == "retired"
+    d = registry.gate_decisions(gen_engine, better.version)[0]
+    assert d["action"] == "promote" and not d["manual"] and d["champion_version"] == weak.version
+    assert d["challenger_metrics"]["pr_auc"] > d["champion_metrics"]["pr_auc"]

@@ -44,7 +44,12 @@ def test_discover_skips_uploads_in_progress_and_processed_folders(tmp_path: Path
     assert len(discover_files(s, limit=2)) == 2
     one = landing / "c.csv.gz"
     assert discover_files(s, str(one)) == [str(one)]
-    assert discover_files(s, str(tmp_path / "nowhere")) == []
+    with pytest.raises(PipelineError, match="nowhere: no such file or folder"):  # issue 15: an explicit path must exist
+        discover_files(s, str(tmp_path / "nowhere"))
+    (tmp_path / "x.bin").write_bytes(b"\x00")
+    with pytest.raises(PipelineError, match="unsupported file type"):  # ... and be a supported file
+        discover_files(s, str(tmp_path / "x.bin"))
+    assert discover_files(s.model_copy(update={"landing_url": str(tmp_path / "fresh")})) == []  # no landing yet
 
 
 def test_is_under() -> None:

@@ -1,0 +1,71 @@
+"""Issue 15 (4): every bad command gives ONE line on stderr naming what is wrong and a non-zero exit, never a
+traceback (``--debug`` shows it). Runs the real ``python -m ml`` against the test Postgres and Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(settings, *args: str, debug: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROPENSITY_POSTGRES_URL": settings.postgres_url,
+           "PROPENSITY_REDIS_URL": settings.redis_url, "PROPENSITY_STATE_DIR": str(settings.state_dir),
+           "PROPENSITY_REDIS_PREFIX": settings.redis_prefix}
+    argv = [sys.executable, "-m", "ml", *(["--debug"] if debug else []), *args]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def one_line(p: subprocess.CompletedProcess) -> str:
+    lines = [line for line in p.stderr.splitlines() if line.strip() and " INFO " not in line]
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["score", "--score-date", "2019-13-45"], "--score-date '2019-13-45'"),
+        (["score", "--score-date", "2019-11-01", "--bogus"], "No such option: --bogus"),
+        (["publish", "--score-date", "yesterday"], "--score-date"),
+        (["features", "--as-of", "2019-11-01", "--bucket", "3"], "--bucket and --buckets together"),
+        (["features", "--as-of", "2019-11-01", "--bucket", "3", "--buckets", "2"], "--bucket must be in 0..1"),
+        (["requeue"], "Missing argument"),
+        (["promote"], "give either VERSION or --previous"),
+        (["generate", "--format", "xml"], "--format must be csv, parquet or both"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(settings, args: list[str], expect: str) -> None:
+    p = run(settings, *args)
+    assert expect in one_line(p) and p.returncode == 2, p.stderr
+
+
+def test_pipeline_refusals_are_one_line_exit_1(settings, tmp_path: Path) -> None:
+    (tmp_path / "x.bin").write_bytes(b"\x00\x01")
+    outside = tmp_path / "events_2019-10-01.csv"
+    outside.write_text("event_time\n")
+    cases = [
+        (["ingest", "/nonexistent/landing/events.csv"], "/nonexistent/landing/events.csv: no such file or folder"),
+        (["ingest", str(tmp_path / "x.bin")], "unsupported file type"),
+        (["requeue", str(outside)], "not a file in the quarantine location"),
+        (["requeue", "never-quarantined.csv"], "no such quarantined file"),
+        (["score", "--score-date", "2019-11-01", "--buckets", "0"], "bucket count must be in 1..512"),
+        (["score", "--score-date", "2019-11-01", "--model-version", "no-such-model"], "no-such-model"),
+        (["promote", "no-such-model"], "no-such-model"),
+        (["rollback-scores"], "nothing is published"),
+    ]
+    for args, expect in cases:
+        p = run(settings, *args)
+        assert expect in one_line(p) and p.returncode == 1, (args, p.stderr)
+    assert outside.exists()  # requeue never moves a file from outside quarantine
+    p = run(settings, "ingest", "/nonexistent/landing/events.csv", debug=True)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "no such file or folder" in p.stderr
