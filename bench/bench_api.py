@@ -354,7 +354,7 @@ def main() -> None:
                            http_requests([f"/bare/{uid}" for uid, _ in sample], {}), args.connections,
                            args.requests, args.seconds)
             stop_server(bare)
-            rows.append([f"bare FastAPI route, no Redis", workers, res.requests, res.rps, res.pct(0.5),
+            rows.append(["bare FastAPI route, no Redis", workers, res.requests, res.rps, res.pct(0.5),
                          res.pct(0.99), res.errors])
             print(rows[-1], flush=True)
 
