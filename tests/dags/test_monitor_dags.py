@@ -47,8 +47,11 @@ def test_freshness_gate_then_override_then_realized_metrics(dag_env, world: Worl
         assert forced.state == "success", _task_states(forced)
 
         # a matured date (2019-11-04 + 7 days <= the newest event): scored (the gate is open), then evaluated
+        # it is older than the served 2019-11-20: published on purpose (issue 15: a backfill alone never serves it),
+        # so that its 'published' segment (what the storefront saw) is evaluated too
         run = score.test(run_conf={"score_date": "2019-11-04", "buckets": 1, "rollback_redis": False,
-                                   "skip_freshness_check": False, "model_version": None})
+                                   "skip_freshness_check": False, "model_version": None,
+                                   "publish": "always", "allow_older": True})
         assert run.state == "success", _task_states(run)
         with engine.connect() as c:
             ref = c.execute(sa.text("select count(*) from monitoring.metrics where metric_date = '2019-11-04'"

@@ -31,7 +31,7 @@ BUCKETS = 4
 RUN = r"""
 import json, sys
 from score_active_pairs import score_active_pairs_dag as dag
-run = dag.test(run_conf={"score_date": sys.argv[1], "buckets": int(sys.argv[2])}, use_executor=True)
+run = dag.test(run_conf={"score_date": sys.argv[1], "buckets": int(sys.argv[2]), "rollback_redis": False, "skip_freshness_check": True}, use_executor=True)
 print(json.dumps({"run_id": run.run_id, "state": str(run.state)}))
 """
 
@@ -109,7 +109,7 @@ def test_score_buckets_run_on_two_celery_workers(world: World, server_pg_url: st
         monkeypatch.setenv("AIRFLOW_CONN_PROPENSITY_POSTGRES", json.dumps({"conn_type": "postgres",
                                                                           "extra": {"url": world.url}}))
         monkeypatch.setenv("PROPENSITY_SCORE_DB_POOL", "default_pool")
-        ref_run = score_active_pairs_dag.test(run_conf={"score_date": SCORE_DATE, "buckets": BUCKETS})
+        ref_run = score_active_pairs_dag.test(run_conf={"score_date": SCORE_DATE, "buckets": BUCKETS, "rollback_redis": False, "skip_freshness_check": True})
         assert ref_run.state == "success"
         reference = _scores(world.url)
         assert reference

@@ -54,6 +54,8 @@ def test_page_shows_realized_vs_expected_drift_and_alerts(settings, monitored, m
     monkeypatch.setenv(
         "AIRFLOW_CONN_PROPENSITY_POSTGRES", json.dumps({"conn_type": "postgres", "extra": {"url": settings.postgres_url}})
     )
+    # the page's content here; its login requirement is tests/integration/test_plugin_auth.py's
+    monkeypatch.setitem(propensity_ui.app.dependency_overrides, propensity_ui.require_user, lambda: None)
     page = TestClient(propensity_ui.app).get("/")
     assert page.status_code == 200
     text = page.text

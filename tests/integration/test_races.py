@@ -100,7 +100,7 @@ def test_a_killed_publisher_lock_is_taken_over_and_its_row_reconciled(settings, 
     from ml.publish import current_version, publish_version
     from tests.integration.test_publish import insert_scores, make_rows
 
-    day = dt.date(2034, 5, 1)
+    day = dt.date(2034, 7, 9)  # a day no other test of the session database scores
     insert_scores(pg_url, day, make_rows(range(1, 400), 5, seed=9))
     script = (
         "import os, signal, redis\n"
@@ -114,7 +114,7 @@ def test_a_killed_publisher_lock_is_taken_over_and_its_row_reconciled(settings, 
         "P._write_version = die\n"
         f"s = Settings(postgres_url={pg_url!r}, redis_url={settings.redis_url!r}, redis_prefix={settings.redis_prefix!r},"
         f" state_dir={str(settings.state_dir)!r}, publish_lock_timeout_s=2)\n"
-        "P.publish_version(make_engine(s.postgres_url), redis.Redis.from_url(s.redis_url), s, '2034-05-01')\n"
+        "P.publish_version(make_engine(s.postgres_url), redis.Redis.from_url(s.redis_url), s, '2034-07-09')\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=280)

