@@ -9,6 +9,8 @@ tables that do not exist yet (a fresh install) show as empty sections.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import base64
 import html
 import io
@@ -164,8 +166,11 @@ def _plot_performance(rows: list[dict[str, Any]]) -> str:
             dates = [r["score_date"] for r in mine]
             ax.plot(dates, [r[f"realized_{metric}"] for r in mine], marker="o", label=f"{version} realized")
             if mine[0][f"expected_{metric}"] is not None:
-                ax.plot(dates, [r[f"expected_{metric}"] for r in mine], linestyle="--", label=f"{version} expected")
+                ax.plot(dates, [r[f"expected_{metric}"] for r in mine], linestyle="--", marker="_", markersize=14,
+                        label=f"{version} expected")
         ax.set_title(metric.replace("_", "-").upper(), fontsize=9)
+        days = sorted({r["score_date"] for r in rows})
+        ax.set_xlim(days[0] - dt.timedelta(days=3), days[-1] + dt.timedelta(days=3))  # one date: a week, not years
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.autofmt_xdate()
