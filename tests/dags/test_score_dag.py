@@ -152,14 +152,16 @@ def test_a_backfill_of_an_older_date_scores_but_does_not_publish_unless_asked(da
     engine = make_engine(world.url)
     try:
         newest = score_active_pairs_dag.test(run_conf={"score_date": "2019-11-03", "buckets": 1,
-                                                       "rollback_redis": False, "skip_freshness_check": True})
+                                                       "rollback_redis": False, "skip_freshness_check": True,
+                                                       "publish": "auto", "allow_older": False})
         assert newest.state == "success", _task_states(newest)
         served, day = served_score_date(redis_client, dag_env)
         if str(day) < "2019-11-03":  # another test of this module may have served an older date last
             served = publish_version(engine, redis_client, dag_env, "2019-11-03", allow_older=True).version
         served, day = served_score_date(redis_client, dag_env)
         backfill = score_active_pairs_dag.test(run_conf={"score_date": "2019-11-02", "buckets": 1,
-                                                         "rollback_redis": False, "skip_freshness_check": True})
+                                                         "rollback_redis": False, "skip_freshness_check": True,
+                                                         "publish": "auto", "allow_older": False})
         assert backfill.state == "success", _task_states(backfill)
         assert served_score_date(redis_client, dag_env) == (served, day)  # not flipped to the older date
         with engine.connect() as c:
