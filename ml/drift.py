@@ -154,6 +154,18 @@ def drift_metrics(
     return ref_day, metrics
 
 
+
+def _upsert_metrics(conn: sa.Connection, day: dt.date, metrics: list[DriftMetric], model_version: str | None) -> None:
+    """Upsert ``metrics`` of ``day`` into ``monitoring.metrics`` (one row per (date, kind, name); NaN/inf as null)."""
+    for m in metrics:
+        value = None if m.value is None or not np.isfinite(m.value) else float(m.value)
+        conn.execute(sa.text(
+            "insert into monitoring.metrics (metric_date, kind, name, value, model_version, details)"
+            " values (:d, :k, :n, :v, :m, cast(:x as jsonb))"
+            " on conflict (metric_date, kind, name) do update set value = excluded.value,"
+            " model_version = excluded.model_version, details = excluded.details, recorded_at = now()"),
+            {"d": day, "k": m.kind, "n": m.name, "v": value, "m": model_version, "x": dumps(m.details)})
+
 def record_drift(engine: Engine, settings: Settings, score_date: dt.date | str) -> list[DriftMetric]:
     """Compute the drift metrics of UTC date ``score_date`` and upsert them into ``monitoring.metrics`` (metric_date =
     score_date). Returns them; with no earlier score date only the row count is recorded. A string or datetime is
@@ -164,14 +176,7 @@ def record_drift(engine: Engine, settings: Settings, score_date: dt.date | str) 
         model_version = conn.execute(sa.text(
             "select model_version from scoring.runs where score_date = :d and status = 'succeeded'"
             " order by finished_at desc limit 1"), {"d": day}).scalar_one_or_none()
-        for m in metrics:
-            value = None if m.value is None or not np.isfinite(m.value) else float(m.value)
-            conn.execute(sa.text(
-                "insert into monitoring.metrics (metric_date, kind, name, value, model_version, details)"
-                " values (:d, :k, :n, :v, :m, cast(:x as jsonb))"
-                " on conflict (metric_date, kind, name) do update set value = excluded.value,"
-                " model_version = excluded.model_version, details = excluded.details, recorded_at = now()"),
-                {"d": day, "k": m.kind, "n": m.name, "v": value, "m": model_version, "x": dumps(m.details)})
+        _upsert_metrics(conn, day, metrics, model_version)
     score = next((m.value for m in metrics if m.kind == "score_psi"), None)
     top = sorted((m for m in metrics if m.kind == "feature_psi" and m.value is not None and np.isfinite(m.value)),
                  key=lambda m: -m.value)[:3]
@@ -307,14 +312,7 @@ def record_reference_drift(engine: Engine, settings: Settings, score_date: dt.da
     day = utc_date(score_date, what="score_date")
     version, metrics = reference_drift_metrics(engine, settings, day)
     with engine.begin() as conn:
-        for m in metrics:
-            value = None if m.value is None or not np.isfinite(m.value) else float(m.value)
-            conn.execute(sa.text(
-                "insert into monitoring.metrics (metric_date, kind, name, value, model_version, details)"
-                " values (:d, :k, :n, :v, :m, cast(:x as jsonb))"
-                " on conflict (metric_date, kind, name) do update set value = excluded.value,"
-                " model_version = excluded.model_version, details = excluded.details, recorded_at = now()"),
-                {"d": day, "k": m.kind, "n": m.name, "v": value, "m": version, "x": dumps(m.details)})
+        _upsert_metrics(conn, day, metrics, version)
     if not metrics:
         log.info("drift vs reference %s: no training reference stored for model %s", day, version)
         return metrics
