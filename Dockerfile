@@ -17,3 +17,5 @@ COPY --chown=airflow:root sql /opt/propensity/sql
 RUN pip install --no-cache-dir --no-deps -e /opt/propensity
 ENV PYTHONPATH=/opt/propensity \
     NUMBA_CACHE_DIR=/opt/airflow/.numba_cache
+# compile the scoring kernels into NUMBA_CACHE_DIR once, at build time (ml/score/warmup.py)
+RUN python -m ml --log-level WARNING warmup

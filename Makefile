@@ -12,6 +12,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ml --log-level WARNING warmup  # numba kernels compiled once, not by every first task
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv and install the locked requirements

@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
         "model_version": Param(None, type=["null", "string"],
                                description="Model version from ml.model_versions; null: the champion."),
         "buckets": Param(None, type=["null", "integer"], minimum=1, maximum=512,
-                         description="user_id hash buckets = mapped score tasks; null: settings.score_buckets."),
+                         description="user_id hash buckets = mapped score tasks; null: settings.score_buckets (fewer for a small night: score_bucket_min_pairs)."),
         "rollback_redis": Param(False, type="boolean",
                                 description="Skip scoring; flip Redis back to the previously published version."),
         "publish": Param("auto", type="string", enum=["auto", "always", "never"],

@@ -125,6 +125,17 @@ def migrate() -> None:
     typer.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else " (up to date)"))
 
 
+@app.command()
+def warmup() -> None:
+    """Compile the scoring path's numba kernels into numba's on-disk cache (once per release: ``make venv`` and the
+    Docker image run it), so the first night's bucket tasks do not each compile them at the same time."""
+    from ml.score.warmup import tiny_ensemble, warm_kernels
+
+    s = settings()
+    seconds = warm_kernels(tiny_ensemble(), s)
+    typer.echo(f"scoring kernels ready in {seconds:.1f}s")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings as JSON; passwords, tokens, keys and webhook paths are masked (``***``)."""
@@ -481,7 +492,7 @@ def score(
     model_version: Annotated[
         str | None, typer.Option(help="Model version (ml.model_versions); default: the champion.")
     ] = None,
-    buckets: Annotated[int | None, typer.Option(help="user_id hash buckets (default: settings.score_buckets).")] = None,
+    buckets: Annotated[int | None, typer.Option(help="user_id hash buckets (default: settings.score_buckets, fewer for a night under score_bucket_min_pairs per bucket).")] = None,
     drift: Annotated[bool, typer.Option(help="Record score/feature PSI vs the previous date afterwards.")] = True,
     publish: Annotated[bool, typer.Option(help="Publish the date's hot scores to Redis afterwards.")] = False,
     allow_older: Annotated[

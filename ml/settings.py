@@ -136,6 +136,13 @@ class Settings(BaseSettings):
 
     # --- scoring ------------------------------------------------------------------------------------------------
     score_buckets: int = Field(8, description="Hash buckets of user_id: the mapped tasks of a scoring run (< 1024).")
+    score_bucket_min_pairs: int = Field(
+        150_000, ge=0,
+        description="Fewest active pairs worth a bucket task of its own: a night with fewer pairs than "
+        "score_buckets x this is planned in fewer buckets (a divisor of score_buckets, so bucket k of the smaller "
+        "count is exactly buckets km..km+m-1 of the larger). Each bucket task pays a fixed cost (process start, "
+        "library imports, model load, explainer tables: ~4-5 s on 2 cores). 0: always score_buckets.",
+    )
     top_k_contributions: int = Field(5, description="SHAP contributions kept per scored pair in scoring.scores.")
     tier_bands: dict[str, float] = Field(
         {"hot": 0.5, "warm": 0.2, "cool": 0.05},

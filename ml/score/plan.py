@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -72,6 +73,19 @@ def load_model(engine: Engine, settings: Settings, version: str) -> Ensemble:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[key] = ens
     return _MODEL_CACHE[key]
+
+
+def fit_bucket_count(counts: Sequence[int], min_pairs: int) -> tuple[int, list[int]]:
+    """The bucket count for a night whose pairs per bucket at ``len(counts)`` buckets are ``counts``: the largest
+    divisor m of ``len(counts)`` that leaves at least ``min_pairs`` pairs per bucket on average (1 at the least;
+    ``min_pairs`` 0: unchanged), with the counts merged accordingly. Exact because bucket b of K is
+    ``floor(hash32 * K / 2^32)``, so bucket j of m = K / g holds buckets j*g .. j*g + g - 1 of K."""
+    k, total = len(counts), sum(counts)
+    if min_pairs <= 0 or k <= 1:
+        return k, list(counts)
+    m = max([d for d in range(1, k + 1) if k % d == 0 and d * min_pairs <= max(total, min_pairs)])
+    g = k // m
+    return m, [sum(counts[j * g: (j + 1) * g]) for j in range(m)]
 
 
 def count_pairs_by_bucket(engine: Engine, settings: Settings, day: dt.date, n_buckets: int) -> list[int]:
@@ -148,6 +162,8 @@ def plan_run(
                                "feature list than the control arm")
     dropped = cleanup_stages(engine, settings, day)
     counts = count_pairs_by_bucket(engine, settings, day, k)
+    if n_buckets is None:  # an explicit count is kept; the default shrinks for a small night
+        k, counts = fit_bucket_count(counts, settings.score_bucket_min_pairs)
     if not sum(counts) and not allow_empty:  # issue 15: missing upstream data must not look like a quiet night
         raise ScoringError(f"score_date {day}: no active pairs (no events in the {settings.active_window_days} days "
                            "before it?); nothing scored. Load the events first, or pass --allow-empty")

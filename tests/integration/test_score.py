@@ -336,6 +336,24 @@ def test_a_date_without_active_pairs_fails_unless_allowed(world: World, wengine:
     assert "scores_p20190801" in partitions(wengine) and fetch(wengine, dt.date(2019, 8, 1)) == []
 
 
+def test_a_small_night_is_planned_in_fewer_buckets_unless_a_count_is_given(world: World, wengine: sa.Engine) -> None:
+    from ml.score import plan_run
+    from ml.score.plan import count_pairs_by_bucket
+
+    day = dt.date(2019, 11, 8)
+    s = world.settings(score_buckets=8)
+    fine = count_pairs_by_bucket(wengine, s, day, 8)
+    assert sum(fine) > 500 and all(fine)
+    small = plan_run(wengine, s.model_copy(update={"score_bucket_min_pairs": sum(fine) // 2}), day)
+    assert (small.n_buckets, small.bucket_pairs) == (2, [sum(fine[:4]), sum(fine[4:])])
+    assert [b.n_buckets for b in small.batches] == [2, 2]
+    one = plan_run(wengine, s, day)  # the default 150k pairs per bucket: a test night is one task
+    assert (one.n_buckets, one.planned_pairs) == (1, sum(fine))
+    every = plan_run(wengine, s.model_copy(update={"score_bucket_min_pairs": 0}), day)
+    assert (every.n_buckets, every.bucket_pairs) == (8, fine)
+    assert plan_run(wengine, s, day, n_buckets=4).n_buckets == 4  # an explicit count is kept
+
+
 def test_unknown_model_or_bad_bucket_count_is_refused(world: World, wengine: sa.Engine) -> None:
     from ml.score import plan_run
 
