@@ -24,7 +24,13 @@ def test_bench_nightly_small(server_pg_url: str, redis_url: str, tmp_path: Path,
     ])
     new, base = report["rollups"], report["baseline"]
     assert new["pairs"] > 50 and new["pairs"] == base["pairs"]
-    assert new["buckets"] == base["buckets"] == 2 and len(new["bucket_peaks"]) == 2
+    # a small night: the new path plans one bucket task (score_bucket_min_pairs), the baseline always --buckets
+    assert (new["buckets"], base["buckets"]) == (1, 2)
+    assert (len(new["bucket_peaks"]), len(base["bucket_peaks"])) == (1, 2)
+    for night in (new, base):  # the buckets' own timings were collected: features, explain, ... and total
+        assert {"load_model", "features", "explain", "encode", "total"} <= set(night["bucket_parts"])
+        assert night["bucket_parts"]["total"] > 0
+    assert [c["pairs"] for c in report["curve"]] == [new["pairs"]]  # the main night is a point of the curve
     assert math.isclose(new["probability_sum"], base["probability_sum"], rel_tol=1e-9)
     for night in (new, base):
         assert set(night["stages"]) == set(bench_nightly.STAGES)
