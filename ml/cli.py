@@ -196,13 +196,15 @@ def demo(
     port: Annotated[int, typer.Option(help="Airflow api-server (UI) port.")] = 8080,
     api_port: Annotated[int, typer.Option(help="Port of the lookup API started for the sample lookup.")] = 8000,
     keep_ui: Annotated[bool, typer.Option("--keep-ui", help="Leave Airflow running after the demo.")] = False,
+    trials: Annotated[int, typer.Option(min=0, help="Optuna trials per ensemble member in the demo's training run "
+                                               "(the weekly default is settings.n_trials, 12).")] = 4,
 ) -> None:
     """Run the whole pipeline end to end through a real local Airflow scheduler and print a summary."""
     from ml.dev.demo import run_demo
 
     summary = run_demo(
         settings(), days=days, users=users, products=products, seed=seed, port=port, api_port=api_port,
-        keep_ui=keep_ui,
+        keep_ui=keep_ui, trials=trials,
     )
     typer.echo(summary.text())
 

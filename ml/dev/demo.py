@@ -115,7 +115,17 @@ def _api_lookup(settings: Settings, redis_url: str, pg_url: str, port: int) -> l
                 time.sleep(0.2)
         else:
             return ["  (the API did not start)"]
-        return [f"  GET {url}  -> {r.status_code}", "  " + r.text[:600], f"  served version: {info}"]
+        lines = [f"  GET {url}  -> {r.status_code}", "  " + r.text[:600]]
+        m = httpx.get(f"http://127.0.0.1:{port}/v1/model", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        lines.append(f"  GET http://127.0.0.1:{port}/v1/model  -> {m.status_code}")
+        if m.status_code == 200:
+            body = m.json()
+            holdout = body.get("holdout_metrics") or {}
+            top = ", ".join(f["feature"] for f in (body.get("top_features") or [])[:3])
+            lines.append(f"  served: Redis version {info.get('version', version)}, score date {body.get('score_date')}, "
+                         f"model {body.get('model_version')} (holdout PR-AUC {holdout.get('pr_auc', float('nan')):.4f}, "
+                         f"ROC-AUC {holdout.get('roc_auc', float('nan')):.4f}); top features by mean |SHAP|: {top}")
+        return lines
     finally:
         proc.terminate()
         proc.wait(10)
@@ -192,6 +202,7 @@ def run_demo(
     api_port: int = 8000,
     keep_ui: bool = False,
     timeout_s: float = 3600,
+    trials: int = 4,
 ) -> DemoSummary:
     """Run the whole pipeline through a local Airflow scheduler on the embedded (or configured) services."""
     from ml.db import make_engine, migrate
@@ -213,7 +224,10 @@ def run_demo(
 
     af = local_airflow(settings, port=port)
     # the chain flows by Assets only: no cron runs start when the DAGs are unpaused
-    af.extra_env.update({"PROPENSITY_TRAIN_ON_NEW_EVENTS": "true", "PROPENSITY_TIME_SCHEDULES": "false"})
+    af.extra_env.update({"PROPENSITY_TRAIN_ON_NEW_EVENTS": "true", "PROPENSITY_TIME_SCHEDULES": "false",
+                         # a demo-sized tuning budget (the weekly run's default is settings.n_trials)
+                         "PROPENSITY_N_TRIALS": str(trials)})
+    _say(f"training budget: {trials} Optuna trials per member (--trials; the weekly default is {settings.n_trials})")
     _say("migrating Airflow's metadata database (first time takes a minute) ...")
     af.migrate()
     _say(f"starting Airflow (scheduler, dag-processor, api-server on {af.base_url}) ...")
