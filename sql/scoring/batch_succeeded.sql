@@ -5,6 +5,6 @@ set status = 'succeeded',
     scored_pairs = :scored_pairs,
     timings = cast(:timings as jsonb),
     max_residual = :max_residual,
-    finished_at = now()
+    finished_at = clock_timestamp()  -- now() would be the start of the COPY transaction
 where run_id = :run_id
   and bucket = :bucket
