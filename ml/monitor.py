@@ -11,10 +11,15 @@ evaluated per (score_date, model_version, segment):
   precision), log loss, Brier, ECE (15 equal-width bins), precision@k and hit-rate@k per user;
 * ``monitoring.calibration_bins``: the reliability curve; ``monitoring.tier_outcomes``: conversion and lift per tier.
 
-Everything is aggregated in PostgreSQL (the pairs never leave the server): ROC-AUC and PR-AUC from the counts per
-distinct probability with window sums, which equals scikit-learn's tie handling. A date is written in one
-transaction that replaces its rows, so a re-evaluation never duplicates. A date is re-evaluated when its
-``labels_signature`` (the ingested files overlapping its label window) changed: late events arrive in a new file.
+Everything is aggregated in PostgreSQL in one statement (``sql/monitoring/realized.sql``; the pairs never leave the
+server): one pass ranks each user's pairs, one sort by probability gives every pair the labels ranked above it
+(ROC-AUC and PR-AUC exactly as scikit-learn computes them, ties included), and one hashed aggregate sums the pairs
+into (model version, calibration bin, tier) cells that roll up into the metrics, the reliability curve and the
+tiers of both segments. Labels are read from ``raw.events``' day partitions of the label window (the trainer's
+``label_purchases.sql``), not from the purchase rollups: ``raw.rollup_pair_day`` is keyed by (user, product, day)
+without a day index, so a window of 7 days would scan its whole history. A date is written in one transaction that
+replaces its rows, so a re-evaluation never duplicates. A date is re-evaluated when its ``labels_signature`` (the
+ingested files overlapping its label window) changed: late events arrive in a new file.
 """
 
 from __future__ import annotations
@@ -125,67 +130,38 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
             return None
         top_n, floor = _publication(conn, day, settings)
         conn.execute(sa.text("set local work_mem = '256MB'"))
+        # JIT compiling this plan's expressions costs ~1 s, more than it saves on 1M rows
+        conn.execute(sa.text("set local jit = off"))
         timings: dict[str, float] = {"signature": time.perf_counter() - t0}
-
-        def step(name: str, sql: str, params: dict[str, Any] | None = None) -> Any:
-            t = time.perf_counter()
-            result = conn.execute(sa.text(_sql(sql)), params or {})
-            rows = result.mappings().all() if result.returns_rows else None
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
-            return rows
-
-        step("join_labels", "realized_pairs", {**window.params(), "score_date": day, "top_n": top_n,
-                                               "min_probability": floor, "bucket": None, "n_buckets": None})
-        conn.execute(sa.text("analyze mon_segments"))  # temporary tables have no statistics otherwise
-        summary = {(r["model_version"], r["segment"]): dict(r) for r in step("summary", "realized_summary", {"k": k})}
-        ranking = {key: (step("ranking", "realized_ranking", {"model_version": key[0], "segment": key[1]}) or [None])[0]
-                   for key in summary}
-        bins = step("calibration", "realized_bins", {"n_bins": CALIBRATION_BINS})
-        tiers = step("tiers", "realized_tiers")
-
-        ece: dict[tuple[str, str], float] = {}
-        for b in bins:
-            key = (b["model_version"], b["segment"])
-            ece[key] = ece.get(key, 0.0) + abs(float(b["positives"]) - float(b["sum_probability"]))
-        for key in ece:
-            ece[key] /= float(summary[key]["pairs"])
-
+        t = time.perf_counter()
+        rows = conn.execute(sa.text(_sql("realized")), {
+            **window.params(), "score_date": day, "top_n": top_n, "min_probability": floor, "bucket": None,
+            "n_buckets": None, "k": k, "n_bins": CALIBRATION_BINS}).mappings().all()
+        timings["aggregate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        metrics, bins, tiers = _unpivot(rows)
         for table in ("realized_metrics", "calibration_bins", "tier_outcomes"):
             conn.execute(sa.text(f"delete from monitoring.{table} where score_date = :d"), {"d": day})
         out = DateEvaluation(day, signature, timings=timings)
-        for key, s in sorted(summary.items()):
-            rk = ranking.get(key)
-            row = {
-                "score_date": day, "model_version": key[0], "segment": key[1],
-                "label_horizon_days": settings.label_horizon_days, "pairs": int(s["pairs"]),
-                "users": int(s["users"]), "positives": int(s["positives"]), "base_rate": _f(s["base_rate"]),
-                "mean_probability": _f(s["mean_probability"]), "roc_auc": _f(rk["roc_auc"] if rk else None),
-                "pr_auc": _f(rk["pr_auc"] if rk else None), "log_loss": _f(s["log_loss"]), "brier": _f(s["brier"]),
-                "ece": ece.get(key), "k": k, "precision_at_k": _f(s["precision_at_k"]),
-                "hit_rate_at_k": _f(s["hit_rate_at_k"]), "labels_signature": signature,
-            }
-            conn.execute(sa.text(
-                "insert into monitoring.realized_metrics (" + ", ".join(row) + ") values ("
-                + ", ".join(f":{c}" for c in row) + ")"), row)
-            out.metrics.append(row)
-        for b in bins:
-            n = int(b["pairs"])
+        for m in metrics:
+            m.update(score_date=day, label_horizon_days=settings.label_horizon_days, k=k, labels_signature=signature)
+        if metrics:
+            cols = list(metrics[0])
+            conn.execute(sa.text(f"insert into monitoring.realized_metrics ({', '.join(cols)}) values ("
+                                 + ", ".join(f":{c}" for c in cols) + ")"), metrics)
+        if bins:
             conn.execute(sa.text(
                 "insert into monitoring.calibration_bins (score_date, model_version, segment, bin, lower_bound,"
-                " upper_bound, pairs, mean_probability, observed_rate) values (:d, :m, :s, :b, :lo, :hi, :n, :mp, :o)"),
-                {"d": day, "m": b["model_version"], "s": b["segment"], "b": int(b["bin"]),
-                 "lo": b["bin"] / CALIBRATION_BINS, "hi": (b["bin"] + 1) / CALIBRATION_BINS, "n": n,
-                 "mp": float(b["sum_probability"]) / n, "o": float(b["positives"]) / n})
-        for t in tiers:
-            key = (t["model_version"], t["segment"])
-            n, pos = int(t["pairs"]), int(t["positives"])
-            base = summary[key]["base_rate"]
-            conv = pos / n
+                " upper_bound, pairs, mean_probability, observed_rate) values (:d, :model_version, :segment, :bin,"
+                " :lower_bound, :upper_bound, :pairs, :mean_probability, :observed_rate)"),
+                [{**b, "d": day} for b in bins])
+        if tiers:
             conn.execute(sa.text(
                 "insert into monitoring.tier_outcomes (score_date, model_version, segment, tier, pairs, positives,"
-                " mean_probability, conversion, lift) values (:d, :m, :s, :t, :n, :p, :mp, :c, :l)"),
-                {"d": day, "m": key[0], "s": key[1], "t": t["tier"], "n": n, "p": pos,
-                 "mp": float(t["mean_probability"]), "c": conv, "l": conv / float(base) if base else None})
+                " mean_probability, conversion, lift) values (:d, :model_version, :segment, :tier, :pairs,"
+                " :positives, :mean_probability, :conversion, :lift)"), [{**r, "d": day} for r in tiers])
+        out.metrics = sorted(metrics, key=lambda m: (m["model_version"], m["segment"]))
+        timings["write"] = time.perf_counter() - t
     out.seconds = time.perf_counter() - t0
     log.info("monitor %s: step seconds %s", day, ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items()))
     for m in out.metrics:
@@ -193,6 +169,50 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
                  day, m["model_version"], m["segment"], m["pairs"], m["positives"], _fmt(m["roc_auc"]),
                  _fmt(m["pr_auc"]), k, _fmt(m["precision_at_k"]), out.seconds)
     return out
+
+
+def _unpivot(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Turn the rows of ``realized.sql`` (one per level and key, the two segments as ``*_all`` / ``*_pub`` column
+    pairs) into the rows of ``monitoring.realized_metrics``, ``calibration_bins`` and ``tier_outcomes``. A segment
+    without pairs (no publication) gives no rows."""
+    metrics: dict[tuple[str, str], dict[str, Any]] = {}
+    bins, tiers = [], []
+    sums: dict[tuple[str, str], float] = {}  # sum over bins of |positives - sum of probabilities| (ECE)
+    for r in rows:
+        for segment, x in (("all", "_all"), ("published", "_pub")):
+            n = int(r["pairs" + x])
+            if n == 0:
+                continue
+            pos, sp = int(r["positives" + x]), float(r["sum_probability" + x])
+            key = (r["model_version"], segment)
+            if r["level"] == "bin":
+                b = int(r["bin"])
+                sums[key] = sums.get(key, 0.0) + abs(pos - sp)
+                bins.append({"model_version": key[0], "segment": segment, "bin": b,
+                             "lower_bound": b / CALIBRATION_BINS, "upper_bound": (b + 1) / CALIBRATION_BINS,
+                             "pairs": n, "mean_probability": sp / n, "observed_rate": pos / n})
+            elif r["level"] == "tier":
+                tiers.append({"model_version": key[0], "segment": segment, "tier": r["tier"], "pairs": n,
+                              "positives": pos, "mean_probability": sp / n, "conversion": pos / n})
+            else:
+                neg = n - pos
+                both = pos > 0 and neg > 0
+                shown, users = int(r["shown" + x]), int(r["positive_users" + x])
+                metrics[key] = {
+                    "model_version": key[0], "segment": segment, "pairs": n, "users": int(r["users" + x]),
+                    "positives": pos, "base_rate": pos / n, "mean_probability": sp / n,
+                    "roc_auc": 1 - float(r["roc_penalty" + x]) / (2.0 * pos * neg) if both else None,
+                    "pr_auc": float(r["ap_sum" + x]) / pos if both else None,
+                    "log_loss": float(r["sum_log_loss" + x]) / n, "brier": float(r["sum_brier" + x]) / n,
+                    "precision_at_k": int(r["top_hits" + x]) / shown if shown else None,
+                    "hit_rate_at_k": int(r["hit_users" + x]) / users if users else None,
+                }
+    for key, m in metrics.items():
+        m["ece"] = sums.get(key, 0.0) / m["pairs"]
+    for t in tiers:
+        base = metrics[(t["model_version"], t["segment"])]["base_rate"]
+        t["lift"] = t["conversion"] / base if base else None
+    return list(metrics.values()), bins, tiers
 
 
 def run_monitor(engine: Engine, settings: Settings, *, score_dates: list[dt.date] | None = None,

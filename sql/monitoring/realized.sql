@@ -1,0 +1,151 @@
+-- Realized performance of :score_date in one pass over its scored pairs (ml.monitor.evaluate_date).
+--
+-- Every scored pair gets the trainer's label (sql/features/label_purchases.sql: purchases in [:as_of,
+-- :label_until)), its rank within the user (probability desc, product_id), whether the latest publication of the
+-- date held it (published: top :top_n per user at or above :min_probability, a prefix of the user's ranking; no
+-- publication: none) and, for ROC-AUC / PR-AUC, the labels ranked above it. The pairs are then summed once into
+-- (model_version, calibration bin, tier) cells, and the cells rolled up into the rows returned, per segment as
+-- column pairs (*_all: every pair, *_pub: only the published pairs):
+--   level 'summary' (model_version): volumes, log-loss / Brier / top-k sums, ROC-AUC and PR-AUC sums;
+--   level 'bin'     (model_version, bin): the reliability curve on :n_bins equal-width probability bins;
+--   level 'tier'    (model_version, tier): conversion per tier.
+--
+-- Exact and equal to scikit-learn, ties included: with, per pair, tp / fp = positives / negatives at or above its
+-- probability (ties included), fp_above = negatives strictly above it, P / N = positives / negatives,
+--   ROC-AUC = 1 - sum over positives of (fp + fp_above) / (2 P N)   (a tied negative counts one half)
+--   PR-AUC  = sum over positives of tp / (tp + fp) / P              (average precision: the positives at one
+--                                                                     threshold share its precision)
+-- Two sorts: per user (its input comes in user order from the scores' primary key, so it sorts each user's pairs
+-- only) and per model version by probability, shared by the two score windows (same partition and order). Nothing
+-- is materialized; memory is bounded by work_mem (a sort beyond it spills to disk).
+with
+
+label_purchases as (
+    {{ label_purchases }}
+),
+
+-- "C" collation: the keys are sorted and grouped, and a locale-aware comparison per row costs more than the rest
+scored as (
+    select
+        s.model_version collate "C"         as model_version,
+        s.user_id,
+        s.product_id,
+        s.probability,
+        s.tier collate "C"                  as tier,
+        (l.user_id is not null)::integer    as label
+    from scoring.scores as s
+    left join label_purchases as l on l.user_id = s.user_id and l.product_id = s.product_id
+    where s.score_date = :score_date
+),
+
+-- user level: rank within the user and the positives up to this rank. A user's first positive (label = 1 and
+-- positives_so_far = 1) stands for the user in hit-rate@k: the user has a positive, and a hit in the top k when
+-- that first positive ranks within k. user_id leads the sort key (a cheap integer comparison); a user's pairs all
+-- carry one model version (an experiment splits by user), which the key keeps together anyway.
+ranked as (
+    select
+        *,
+        row_number() over by_user                          as rnk,
+        count(*) filter (where label = 1) over by_user     as positives_so_far
+    from scored
+    window by_user as (partition by user_id, model_version order by probability desc, product_id
+                       rows between unbounded preceding and current row)
+),
+
+flagged as (
+    select
+        *,
+        coalesce(rnk <= cast(:top_n as integer) and probability >= :min_probability, false) as published,
+        label = 1 and positives_so_far = 1                                                   as first_positive,
+        least(floor(probability * :n_bins)::integer, :n_bins - 1)                            as bin
+    from ranked
+),
+
+-- ranking level: labels at or above each pair's probability (range frame: ties included) and negatives strictly
+-- above it (groups frame ending at the previous distinct probability), per segment
+cumulative as (
+    select
+        *,
+        count(*) filter (where label = 1) over by_score                                     as tp,
+        count(*) filter (where label = 0) over by_score                                     as fp,
+        count(*) filter (where label = 0) over above                                        as fp_above,
+        count(*) filter (where label = 1 and published) over by_score                       as tp_pub,
+        count(*) filter (where label = 0 and published) over by_score                       as fp_pub,
+        count(*) filter (where label = 0 and published) over above                          as fp_above_pub
+    from flagged
+    window by_score as (partition by model_version order by -probability
+                        range between unbounded preceding and current row),
+           above as (partition by model_version order by -probability
+                     groups between unbounded preceding and 1 preceding)
+),
+
+-- one hashed pass over the pairs into (model_version, bin, tier) cells; every column is additive
+cells as (
+    select
+        model_version,
+        bin,
+        tier,
+        -- every pair
+        count(*)                                                                                as pairs_all,
+        sum(label)                                                                              as positives_all,
+        sum(probability)                                                                        as sum_probability_all,
+        sum(case when label = 1 then -ln(greatest(probability, 1e-15))
+                 else -ln(greatest(1 - probability, 1e-15)) end)                               as sum_log_loss_all,
+        sum((probability - label) ^ 2)                                                          as sum_brier_all,
+        count(*) filter (where rnk = 1)                                                         as users_all,
+        count(*) filter (where rnk <= :k)                                                       as shown_all,
+        count(*) filter (where rnk <= :k and label = 1)                                         as top_hits_all,
+        count(*) filter (where first_positive)                                                  as positive_users_all,
+        count(*) filter (where first_positive and rnk <= :k)                                    as hit_users_all,
+        sum(fp + fp_above) filter (where label = 1)                                             as roc_penalty_all,
+        sum(tp::double precision / (tp + fp)) filter (where label = 1)                          as ap_sum_all,
+        -- the published pairs
+        count(*) filter (where published)                                                       as pairs_pub,
+        sum(label) filter (where published)                                                     as positives_pub,
+        sum(probability) filter (where published)                                               as sum_probability_pub,
+        sum(case when label = 1 then -ln(greatest(probability, 1e-15))
+                 else -ln(greatest(1 - probability, 1e-15)) end) filter (where published)      as sum_log_loss_pub,
+        sum((probability - label) ^ 2) filter (where published)                                 as sum_brier_pub,
+        count(*) filter (where rnk = 1 and published)                                           as users_pub,
+        count(*) filter (where rnk <= :k and published)                                         as shown_pub,
+        count(*) filter (where rnk <= :k and label = 1 and published)                           as top_hits_pub,
+        count(*) filter (where first_positive and published)                                    as positive_users_pub,
+        count(*) filter (where first_positive and published and rnk <= :k)                      as hit_users_pub,
+        sum(fp_pub + fp_above_pub) filter (where label = 1 and published)                       as roc_penalty_pub,
+        sum(tp_pub::double precision / (tp_pub + fp_pub)) filter (where label = 1 and published) as ap_sum_pub
+    from cumulative
+    group by model_version, bin, tier
+)
+
+-- the three levels from the cells
+select
+    case grouping(bin, tier) when 3 then 'summary' when 1 then 'bin' else 'tier' end      as level,
+    model_version,
+    bin,
+    tier,
+    sum(pairs_all) as pairs_all,
+    sum(positives_all) as positives_all,
+    sum(sum_probability_all) as sum_probability_all,
+    sum(sum_log_loss_all) as sum_log_loss_all,
+    sum(sum_brier_all) as sum_brier_all,
+    sum(users_all) as users_all,
+    sum(shown_all) as shown_all,
+    sum(top_hits_all) as top_hits_all,
+    sum(positive_users_all) as positive_users_all,
+    sum(hit_users_all) as hit_users_all,
+    sum(roc_penalty_all) as roc_penalty_all,
+    sum(ap_sum_all) as ap_sum_all,
+    sum(pairs_pub) as pairs_pub,
+    sum(positives_pub) as positives_pub,
+    sum(sum_probability_pub) as sum_probability_pub,
+    sum(sum_log_loss_pub) as sum_log_loss_pub,
+    sum(sum_brier_pub) as sum_brier_pub,
+    sum(users_pub) as users_pub,
+    sum(shown_pub) as shown_pub,
+    sum(top_hits_pub) as top_hits_pub,
+    sum(positive_users_pub) as positive_users_pub,
+    sum(hit_users_pub) as hit_users_pub,
+    sum(roc_penalty_pub) as roc_penalty_pub,
+    sum(ap_sum_pub) as ap_sum_pub
+from cells
+group by grouping sets ((model_version), (model_version, bin), (model_version, tier))
