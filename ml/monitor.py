@@ -3,8 +3,11 @@
 For every score date whose label horizon has matured (``score_date + label_horizon_days`` at or before the newest
 loaded event), the date's ``scoring.scores`` rows are joined to the purchases in ``[score_date, score_date +
 horizon)`` with the trainer's own label definition (``sql/features/label_purchases.sql``, never a second one) and
-evaluated per (score_date, model_version, segment):
+evaluated per (score_date, model_version, segment, arm):
 
+* arm ``(all)``: every pair the model version scored; on a date an A/B experiment scored (``scoring.runs.params``
+  names it, :mod:`ml.score.arms`), also one row set per experiment arm (``scoring.scores.arm``) and ``(unenrolled)``
+  for the pairs of users it did not enroll, each ranked on its own pairs;
 * segment ``all``: every scored pair; segment ``published``: only the pairs the latest publication of the date
   put in Redis (top ``top_n`` per user at or above its ``min_probability``: what the storefront saw);
 * ``monitoring.realized_metrics``: pairs, users, positives, base rate, mean probability, ROC-AUC, PR-AUC (average
@@ -41,6 +44,23 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_BINS = 15  # the trainer's ECE bins (ml.evaluate.expected_calibration_error)
 SEGMENTS = ("all", "published")
+ALL_ARMS = "(all)"  # monitoring.*.arm of the rows over every pair of a model version (migration 0200)
+UNENROLLED = "(unenrolled)"  # the arm of the pairs an experiment did not enroll (scoring.scores.arm null)
+
+#: The two static fragments of realized.sql, ``{{ arm }}`` and ``{{ arm_ranking }}``: for a date an experiment
+#: scored (True) and for any other date (False: no arm rows, no second sort).
+ARM_FRAGMENTS: dict[bool, tuple[str, str]] = {
+    True: (f"coalesce(s.arm, '{UNENROLLED}') collate \"C\"",
+           "count(*) filter (where label = 1) over by_arm_score                                 as tp_arm,\n"
+           "        count(*) filter (where label = 0) over by_arm_score                                 as fp_arm,\n"
+           "        count(*) filter (where label = 0) over arm_above                                    as fp_above_arm,\n"
+           "        count(*) filter (where label = 1 and published) over by_arm_score                   as tp_arm_pub,\n"
+           "        count(*) filter (where label = 0 and published) over by_arm_score                   as fp_arm_pub,\n"
+           "        count(*) filter (where label = 0 and published) over arm_above                      as fp_above_arm_pub"),
+    False: ("cast(null as text)",
+            "null::bigint as tp_arm, null::bigint as fp_arm, null::bigint as fp_above_arm, null::bigint as tp_arm_pub,"
+            " null::bigint as fp_arm_pub, null::bigint as fp_above_arm_pub"),
+}
 
 
 @dataclass
@@ -54,11 +74,20 @@ class DateEvaluation:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
-def _sql(name: str) -> str:
+def _sql(name: str, *, per_arm: bool = False) -> str:
     from ml.features import render_sql
 
-    text = read_sql(f"monitoring/{name}.sql")
+    arm, arm_ranking = ARM_FRAGMENTS[per_arm]
+    text = read_sql(f"monitoring/{name}.sql").replace("{{ arm }}", arm).replace("{{ arm_ranking }}", arm_ranking)
     return text.replace("{{ label_purchases }}", render_sql("label_purchases")).rstrip().rstrip(";")
+
+
+def _experiment(conn: sa.Connection, day: dt.date) -> str | None:
+    """The experiment whose arms scored ``day`` (``scoring.runs.params['experiment']`` of its latest succeeded run,
+    :mod:`ml.score.arms`), or None."""
+    return conn.execute(sa.text(
+        "select params -> 'experiment' ->> 'experiment_id' from scoring.runs where score_date = :d"
+        " and status = 'succeeded' order by finished_at desc nulls last limit 1"), {"d": day}).scalar_one_or_none()
 
 
 def newest_event_time(conn: sa.Connection) -> dt.datetime | None:
@@ -134,7 +163,8 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
         conn.execute(sa.text("set local jit = off"))
         timings: dict[str, float] = {"signature": time.perf_counter() - t0}
         t = time.perf_counter()
-        rows = conn.execute(sa.text(_sql("realized")), {
+        experiment = _experiment(conn, day)
+        rows = conn.execute(sa.text(_sql("realized", per_arm=experiment is not None)), {
             **window.params(), "score_date": day, "top_n": top_n, "min_probability": floor, "bucket": None,
             "n_buckets": None, "k": k, "n_bins": CALIBRATION_BINS}).mappings().all()
         timings["aggregate"] = time.perf_counter() - t
@@ -144,23 +174,25 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
             conn.execute(sa.text(f"delete from monitoring.{table} where score_date = :d"), {"d": day})
         out = DateEvaluation(day, signature, timings=timings)
         for m in metrics:
-            m.update(score_date=day, label_horizon_days=settings.label_horizon_days, k=k, labels_signature=signature)
+            m.update(score_date=day, label_horizon_days=settings.label_horizon_days, k=k, labels_signature=signature,
+                     experiment_id=experiment)
         if metrics:
             cols = list(metrics[0])
             conn.execute(sa.text(f"insert into monitoring.realized_metrics ({', '.join(cols)}) values ("
                                  + ", ".join(f":{c}" for c in cols) + ")"), metrics)
         if bins:
             conn.execute(sa.text(
-                "insert into monitoring.calibration_bins (score_date, model_version, segment, bin, lower_bound,"
-                " upper_bound, pairs, mean_probability, observed_rate) values (:d, :model_version, :segment, :bin,"
-                " :lower_bound, :upper_bound, :pairs, :mean_probability, :observed_rate)"),
+                "insert into monitoring.calibration_bins (score_date, model_version, segment, arm, bin, lower_bound,"
+                " upper_bound, pairs, mean_probability, observed_rate) values (:d, :model_version, :segment, :arm,"
+                " :bin, :lower_bound, :upper_bound, :pairs, :mean_probability, :observed_rate)"),
                 [{**b, "d": day} for b in bins])
         if tiers:
             conn.execute(sa.text(
-                "insert into monitoring.tier_outcomes (score_date, model_version, segment, tier, pairs, positives,"
-                " mean_probability, conversion, lift) values (:d, :model_version, :segment, :tier, :pairs,"
-                " :positives, :mean_probability, :conversion, :lift)"), [{**r, "d": day} for r in tiers])
-        out.metrics = sorted(metrics, key=lambda m: (m["model_version"], m["segment"]))
+                "insert into monitoring.tier_outcomes (score_date, model_version, segment, arm, tier, pairs,"
+                " positives, mean_probability, conversion, lift) values (:d, :model_version, :segment, :arm, :tier,"
+                " :pairs, :positives, :mean_probability, :conversion, :lift)"), [{**r, "d": day} for r in tiers])
+        out.metrics = sorted(metrics, key=lambda m: (m["model_version"], m["arm"] != ALL_ARMS, m["arm"],
+                                                     m["segment"]))
         timings["write"] = time.perf_counter() - t
     out.seconds = time.perf_counter() - t0
     log.info("monitor %s: step seconds %s", day, ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items()))
@@ -173,33 +205,38 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
 
 def _unpivot(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Turn the rows of ``realized.sql`` (one per level and key, the two segments as ``*_all`` / ``*_pub`` column
-    pairs) into the rows of ``monitoring.realized_metrics``, ``calibration_bins`` and ``tier_outcomes``. A segment
-    without pairs (no publication) gives no rows."""
-    metrics: dict[tuple[str, str], dict[str, Any]] = {}
+    pairs) into the rows of ``monitoring.realized_metrics``, ``calibration_bins`` and ``tier_outcomes``, keyed by
+    (model version, segment, arm). A segment without pairs (no publication) gives no rows, nor does a null arm (a
+    date no experiment scored has only the ``(all)`` rows)."""
+    metrics: dict[tuple[str, str, str], dict[str, Any]] = {}
     bins, tiers = [], []
-    sums: dict[tuple[str, str], float] = {}  # sum over bins of |positives - sum of probabilities| (ECE)
+    sums: dict[tuple[str, str, str], float] = {}  # sum over bins of |positives - sum of probabilities| (ECE)
     for r in rows:
+        if r["arm"] is None:
+            continue
         for segment, x in (("all", "_all"), ("published", "_pub")):
             n = int(r["pairs" + x])
             if n == 0:
                 continue
             pos, sp = int(r["positives" + x]), float(r["sum_probability" + x])
-            key = (r["model_version"], segment)
+            key = (r["model_version"], segment, r["arm"])
             if r["level"] == "bin":
                 b = int(r["bin"])
                 sums[key] = sums.get(key, 0.0) + abs(pos - sp)
-                bins.append({"model_version": key[0], "segment": segment, "bin": b,
+                bins.append({"model_version": key[0], "segment": segment, "arm": key[2], "bin": b,
                              "lower_bound": b / CALIBRATION_BINS, "upper_bound": (b + 1) / CALIBRATION_BINS,
                              "pairs": n, "mean_probability": sp / n, "observed_rate": pos / n})
             elif r["level"] == "tier":
-                tiers.append({"model_version": key[0], "segment": segment, "tier": r["tier"], "pairs": n,
+                tiers.append({"model_version": key[0], "segment": segment, "arm": key[2], "tier": r["tier"],
+                              "pairs": n,
                               "positives": pos, "mean_probability": sp / n, "conversion": pos / n})
             else:
                 neg = n - pos
                 both = pos > 0 and neg > 0
                 shown, users = int(r["shown" + x]), int(r["positive_users" + x])
                 metrics[key] = {
-                    "model_version": key[0], "segment": segment, "pairs": n, "users": int(r["users" + x]),
+                    "model_version": key[0], "segment": segment, "arm": key[2], "pairs": n,
+                    "users": int(r["users" + x]),
                     "positives": pos, "base_rate": pos / n, "mean_probability": sp / n,
                     "roc_auc": 1 - float(r["roc_penalty" + x]) / (2.0 * pos * neg) if both else None,
                     "pr_auc": float(r["ap_sum" + x]) / pos if both else None,
@@ -210,7 +247,7 @@ def _unpivot(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     for key, m in metrics.items():
         m["ece"] = sums.get(key, 0.0) / m["pairs"]
     for t in tiers:
-        base = metrics[(t["model_version"], t["segment"])]["base_rate"]
+        base = metrics[(t["model_version"], t["segment"], t["arm"])]["base_rate"]
         t["lift"] = t["conversion"] / base if base else None
     return list(metrics.values()), bins, tiers
 
@@ -234,12 +271,13 @@ def run_monitor(engine: Engine, settings: Settings, *, score_dates: list[dt.date
 
 
 def expected_vs_realized(engine: Engine, score_date: dt.date | str, segment: str = "all") -> list[dict[str, Any]]:
-    """Rows of ``bi.model_performance`` for one score date and segment (for the demo, the CLI and the UI)."""
+    """Rows of ``bi.model_performance`` for one score date and segment (for the demo, the CLI and the UI): per
+    model version its ``(all)`` row first, then its experiment arms' rows (a date an experiment scored)."""
     day = utc_date(score_date, what="score_date")
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(
-            "select * from bi.model_performance where score_date = :d and segment = :s order by model_version"),
-            {"d": day, "s": segment}).mappings()]
+            "select * from bi.model_performance where score_date = :d and segment = :s"
+            " order by model_version, arm <> :a, arm"), {"d": day, "s": segment, "a": ALL_ARMS}).mappings()]
 
 
 def _f(v: Any) -> float | None:
@@ -261,7 +299,8 @@ SHAP_SAMPLE_ROWS = 20_000
 def _latest_realized(conn: sa.Connection, model_version: str) -> dict[str, Any] | None:
     row = conn.execute(sa.text(
         "select " + ", ".join(REALIZED_KEYS) + " from monitoring.realized_metrics where model_version = :m"
-        " and segment = 'all' order by score_date desc limit 1"), {"m": model_version}).mappings().one_or_none()
+        " and segment = 'all' and arm = :a order by score_date desc limit 1"),
+        {"m": model_version, "a": ALL_ARMS}).mappings().one_or_none()
     if row is None:
         return None
     return {k: (v.isoformat() if isinstance(v, dt.date) else _f(v) if k not in ("pairs", "positives", "k") else v)
@@ -331,7 +370,8 @@ def monitor_summary(engine: Engine) -> dict[str, str]:
         out["open_alerts"] = str(sum(int(v) for k, v in out.items() if k.startswith("open_alerts:")))
         for r in conn.execute(sa.text(
                 "select distinct on (model_version) model_version, score_date, roc_auc, pr_auc"
-                " from monitoring.realized_metrics where segment = 'all' order by model_version, score_date desc")):
+                " from monitoring.realized_metrics where segment = 'all' and arm = :a"
+                " order by model_version, score_date desc"), {"a": ALL_ARMS}):
             out[f"realized_score_date:{r.model_version}"] = r.score_date.isoformat()
             for name in ("roc_auc", "pr_auc"):
                 if getattr(r, name) is not None:

@@ -4,11 +4,16 @@
 -- :label_until)), its rank within the user (probability desc, product_id), whether the latest publication of the
 -- date held it (published: top :top_n per user at or above :min_probability, a prefix of the user's ranking; no
 -- publication: none) and, for ROC-AUC / PR-AUC, the labels ranked above it. The pairs are then summed once into
--- (model_version, calibration bin, tier) cells, and the cells rolled up into the rows returned, per segment as
+-- (model_version, arm, calibration bin, tier) cells, and the cells rolled up into the rows returned, per segment as
 -- column pairs (*_all: every pair, *_pub: only the published pairs):
---   level 'summary' (model_version): volumes, log-loss / Brier / top-k sums, ROC-AUC and PR-AUC sums;
---   level 'bin'     (model_version, bin): the reliability curve on :n_bins equal-width probability bins;
---   level 'tier'    (model_version, tier): conversion per tier.
+--   level 'summary' (model_version[, arm]): volumes, log-loss / Brier / top-k sums, ROC-AUC and PR-AUC sums;
+--   level 'bin'     (model_version[, arm], bin): the reliability curve on :n_bins equal-width probability bins;
+--   level 'tier'    (model_version[, arm], tier): conversion per tier.
+-- arm is '(all)' on the rows over every pair of the model version. The experiment arms: ml.monitor fills in
+-- the arm and arm_ranking placeholders with one of two static fragments (ARM_FRAGMENTS): on a date an experiment scored,
+-- arm is scoring.scores.arm ('(unenrolled)' for a pair outside the experiment) and ROC-AUC / PR-AUC get a second
+-- pair of windows per (model_version, arm), one more sort; on any other date arm is null (its rows are dropped)
+-- and the arm ranking columns are null, so the date pays for no second sort.
 --
 -- Exact and equal to scikit-learn, ties included: with, per pair, tp / fp = positives / negatives at or above its
 -- probability (ties included), fp_above = negatives strictly above it, P / N = positives / negatives,
@@ -32,6 +37,7 @@ scored as (
         s.product_id,
         s.probability,
         s.tier collate "C"                  as tier,
+        {{ arm }}                           as arm,
         (l.user_id is not null)::integer    as label
     from scoring.scores as s
     left join label_purchases as l on l.user_id = s.user_id and l.product_id = s.product_id
@@ -71,18 +77,24 @@ cumulative as (
         count(*) filter (where label = 0) over above                                        as fp_above,
         count(*) filter (where label = 1 and published) over by_score                       as tp_pub,
         count(*) filter (where label = 0 and published) over by_score                       as fp_pub,
-        count(*) filter (where label = 0 and published) over above                          as fp_above_pub
+        count(*) filter (where label = 0 and published) over above                          as fp_above_pub,
+        {{ arm_ranking }}
     from flagged
     window by_score as (partition by model_version order by -probability
                         range between unbounded preceding and current row),
            above as (partition by model_version order by -probability
-                     groups between unbounded preceding and 1 preceding)
+                     groups between unbounded preceding and 1 preceding),
+           by_arm_score as (partition by model_version, arm order by -probability
+                            range between unbounded preceding and current row),
+           arm_above as (partition by model_version, arm order by -probability
+                         groups between unbounded preceding and 1 preceding)
 ),
 
--- one hashed pass over the pairs into (model_version, bin, tier) cells; every column is additive
+-- one hashed pass over the pairs into (model_version, arm, bin, tier) cells; every column is additive
 cells as (
     select
         model_version,
+        arm,
         bin,
         tier,
         -- every pair
@@ -99,6 +111,8 @@ cells as (
         count(*) filter (where first_positive and rnk <= :k)                                    as hit_users_all,
         sum(fp + fp_above) filter (where label = 1)                                             as roc_penalty_all,
         sum(tp::double precision / (tp + fp)) filter (where label = 1)                          as ap_sum_all,
+        sum(fp_arm + fp_above_arm) filter (where label = 1)                                     as arm_roc_penalty_all,
+        sum(tp_arm::double precision / (tp_arm + fp_arm)) filter (where label = 1)              as arm_ap_sum_all,
         -- the published pairs
         count(*) filter (where published)                                                       as pairs_pub,
         sum(label) filter (where published)                                                     as positives_pub,
@@ -112,15 +126,20 @@ cells as (
         count(*) filter (where first_positive and published)                                    as positive_users_pub,
         count(*) filter (where first_positive and published and rnk <= :k)                      as hit_users_pub,
         sum(fp_pub + fp_above_pub) filter (where label = 1 and published)                       as roc_penalty_pub,
-        sum(tp_pub::double precision / (tp_pub + fp_pub)) filter (where label = 1 and published) as ap_sum_pub
+        sum(tp_pub::double precision / (tp_pub + fp_pub)) filter (where label = 1 and published) as ap_sum_pub,
+        sum(fp_arm_pub + fp_above_arm_pub) filter (where label = 1 and published)               as arm_roc_penalty_pub,
+        sum(tp_arm_pub::double precision / (tp_arm_pub + fp_arm_pub)) filter (where label = 1 and published)
+                                                                                                as arm_ap_sum_pub
     from cumulative
-    group by model_version, bin, tier
+    group by model_version, arm, bin, tier
 )
 
--- the three levels from the cells
+-- the three levels, over every pair of the model version and per arm, from the cells; an arm row's ROC-AUC / PR-AUC
+-- sums are the ones ranked within the arm
 select
     case grouping(bin, tier) when 3 then 'summary' when 1 then 'bin' else 'tier' end      as level,
     model_version,
+    case when grouping(arm) = 1 then '(all)' else arm end                                  as arm,
     bin,
     tier,
     sum(pairs_all) as pairs_all,
@@ -133,8 +152,8 @@ select
     sum(top_hits_all) as top_hits_all,
     sum(positive_users_all) as positive_users_all,
     sum(hit_users_all) as hit_users_all,
-    sum(roc_penalty_all) as roc_penalty_all,
-    sum(ap_sum_all) as ap_sum_all,
+    case when grouping(arm) = 1 then sum(roc_penalty_all) else sum(arm_roc_penalty_all) end as roc_penalty_all,
+    case when grouping(arm) = 1 then sum(ap_sum_all) else sum(arm_ap_sum_all) end as ap_sum_all,
     sum(pairs_pub) as pairs_pub,
     sum(positives_pub) as positives_pub,
     sum(sum_probability_pub) as sum_probability_pub,
@@ -145,7 +164,8 @@ select
     sum(top_hits_pub) as top_hits_pub,
     sum(positive_users_pub) as positive_users_pub,
     sum(hit_users_pub) as hit_users_pub,
-    sum(roc_penalty_pub) as roc_penalty_pub,
-    sum(ap_sum_pub) as ap_sum_pub
+    case when grouping(arm) = 1 then sum(roc_penalty_pub) else sum(arm_roc_penalty_pub) end as roc_penalty_pub,
+    case when grouping(arm) = 1 then sum(ap_sum_pub) else sum(arm_ap_sum_pub) end as ap_sum_pub
 from cells
-group by grouping sets ((model_version), (model_version, bin), (model_version, tier))
+group by grouping sets ((model_version), (model_version, bin), (model_version, tier),
+                       (model_version, arm), (model_version, arm, bin), (model_version, arm, tier))
