@@ -169,6 +169,7 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
             "n_buckets": None, "k": k, "n_bins": CALIBRATION_BINS}).mappings().all()
         timings["aggregate"] = time.perf_counter() - t
         t = time.perf_counter()
+        _check_keys(rows)
         metrics, bins, tiers = _unpivot(rows)
         for table in ("realized_metrics", "calibration_bins", "tier_outcomes"):
             conn.execute(sa.text(f"delete from monitoring.{table} where score_date = :d"), {"d": day})
@@ -201,6 +202,20 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
                  day, m["model_version"], m["segment"], m["pairs"], m["positives"], _fmt(m["roc_auc"]),
                  _fmt(m["pr_auc"]), k, _fmt(m["precision_at_k"]), out.seconds)
     return out
+
+
+def _check_keys(rows: list[Any]) -> None:
+    """realized.sql ranks within 64-bit hashes of the model version and of the arm; two model versions (or two arms
+    of one model version) of a date with the same hash would be ranked together. Never seen (~1e-19 for a few
+    texts), but then the metrics would be wrong: raise rather than record them."""
+    from ml.errors import PipelineError
+
+    summary = [r for r in rows if r["level"] == "summary"]
+    models = {(r["model_version"], r["model_key"]) for r in summary if r["arm"] == ALL_ARMS}
+    arms = {(r["model_version"], r["arm"], r["arm_key"]) for r in summary if r["arm"] not in (ALL_ARMS, None)}
+    if len({k for _, k in models}) < len(models) or len({(m, k) for m, _, k in arms}) < len(arms):
+        raise PipelineError(f"realized metrics: two model versions or arms share a hash key ({sorted(models)}, "
+                        f"{sorted(arms)}); rename one")
 
 
 def _unpivot(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
