@@ -15,9 +15,9 @@ evaluated per (score_date, model_version, segment, arm):
 * ``monitoring.calibration_bins``: the reliability curve; ``monitoring.tier_outcomes``: conversion and lift per tier.
 
 Everything is aggregated in PostgreSQL in one statement (``sql/monitoring/realized.sql``; the pairs never leave the
-server): one pass ranks each user's pairs, one sort by probability gives every pair the labels ranked above it
-(ROC-AUC and PR-AUC exactly as scikit-learn computes them, ties included), and one hashed aggregate sums the pairs
-into (model version, calibration bin, tier) cells that roll up into the metrics, the reliability curve and the
+server): one pass ranks each user's pairs, one sort by probability gives every pair the labels ranked at or above
+it (ROC-AUC and PR-AUC exactly as scikit-learn computes them, ties included), and one hashed aggregate sums the
+pairs into (model version, arm, calibration bin, tier) cells that roll up into the metrics, the reliability curve and the
 tiers of both segments. Labels are read from ``raw.events``' day partitions of the label window (the trainer's
 ``label_purchases.sql``), not from the purchase rollups: ``raw.rollup_pair_day`` is keyed by (user, product, day)
 without a day index, so a window of 7 days would scan its whole history. A date is written in one transaction that
@@ -53,13 +53,10 @@ ARM_FRAGMENTS: dict[bool, tuple[str, str]] = {
     True: (f"coalesce(s.arm, '{UNENROLLED}') collate \"C\"",
            "count(*) filter (where label = 1) over by_arm_score                                 as tp_arm,\n"
            "        count(*) filter (where label = 0) over by_arm_score                                 as fp_arm,\n"
-           "        count(*) filter (where label = 0) over arm_above                                    as fp_above_arm,\n"
            "        count(*) filter (where label = 1 and published) over by_arm_score                   as tp_arm_pub,\n"
-           "        count(*) filter (where label = 0 and published) over by_arm_score                   as fp_arm_pub,\n"
-           "        count(*) filter (where label = 0 and published) over arm_above                      as fp_above_arm_pub"),
+           "        count(*) filter (where label = 0 and published) over by_arm_score                   as fp_arm_pub"),
     False: ("cast(null as text)",
-            "null::bigint as tp_arm, null::bigint as fp_arm, null::bigint as fp_above_arm, null::bigint as tp_arm_pub,"
-            " null::bigint as fp_arm_pub, null::bigint as fp_above_arm_pub"),
+            "null::bigint as tp_arm, null::bigint as fp_arm, null::bigint as tp_arm_pub, null::bigint as fp_arm_pub"),
 }
 
 
@@ -253,7 +250,8 @@ def _unpivot(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                     "model_version": key[0], "segment": segment, "arm": key[2], "pairs": n,
                     "users": int(r["users" + x]),
                     "positives": pos, "base_rate": pos / n, "mean_probability": sp / n,
-                    "roc_auc": 1 - float(r["roc_penalty" + x]) / (2.0 * pos * neg) if both else None,
+                    "roc_auc": 0.5 + (float(r["tp_sum" + x]) - float(r["fp_sum" + x])) / (2.0 * pos * neg)
+                    if both else None,
                     "pr_auc": float(r["ap_sum" + x]) / pos if both else None,
                     "log_loss": float(r["sum_log_loss" + x]) / n, "brier": float(r["sum_brier" + x]) / n,
                     "precision_at_k": int(r["top_hits" + x]) / shown if shown else None,

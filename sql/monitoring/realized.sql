@@ -16,8 +16,11 @@
 -- and the arm ranking columns are null, so the date pays for no second sort.
 --
 -- Exact and equal to scikit-learn, ties included: with, per pair, tp / fp = positives / negatives at or above its
--- probability (ties included), fp_above = negatives strictly above it, P / N = positives / negatives,
---   ROC-AUC = 1 - sum over positives of (fp + fp_above) / (2 P N)   (a tied negative counts one half)
+-- probability (ties included) and P / N = positives / negatives,
+--   ROC-AUC = 1/2 + (sum over negatives of tp - sum over positives of fp) / (2 P N)
+--     (Mann-Whitney with a tie counting one half: a positive's negatives strictly above it number fp minus the
+--     tied ones, and summed over positives they are P N minus the sum over negatives of tp, tied pairs included;
+--     so one range-frame window serves both metrics)
 --   PR-AUC  = sum over positives of tp / (tp + fp) / P              (average precision: the positives at one
 --                                                                     threshold share its precision)
 -- Two sorts: per (model version, user) and, incrementally on the model version, by probability, shared by the two
@@ -72,27 +75,20 @@ flagged as (
     from ranked
 ),
 
--- ranking level: labels at or above each pair's probability (range frame: ties included) and negatives strictly
--- above it (groups frame ending at the previous distinct probability), per segment
+-- ranking level: labels at or above each pair's probability (range frame: ties included), per segment
 cumulative as (
     select
         *,
         count(*) filter (where label = 1) over by_score                                     as tp,
         count(*) filter (where label = 0) over by_score                                     as fp,
-        count(*) filter (where label = 0) over above                                        as fp_above,
         count(*) filter (where label = 1 and published) over by_score                       as tp_pub,
         count(*) filter (where label = 0 and published) over by_score                       as fp_pub,
-        count(*) filter (where label = 0 and published) over above                          as fp_above_pub,
         {{ arm_ranking }}
     from flagged
     window by_score as (partition by model_key order by -probability
                         range between unbounded preceding and current row),
-           above as (partition by model_key order by -probability
-                     groups between unbounded preceding and 1 preceding),
            by_arm_score as (partition by model_key, arm_key order by -probability
-                            range between unbounded preceding and current row),
-           arm_above as (partition by model_key, arm_key order by -probability
-                         groups between unbounded preceding and 1 preceding)
+                            range between unbounded preceding and current row)
 ),
 
 -- one hashed pass over the pairs into (model_version, arm, bin, tier) cells; every column is additive
@@ -116,9 +112,11 @@ cells as (
         count(*) filter (where rnk <= :k and label = 1)                                         as top_hits_all,
         count(*) filter (where first_positive)                                                  as positive_users_all,
         count(*) filter (where first_positive and rnk <= :k)                                    as hit_users_all,
-        sum(fp + fp_above) filter (where label = 1)                                             as roc_penalty_all,
+        sum(fp) filter (where label = 1)                                                        as fp_sum_all,
+        sum(tp) filter (where label = 0)                                                        as tp_sum_all,
         sum(tp::double precision / (tp + fp)) filter (where label = 1)                          as ap_sum_all,
-        sum(fp_arm + fp_above_arm) filter (where label = 1)                                     as arm_roc_penalty_all,
+        sum(fp_arm) filter (where label = 1)                                                    as arm_fp_sum_all,
+        sum(tp_arm) filter (where label = 0)                                                    as arm_tp_sum_all,
         sum(tp_arm::double precision / (tp_arm + fp_arm)) filter (where label = 1)              as arm_ap_sum_all,
         -- the published pairs
         count(*) filter (where published)                                                       as pairs_pub,
@@ -132,9 +130,11 @@ cells as (
         count(*) filter (where rnk <= :k and label = 1 and published)                           as top_hits_pub,
         count(*) filter (where first_positive and published)                                    as positive_users_pub,
         count(*) filter (where first_positive and published and rnk <= :k)                      as hit_users_pub,
-        sum(fp_pub + fp_above_pub) filter (where label = 1 and published)                       as roc_penalty_pub,
+        sum(fp_pub) filter (where label = 1 and published)                                      as fp_sum_pub,
+        sum(tp_pub) filter (where label = 0 and published)                                      as tp_sum_pub,
         sum(tp_pub::double precision / (tp_pub + fp_pub)) filter (where label = 1 and published) as ap_sum_pub,
-        sum(fp_arm_pub + fp_above_arm_pub) filter (where label = 1 and published)               as arm_roc_penalty_pub,
+        sum(fp_arm_pub) filter (where label = 1 and published)                                  as arm_fp_sum_pub,
+        sum(tp_arm_pub) filter (where label = 0 and published)                                  as arm_tp_sum_pub,
         sum(tp_arm_pub::double precision / (tp_arm_pub + fp_arm_pub)) filter (where label = 1 and published)
                                                                                                 as arm_ap_sum_pub
     from cumulative
@@ -161,7 +161,8 @@ select
     sum(top_hits_all) as top_hits_all,
     sum(positive_users_all) as positive_users_all,
     sum(hit_users_all) as hit_users_all,
-    case when grouping(arm) = 1 then sum(roc_penalty_all) else sum(arm_roc_penalty_all) end as roc_penalty_all,
+    case when grouping(arm) = 1 then sum(fp_sum_all) else sum(arm_fp_sum_all) end as fp_sum_all,
+    case when grouping(arm) = 1 then sum(tp_sum_all) else sum(arm_tp_sum_all) end as tp_sum_all,
     case when grouping(arm) = 1 then sum(ap_sum_all) else sum(arm_ap_sum_all) end as ap_sum_all,
     sum(pairs_pub) as pairs_pub,
     sum(positives_pub) as positives_pub,
@@ -173,7 +174,8 @@ select
     sum(top_hits_pub) as top_hits_pub,
     sum(positive_users_pub) as positive_users_pub,
     sum(hit_users_pub) as hit_users_pub,
-    case when grouping(arm) = 1 then sum(roc_penalty_pub) else sum(arm_roc_penalty_pub) end as roc_penalty_pub,
+    case when grouping(arm) = 1 then sum(fp_sum_pub) else sum(arm_fp_sum_pub) end as fp_sum_pub,
+    case when grouping(arm) = 1 then sum(tp_sum_pub) else sum(arm_tp_sum_pub) end as tp_sum_pub,
     case when grouping(arm) = 1 then sum(ap_sum_pub) else sum(arm_ap_sum_pub) end as ap_sum_pub
 from cells
 group by grouping sets ((model_version), (model_version, bin), (model_version, tier),
