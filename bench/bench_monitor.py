@@ -5,7 +5,7 @@ version), the purchases that followed (~``--positive-rate`` of the pairs, inside
 feature sample (``drift_sample_rate`` of the pairs x ``--features`` features, as the scorer stores it) and the
 model's training reference (holdout distributions of every feature and of the score). Then it times, in the same run:
 
-- ``ml.monitor.evaluate_date``: realized metrics per date x model x segment, calibration bins, tiers (all in SQL);
+- ``ml.monitor.evaluate_date``: realized metrics per date x model x segment, calibration bins, tiers (one SQL pass);
 - ``ml.drift.reference_drift_metrics``: score PSI over every pair (in SQL), feature PSI + null rates on the sample;
 - the per-column pandas baseline, the way report-per-dataset drift tools work: read the joined pairs into a
   DataFrame, scikit-learn metrics per model and segment, conversion per tier, then for every column of the full
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         _, metrics = reference_drift_metrics(engine, settings, DAY)
         t_drift = time.perf_counter() - t
         mon_peak = peak_mib()
-        rows.append(["ml.monitor.evaluate_date (SQL: metrics x segment, tiers, calibration)", args.pairs, t_eval, ""])
+        rows.append(["ml.monitor.evaluate_date (one SQL pass: metrics x segment, tiers, calibration)", args.pairs, t_eval, ""])
         rows.append([f"ml.drift.reference_drift_metrics (score PSI on all pairs in SQL; {args.features} feature PSI"
                      f" + null rates on the {sampled:,}-row sample)", args.pairs, t_drift, ""])
         rows.append(["monitor total", args.pairs, t_eval + t_drift, f"{mon_peak:,.0f}"])

@@ -6,8 +6,9 @@ Realized performance: did the scores come true? Daily at **06:00 UTC**, and when
 
 1. **evaluate**: for every score date whose label horizon has matured (`score_date + label_horizon_days` at or
    before the newest loaded event), joins `scoring.scores` to the purchases in `[score_date, score_date + horizon)`
-   with the trainer's label SQL and records, per score date, model version and segment (`all` pairs, `published`
-   pairs: what the storefront saw): ROC-AUC, PR-AUC, log loss, Brier, ECE, base rate, precision@k and hit-rate@k
+   with the trainer's label SQL and records, per score date, model version, segment (`all` pairs, `published`
+   pairs: what the storefront saw) and experiment arm (`(all)`; on a date an A/B experiment scored also each arm
+   and `(unenrolled)`): ROC-AUC, PR-AUC, log loss, Brier, ECE, base rate, precision@k and hit-rate@k
    per user (`monitoring.realized_metrics`), the reliability curve (`monitoring.calibration_bins`) and conversion
    and lift per tier (`monitoring.tier_outcomes`). A date already evaluated on the same labels is skipped; a date
    whose label files changed is re-evaluated in place (never duplicated). Realized PR-AUC below the holdout's by

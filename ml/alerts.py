@@ -142,13 +142,15 @@ def open_alerts(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
 
 # --- checks that raise alerts ---------------------------------------------------------------------------------------
 def check_performance(engine: Engine, settings: Settings, score_dates: Iterable[dt.date]) -> list[Alert]:
-    """Alert when a date's realized PR-AUC (segment 'all') is below the model's holdout PR-AUC by more than
-    ``settings.performance_drop_alert`` (a fraction of the holdout value)."""
+    """Alert when a date's realized PR-AUC (segment 'all', over every pair of the model version: arm '(all)') is
+    below the model's holdout PR-AUC by more than ``settings.performance_drop_alert`` (a fraction of the holdout
+    value). An experiment's arms have their own model versions, so each arm's model is checked on its own pairs."""
     raised = []
     with engine.connect() as conn:
         rows = conn.execute(sa.text(
             "select score_date, model_version, realized_pr_auc, expected_pr_auc from bi.model_performance"
-            " where segment = 'all' and score_date = any(cast(:d as date[]))"), {"d": list(score_dates)}).all()
+            " where segment = 'all' and arm = '(all)' and score_date = any(cast(:d as date[]))"),
+            {"d": list(score_dates)}).all()
     for r in rows:
         if r.realized_pr_auc is None or r.expected_pr_auc is None:
             continue

@@ -663,7 +663,8 @@ def monitor_run(
     for ev in done:
         for r in expected_vs_realized(engine, ev.score_date, "all") + expected_vs_realized(engine, ev.score_date,
                                                                                            "published"):
-            typer.echo(f"{r['score_date']} {r['model_version']} [{r['segment']}] pairs {r['pairs']:,} "
+            arm = "" if r["arm"] == "(all)" else f" arm {r['arm']}"
+            typer.echo(f"{r['score_date']} {r['model_version']}{arm} [{r['segment']}] pairs {r['pairs']:,} "
                        f"positives {r['positives']:,}  " + "  ".join(
                            f"{m} {_fmt(r['realized_' + m])} (expected {_fmt(r['expected_' + m])})"
                            for m in ("roc_auc", "pr_auc", "brier", "ece")))

@@ -59,10 +59,10 @@ _QUERIES: dict[str, tuple[str, str]] = {
     ),
     "performance": (
         "monitoring.realized_metrics",
-        "select score_date, model_version, segment, pairs, positives, realized_roc_auc, expected_roc_auc, "
+        "select score_date, model_version, arm, segment, pairs, positives, realized_roc_auc, expected_roc_auc, "
         "realized_pr_auc, expected_pr_auc, realized_brier, expected_brier, realized_ece, expected_ece, k, "
         "precision_at_k, realized_hit_rate_at_k from bi.model_performance order by score_date desc, model_version, "
-        "segment limit 60",
+        "arm <> '(all)', arm, segment limit 60",
     ),
     "reference_drift": (
         "monitoring.reference_distributions",
@@ -149,9 +149,10 @@ def _plot_daily(rows: list[dict[str, Any]]) -> str:
 
 
 def _plot_performance(rows: list[dict[str, Any]]) -> str:
-    """A small PNG of realized vs expected (holdout) PR-AUC and ROC-AUC per score date (segment 'all', one line per
-    model version), or '' with no realized metric yet."""
-    rows = [r for r in rows if r["segment"] == "all" and r["realized_pr_auc"] is not None]
+    """A small PNG of realized vs expected (holdout) PR-AUC and ROC-AUC per score date (segment 'all', every pair of
+    the model version, one line per model version), or '' with no realized metric yet."""
+    rows = [r for r in rows if r["segment"] == "all" and r.get("arm", "(all)") == "(all)"
+            and r["realized_pr_auc"] is not None]
     if not rows:
         return ""
     import matplotlib
@@ -266,10 +267,11 @@ def render_dashboard(data: DashboardData, *, files_base: str = "files", data_doc
           e(f"{a['last_seen_at']:%Y-%m-%d %H:%M}")] for a in s.get("alerts", [])],
     )
     perf = _table(
-        ["score date", "model", "pairs", "positives", "PR-AUC realized", "expected", "ROC-AUC realized", "expected",
-         "Brier realized", "expected", "ECE realized", "expected", "precision@k", "hit-rate@k"],
+        ["score date", "model", "arm", "pairs", "positives", "PR-AUC realized", "expected", "ROC-AUC realized",
+         "expected", "Brier realized", "expected", "ECE realized", "expected", "precision@k", "hit-rate@k"],
         [[e(str(r["score_date"])),
           e(str(r["model_version"])) + ("" if r["segment"] == "all" else " <small>(published pairs)</small>"),
+          e(str(r.get("arm", "(all)"))),
           f"{r['pairs']:,}", f"{r['positives']:,}", _num(r["realized_pr_auc"]), _num(r["expected_pr_auc"]),
           _num(r["realized_roc_auc"]), _num(r["expected_roc_auc"]), _num(r["realized_brier"]),
           _num(r["expected_brier"]), _num(r["realized_ece"]), _num(r["expected_ece"]), _num(r["precision_at_k"]),

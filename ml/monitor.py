@@ -3,18 +3,26 @@
 For every score date whose label horizon has matured (``score_date + label_horizon_days`` at or before the newest
 loaded event), the date's ``scoring.scores`` rows are joined to the purchases in ``[score_date, score_date +
 horizon)`` with the trainer's own label definition (``sql/features/label_purchases.sql``, never a second one) and
-evaluated per (score_date, model_version, segment):
+evaluated per (score_date, model_version, segment, arm):
 
+* arm ``(all)``: every pair the model version scored; on a date an A/B experiment scored (``scoring.runs.params``
+  names it, :mod:`ml.score.arms`), also one row set per experiment arm (``scoring.scores.arm``) and ``(unenrolled)``
+  for the pairs of users it did not enroll, each ranked on its own pairs;
 * segment ``all``: every scored pair; segment ``published``: only the pairs the latest publication of the date
   put in Redis (top ``top_n`` per user at or above its ``min_probability``: what the storefront saw);
 * ``monitoring.realized_metrics``: pairs, users, positives, base rate, mean probability, ROC-AUC, PR-AUC (average
   precision), log loss, Brier, ECE (15 equal-width bins), precision@k and hit-rate@k per user;
 * ``monitoring.calibration_bins``: the reliability curve; ``monitoring.tier_outcomes``: conversion and lift per tier.
 
-Everything is aggregated in PostgreSQL (the pairs never leave the server): ROC-AUC and PR-AUC from the counts per
-distinct probability with window sums, which equals scikit-learn's tie handling. A date is written in one
-transaction that replaces its rows, so a re-evaluation never duplicates. A date is re-evaluated when its
-``labels_signature`` (the ingested files overlapping its label window) changed: late events arrive in a new file.
+Everything is aggregated in PostgreSQL in one statement (``sql/monitoring/realized.sql``; the pairs never leave the
+server): one pass ranks each user's pairs, one sort by probability gives every pair the labels ranked at or above
+it (ROC-AUC and PR-AUC exactly as scikit-learn computes them, ties included), and one hashed aggregate sums the
+pairs into (model version, arm, calibration bin, tier) cells that roll up into the metrics, the reliability curve and the
+tiers of both segments. Labels are read from ``raw.events``' day partitions of the label window (the trainer's
+``label_purchases.sql``), not from the purchase rollups: ``raw.rollup_pair_day`` is keyed by (user, product, day)
+without a day index, so a window of 7 days would scan its whole history. A date is written in one transaction that
+replaces its rows, so a re-evaluation never duplicates. A date is re-evaluated when its ``labels_signature`` (the
+ingested files overlapping its label window) changed: late events arrive in a new file.
 """
 
 from __future__ import annotations
@@ -36,6 +44,20 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_BINS = 15  # the trainer's ECE bins (ml.evaluate.expected_calibration_error)
 SEGMENTS = ("all", "published")
+ALL_ARMS = "(all)"  # monitoring.*.arm of the rows over every pair of a model version (migration 0200)
+UNENROLLED = "(unenrolled)"  # the arm of the pairs an experiment did not enroll (scoring.scores.arm null)
+
+#: The two static fragments of realized.sql, ``{{ arm }}`` and ``{{ arm_ranking }}``: for a date an experiment
+#: scored (True) and for any other date (False: no arm rows, no second sort).
+ARM_FRAGMENTS: dict[bool, tuple[str, str]] = {
+    True: (f"coalesce(s.arm, '{UNENROLLED}') collate \"C\"",
+           "count(*) filter (where label = 1) over by_arm_score                                 as tp_arm,\n"
+           "        count(*) filter (where label = 0) over by_arm_score                                 as fp_arm,\n"
+           "        count(*) filter (where label = 1 and published) over by_arm_score                   as tp_arm_pub,\n"
+           "        count(*) filter (where label = 0 and published) over by_arm_score                   as fp_arm_pub"),
+    False: ("cast(null as text)",
+            "null::bigint as tp_arm, null::bigint as fp_arm, null::bigint as tp_arm_pub, null::bigint as fp_arm_pub"),
+}
 
 
 @dataclass
@@ -49,11 +71,20 @@ class DateEvaluation:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
-def _sql(name: str) -> str:
+def _sql(name: str, *, per_arm: bool = False) -> str:
     from ml.features import render_sql
 
-    text = read_sql(f"monitoring/{name}.sql")
+    arm, arm_ranking = ARM_FRAGMENTS[per_arm]
+    text = read_sql(f"monitoring/{name}.sql").replace("{{ arm }}", arm).replace("{{ arm_ranking }}", arm_ranking)
     return text.replace("{{ label_purchases }}", render_sql("label_purchases")).rstrip().rstrip(";")
+
+
+def _experiment(conn: sa.Connection, day: dt.date) -> str | None:
+    """The experiment whose arms scored ``day`` (``scoring.runs.params['experiment']`` of its latest succeeded run,
+    :mod:`ml.score.arms`), or None."""
+    return conn.execute(sa.text(
+        "select params -> 'experiment' ->> 'experiment_id' from scoring.runs where score_date = :d"
+        " and status = 'succeeded' order by finished_at desc nulls last limit 1"), {"d": day}).scalar_one_or_none()
 
 
 def newest_event_time(conn: sa.Connection) -> dt.datetime | None:
@@ -125,67 +156,42 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
             return None
         top_n, floor = _publication(conn, day, settings)
         conn.execute(sa.text("set local work_mem = '256MB'"))
+        # JIT compiling this plan's expressions costs ~1 s, more than it saves on 1M rows
+        conn.execute(sa.text("set local jit = off"))
         timings: dict[str, float] = {"signature": time.perf_counter() - t0}
-
-        def step(name: str, sql: str, params: dict[str, Any] | None = None) -> Any:
-            t = time.perf_counter()
-            result = conn.execute(sa.text(_sql(sql)), params or {})
-            rows = result.mappings().all() if result.returns_rows else None
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
-            return rows
-
-        step("join_labels", "realized_pairs", {**window.params(), "score_date": day, "top_n": top_n,
-                                               "min_probability": floor, "bucket": None, "n_buckets": None})
-        conn.execute(sa.text("analyze mon_segments"))  # temporary tables have no statistics otherwise
-        summary = {(r["model_version"], r["segment"]): dict(r) for r in step("summary", "realized_summary", {"k": k})}
-        ranking = {key: (step("ranking", "realized_ranking", {"model_version": key[0], "segment": key[1]}) or [None])[0]
-                   for key in summary}
-        bins = step("calibration", "realized_bins", {"n_bins": CALIBRATION_BINS})
-        tiers = step("tiers", "realized_tiers")
-
-        ece: dict[tuple[str, str], float] = {}
-        for b in bins:
-            key = (b["model_version"], b["segment"])
-            ece[key] = ece.get(key, 0.0) + abs(float(b["positives"]) - float(b["sum_probability"]))
-        for key in ece:
-            ece[key] /= float(summary[key]["pairs"])
-
+        t = time.perf_counter()
+        experiment = _experiment(conn, day)
+        rows = conn.execute(sa.text(_sql("realized", per_arm=experiment is not None)), {
+            **window.params(), "score_date": day, "top_n": top_n, "min_probability": floor, "bucket": None,
+            "n_buckets": None, "k": k, "n_bins": CALIBRATION_BINS}).mappings().all()
+        timings["aggregate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _check_keys(rows)
+        metrics, bins, tiers = _unpivot(rows)
         for table in ("realized_metrics", "calibration_bins", "tier_outcomes"):
             conn.execute(sa.text(f"delete from monitoring.{table} where score_date = :d"), {"d": day})
         out = DateEvaluation(day, signature, timings=timings)
-        for key, s in sorted(summary.items()):
-            rk = ranking.get(key)
-            row = {
-                "score_date": day, "model_version": key[0], "segment": key[1],
-                "label_horizon_days": settings.label_horizon_days, "pairs": int(s["pairs"]),
-                "users": int(s["users"]), "positives": int(s["positives"]), "base_rate": _f(s["base_rate"]),
-                "mean_probability": _f(s["mean_probability"]), "roc_auc": _f(rk["roc_auc"] if rk else None),
-                "pr_auc": _f(rk["pr_auc"] if rk else None), "log_loss": _f(s["log_loss"]), "brier": _f(s["brier"]),
-                "ece": ece.get(key), "k": k, "precision_at_k": _f(s["precision_at_k"]),
-                "hit_rate_at_k": _f(s["hit_rate_at_k"]), "labels_signature": signature,
-            }
+        for m in metrics:
+            m.update(score_date=day, label_horizon_days=settings.label_horizon_days, k=k, labels_signature=signature,
+                     experiment_id=experiment)
+        if metrics:
+            cols = list(metrics[0])
+            conn.execute(sa.text(f"insert into monitoring.realized_metrics ({', '.join(cols)}) values ("
+                                 + ", ".join(f":{c}" for c in cols) + ")"), metrics)
+        if bins:
             conn.execute(sa.text(
-                "insert into monitoring.realized_metrics (" + ", ".join(row) + ") values ("
-                + ", ".join(f":{c}" for c in row) + ")"), row)
-            out.metrics.append(row)
-        for b in bins:
-            n = int(b["pairs"])
+                "insert into monitoring.calibration_bins (score_date, model_version, segment, arm, bin, lower_bound,"
+                " upper_bound, pairs, mean_probability, observed_rate) values (:d, :model_version, :segment, :arm,"
+                " :bin, :lower_bound, :upper_bound, :pairs, :mean_probability, :observed_rate)"),
+                [{**b, "d": day} for b in bins])
+        if tiers:
             conn.execute(sa.text(
-                "insert into monitoring.calibration_bins (score_date, model_version, segment, bin, lower_bound,"
-                " upper_bound, pairs, mean_probability, observed_rate) values (:d, :m, :s, :b, :lo, :hi, :n, :mp, :o)"),
-                {"d": day, "m": b["model_version"], "s": b["segment"], "b": int(b["bin"]),
-                 "lo": b["bin"] / CALIBRATION_BINS, "hi": (b["bin"] + 1) / CALIBRATION_BINS, "n": n,
-                 "mp": float(b["sum_probability"]) / n, "o": float(b["positives"]) / n})
-        for t in tiers:
-            key = (t["model_version"], t["segment"])
-            n, pos = int(t["pairs"]), int(t["positives"])
-            base = summary[key]["base_rate"]
-            conv = pos / n
-            conn.execute(sa.text(
-                "insert into monitoring.tier_outcomes (score_date, model_version, segment, tier, pairs, positives,"
-                " mean_probability, conversion, lift) values (:d, :m, :s, :t, :n, :p, :mp, :c, :l)"),
-                {"d": day, "m": key[0], "s": key[1], "t": t["tier"], "n": n, "p": pos,
-                 "mp": float(t["mean_probability"]), "c": conv, "l": conv / float(base) if base else None})
+                "insert into monitoring.tier_outcomes (score_date, model_version, segment, arm, tier, pairs,"
+                " positives, mean_probability, conversion, lift) values (:d, :model_version, :segment, :arm, :tier,"
+                " :pairs, :positives, :mean_probability, :conversion, :lift)"), [{**r, "d": day} for r in tiers])
+        out.metrics = sorted(metrics, key=lambda m: (m["model_version"], m["arm"] != ALL_ARMS, m["arm"],
+                                                     m["segment"]))
+        timings["write"] = time.perf_counter() - t
     out.seconds = time.perf_counter() - t0
     log.info("monitor %s: step seconds %s", day, ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items()))
     for m in out.metrics:
@@ -193,6 +199,70 @@ def evaluate_date(engine: Engine, settings: Settings, score_date: dt.date | str,
                  day, m["model_version"], m["segment"], m["pairs"], m["positives"], _fmt(m["roc_auc"]),
                  _fmt(m["pr_auc"]), k, _fmt(m["precision_at_k"]), out.seconds)
     return out
+
+
+def _check_keys(rows: list[Any]) -> None:
+    """realized.sql ranks within 64-bit hashes of the model version and of the arm; two model versions (or two arms
+    of one model version) of a date with the same hash would be ranked together. Never seen (~1e-19 for a few
+    texts), but then the metrics would be wrong: raise rather than record them."""
+    from ml.errors import PipelineError
+
+    summary = [r for r in rows if r["level"] == "summary"]
+    models = {(r["model_version"], r["model_key"]) for r in summary if r["arm"] == ALL_ARMS}
+    arms = {(r["model_version"], r["arm"], r["arm_key"]) for r in summary if r["arm"] not in (ALL_ARMS, None)}
+    if len({k for _, k in models}) < len(models) or len({(m, k) for m, _, k in arms}) < len(arms):
+        raise PipelineError(f"realized metrics: two model versions or arms share a hash key ({sorted(models)}, "
+                        f"{sorted(arms)}); rename one")
+
+
+def _unpivot(rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Turn the rows of ``realized.sql`` (one per level and key, the two segments as ``*_all`` / ``*_pub`` column
+    pairs) into the rows of ``monitoring.realized_metrics``, ``calibration_bins`` and ``tier_outcomes``, keyed by
+    (model version, segment, arm). A segment without pairs (no publication) gives no rows, nor does a null arm (a
+    date no experiment scored has only the ``(all)`` rows)."""
+    metrics: dict[tuple[str, str, str], dict[str, Any]] = {}
+    bins, tiers = [], []
+    sums: dict[tuple[str, str, str], float] = {}  # sum over bins of |positives - sum of probabilities| (ECE)
+    for r in rows:
+        if r["arm"] is None:
+            continue
+        for segment, x in (("all", "_all"), ("published", "_pub")):
+            n = int(r["pairs" + x])
+            if n == 0:
+                continue
+            pos, sp = int(r["positives" + x]), float(r["sum_probability" + x])
+            key = (r["model_version"], segment, r["arm"])
+            if r["level"] == "bin":
+                b = int(r["bin"])
+                sums[key] = sums.get(key, 0.0) + abs(pos - sp)
+                bins.append({"model_version": key[0], "segment": segment, "arm": key[2], "bin": b,
+                             "lower_bound": b / CALIBRATION_BINS, "upper_bound": (b + 1) / CALIBRATION_BINS,
+                             "pairs": n, "mean_probability": sp / n, "observed_rate": pos / n})
+            elif r["level"] == "tier":
+                tiers.append({"model_version": key[0], "segment": segment, "arm": key[2], "tier": r["tier"],
+                              "pairs": n,
+                              "positives": pos, "mean_probability": sp / n, "conversion": pos / n})
+            else:
+                neg = n - pos
+                both = pos > 0 and neg > 0
+                shown, users = int(r["shown" + x]), int(r["positive_users" + x])
+                metrics[key] = {
+                    "model_version": key[0], "segment": segment, "arm": key[2], "pairs": n,
+                    "users": int(r["users" + x]),
+                    "positives": pos, "base_rate": pos / n, "mean_probability": sp / n,
+                    "roc_auc": 0.5 + (float(r["tp_sum" + x]) - float(r["fp_sum" + x])) / (2.0 * pos * neg)
+                    if both else None,
+                    "pr_auc": float(r["ap_sum" + x]) / pos if both else None,
+                    "log_loss": float(r["sum_log_loss" + x]) / n, "brier": float(r["sum_brier" + x]) / n,
+                    "precision_at_k": int(r["top_hits" + x]) / shown if shown else None,
+                    "hit_rate_at_k": int(r["hit_users" + x]) / users if users else None,
+                }
+    for key, m in metrics.items():
+        m["ece"] = sums.get(key, 0.0) / m["pairs"]
+    for t in tiers:
+        base = metrics[(t["model_version"], t["segment"], t["arm"])]["base_rate"]
+        t["lift"] = t["conversion"] / base if base else None
+    return list(metrics.values()), bins, tiers
 
 
 def run_monitor(engine: Engine, settings: Settings, *, score_dates: list[dt.date] | None = None,
@@ -214,12 +284,13 @@ def run_monitor(engine: Engine, settings: Settings, *, score_dates: list[dt.date
 
 
 def expected_vs_realized(engine: Engine, score_date: dt.date | str, segment: str = "all") -> list[dict[str, Any]]:
-    """Rows of ``bi.model_performance`` for one score date and segment (for the demo, the CLI and the UI)."""
+    """Rows of ``bi.model_performance`` for one score date and segment (for the demo, the CLI and the UI): per
+    model version its ``(all)`` row first, then its experiment arms' rows (a date an experiment scored)."""
     day = utc_date(score_date, what="score_date")
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(
-            "select * from bi.model_performance where score_date = :d and segment = :s order by model_version"),
-            {"d": day, "s": segment}).mappings()]
+            "select * from bi.model_performance where score_date = :d and segment = :s"
+            " order by model_version, arm <> :a, arm"), {"d": day, "s": segment, "a": ALL_ARMS}).mappings()]
 
 
 def _f(v: Any) -> float | None:
@@ -241,7 +312,8 @@ SHAP_SAMPLE_ROWS = 20_000
 def _latest_realized(conn: sa.Connection, model_version: str) -> dict[str, Any] | None:
     row = conn.execute(sa.text(
         "select " + ", ".join(REALIZED_KEYS) + " from monitoring.realized_metrics where model_version = :m"
-        " and segment = 'all' order by score_date desc limit 1"), {"m": model_version}).mappings().one_or_none()
+        " and segment = 'all' and arm = :a order by score_date desc limit 1"),
+        {"m": model_version, "a": ALL_ARMS}).mappings().one_or_none()
     if row is None:
         return None
     return {k: (v.isoformat() if isinstance(v, dt.date) else _f(v) if k not in ("pairs", "positives", "k") else v)
@@ -311,7 +383,8 @@ def monitor_summary(engine: Engine) -> dict[str, str]:
         out["open_alerts"] = str(sum(int(v) for k, v in out.items() if k.startswith("open_alerts:")))
         for r in conn.execute(sa.text(
                 "select distinct on (model_version) model_version, score_date, roc_auc, pr_auc"
-                " from monitoring.realized_metrics where segment = 'all' order by model_version, score_date desc")):
+                " from monitoring.realized_metrics where segment = 'all' and arm = :a"
+                " order by model_version, score_date desc"), {"a": ALL_ARMS}):
             out[f"realized_score_date:{r.model_version}"] = r.score_date.isoformat()
             for name in ("roc_auc", "pr_auc"):
                 if getattr(r, name) is not None:

@@ -142,3 +142,27 @@ def airflow_conns(settings, monkeypatch: pytest.MonkeyPatch):
     for field in ("state_dir", "redis_prefix"):
         monkeypatch.setenv(f"PROPENSITY_{field.upper()}", str(getattr(settings, field)))
     return settings
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A real local HTTP server for the webhook notifier: (its URL, the JSON bodies POSTed to it, in order)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()

@@ -186,7 +186,8 @@ def monitor_lines(engine: sa.Engine, day: dt.date) -> list[str]:
             real, exp = r[f"realized_{m}"], r[f"expected_{m}"]
             return f"{m} {'n/a' if real is None else f'{real:.4f}'} (expected {'n/a' if exp is None else f'{exp:.4f}'})"
 
-        out.append(f"  {r['segment']:>9} pairs: {r['pairs']:,} pairs, {r['positives']:,} bought; "
+        arm = "" if r["arm"] == "(all)" else f" (arm {r['arm']}, {r['model_version']})"
+        out.append(f"  {r['segment']:>9} pairs{arm}: {r['pairs']:,} pairs, {r['positives']:,} bought; "
                    + ", ".join(pair(m) for m in ("roc_auc", "pr_auc", "brier", "ece")))
     return out
 

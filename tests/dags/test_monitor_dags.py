@@ -104,8 +104,8 @@ PANEL_COLUMNS = {
                                                  "observed_rate"],
     "Tier conversion, newest evaluated date": ["tier", "pairs", "positives", "expected_conversion",
                                                "realized_conversion", "lift"],
-    "Realized metrics per score date and model version": [
-        "score_date", "model_version", "segment", "pairs", "positives", "base_rate", "realized_roc_auc",
+    "Realized metrics per score date, model version and experiment arm": [
+        "score_date", "model_version", "arm", "segment", "pairs", "positives", "base_rate", "realized_roc_auc",
         "expected_roc_auc", "realized_pr_auc", "expected_pr_auc", "realized_brier", "expected_brier"],
     "Feature PSI vs reference": ["time", "metric", "value"],
     "Score PSI vs reference": ["time", "score_psi"],

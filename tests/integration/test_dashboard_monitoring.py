@@ -29,6 +29,11 @@ def monitored(engine: sa.Engine):
                 "insert into monitoring.realized_metrics (score_date, model_version, segment, label_horizon_days,"
                 " pairs, users, positives, base_rate, roc_auc, pr_auc, k, labels_signature) values"
                 " (:d, :v, 'all', 7, 1000, 100, 50, 0.05, 0.8, :pr, 10, 's')"), {"d": d, "v": version, "pr": 0.31 + i / 100})
+        c.execute(sa.text(  # an experiment arm's row of the second date (migration 0200)
+            "insert into monitoring.realized_metrics (score_date, model_version, segment, arm, experiment_id,"
+            " label_horizon_days, pairs, users, positives, base_rate, roc_auc, pr_auc, k, labels_signature) values"
+            " (:d, :v, 'all', 'ui-arm-b', 'ui-exp', 7, 400, 40, 20, 0.05, 0.8, 0.2718, 10, 's')"),
+            {"d": days[1], "v": version})
         c.execute(sa.text(
             "insert into monitoring.metrics (metric_date, kind, name, value, model_version)"
             " values ('2039-04-02', 'ref_feature_psi', 'ui_feature_x', 0.3141, :v)"), {"v": version})
@@ -61,6 +66,7 @@ def test_page_shows_realized_vs_expected_drift_and_alerts(settings, monitored, m
     text = page.text
     assert "Realized vs expected performance" in text and monitored in text
     assert "0.3200" in text and "0.4321" in text  # realized and expected PR-AUC side by side
+    assert "ui-arm-b" in text and "0.2718" in text  # the experiment arm's own row
     assert 'alt="realized vs expected PR-AUC and ROC-AUC"' in text  # the plot
     assert "Drift against the training reference" in text and "ui_feature_x" in text and "0.3141" in text
     assert "Open alerts" in text and "PSI of ui_feature_x is 0.314" in text

@@ -180,3 +180,71 @@ def test_unmatured_date_is_not_evaluated(engine: sa.Engine, settings) -> None:
                              {"d": day}).scalar_one() == 0
     finally:
         cleanup(engine, day)
+
+
+def test_experiment_date_gives_metrics_per_arm_equal_to_sklearn(engine: sa.Engine, settings) -> None:
+    """A date scored by an A/B experiment: one row set per (model version, arm), plus the overall '(all)' rows per
+    model version, each equal to scikit-learn on exactly its joined rows; re-evaluating never duplicates."""
+    from ml import monitor
+
+    settings = settings.model_copy(update={"monitor_top_k": 3})
+    day = dt.date(2041, 5, 20)
+    df = build_fixture(engine, settings, day, seed=11)
+    # users 1-15: arm control (vA), 16-30: arm treatment (vB, other probabilities), 31-40: not enrolled (vA)
+    df["arm"] = np.select([df.user_id <= 15, df.user_id <= 30], ["control", "treatment"], monitor.UNENROLLED)
+    df["model_version"] = np.where(df.arm == "treatment", "vB", "vA")
+    rng = np.random.default_rng(3)
+    treated = df.arm == "treatment"
+    df.loc[treated, "probability"] = np.round(rng.uniform(0.01, 0.99, int(treated.sum())), 2)
+    with engine.begin() as c:
+        c.execute(sa.text("update scoring.runs set params = cast(:p as jsonb) where score_date = :d"), {
+            "d": day, "p": '{"experiment": {"experiment_id": "mon-exp", "arms": []}}'})
+        for r in df.itertuples():
+            c.execute(sa.text(
+                "update scoring.scores set model_version = :m, probability = :p, experiment_id = :e, arm = :a"
+                " where score_date = :d and user_id = :u and product_id = :pr"),
+                {"m": r.model_version, "p": r.probability, "e": None if r.arm == monitor.UNENROLLED else "mon-exp",
+                 "a": None if r.arm == monitor.UNENROLLED else r.arm, "d": day, "u": r.user_id,
+                 "pr": r.product_id})
+    try:
+        ev = monitor.evaluate_date(engine, settings, day)
+        assert ev is not None
+        got = {(m["model_version"], m["arm"], m["segment"]): m for m in ev.metrics}
+        groups = {("vA", "(all)"): df[df.model_version == "vA"], ("vB", "(all)"): df[df.model_version == "vB"],
+                  ("vA", "control"): df[df.arm == "control"], ("vB", "treatment"): df[df.arm == "treatment"],
+                  ("vA", monitor.UNENROLLED): df[df.arm == monitor.UNENROLLED]}
+        assert {k[:2] for k in got} == set(groups)
+        for (model, arm), rows in groups.items():
+            ranked = rows.sort_values(["user_id", "probability", "product_id"], ascending=[True, False, True])
+            published = ranked[(ranked.groupby("user_id").cumcount() < 3) & (ranked.probability >= 0.1)]
+            for seg, seg_rows in (("all", rows), ("published", published)):
+                row = got[(model, arm, seg)]
+                assert row["experiment_id"] == "mon-exp"
+                for name, value in expected(seg_rows, 3).items():
+                    assert row[name] == pytest.approx(value, rel=1e-9, abs=1e-12), (model, arm, seg, name)
+
+        with engine.connect() as c:
+            perf = pd.read_sql_query(sa.text(
+                "select model_version, arm, segment, realized_pr_auc from bi.model_performance where score_date = :d"),
+                c, params={"d": day})
+            tiers = pd.read_sql_query(sa.text(
+                "select arm, tier, pairs from bi.tier_conversion where score_date = :d and model_version = 'vA'"
+                " and segment = 'all'"), c, params={"d": day})
+            bins = c.execute(sa.text(
+                "select arm, sum(pairs) from bi.calibration where score_date = :d and segment = 'all'"
+                " and model_version = 'vA' group by 1"), {"d": day}).all()
+        assert len(perf) == 10 and not perf.duplicated(["model_version", "arm", "segment"]).any()
+        control = df[df.arm == "control"].groupby("tier").size()
+        assert tiers[tiers.arm == "control"].set_index("tier").pairs.to_dict() == control.to_dict()
+        assert {arm: int(n) for arm, n in bins} == {
+            "(all)": int((df.model_version == "vA").sum()), "control": int((df.arm == "control").sum()),
+            monitor.UNENROLLED: int((df.arm == monitor.UNENROLLED).sum())}
+
+        # re-evaluation replaces the date's rows: same keys, no duplicate
+        assert monitor.evaluate_date(engine, settings, day, force=True) is not None
+        with engine.connect() as c:
+            n = c.execute(sa.text("select count(*), count(distinct (model_version, arm, segment))"
+                                  " from monitoring.realized_metrics where score_date = :d"), {"d": day}).one()
+        assert tuple(n) == (10, 10)
+    finally:
+        cleanup(engine, day)

@@ -1,35 +1,15 @@
 """The one alerting path: an alert is a row first, then goes through the webhook notifier (a real local HTTP
-server); the Airflow failure notifier turns a failed task into a task_failure alert row."""
+server: the ``webhook`` fixture of tests/conftest.py); the Airflow failure notifier turns a failed task into a
+task_failure alert row."""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import sqlalchemy as sa
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def webhook():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
-    server.shutdown()
 
 
 def test_alert_row_then_webhook_once(engine: sa.Engine, settings, webhook) -> None:

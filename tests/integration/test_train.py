@@ -339,3 +339,38 @@ def test_a_better_challenger_is_promoted_automatically_over_an_existing_champion
     d = registry.gate_decisions(gen_engine, better.version)[0]
     assert d["action"] == "promote" and not d["manual"] and d["champion_version"] == weak.version
     assert d["challenger_metrics"]["pr_auc"] > d["champion_metrics"]["pr_auc"]
+
+
+def test_a_refused_challenger_raises_an_alert_row_and_calls_the_webhook(
+    trained: dict, gen_engine: sa.Engine, gen_settings: Settings, webhook
+) -> None:
+    """Issue 13, end to end through the training entry point: ``run_training`` (the CLI's and DAG's path) trains a
+    challenger, the gate refuses it (a strict tolerance: it must beat the champion's PR-AUC by 1, which no model
+    can), and that refusal is a ``challenger_refused`` row in ``monitoring.alerts`` and one call of the real
+    webhook notifier on a local HTTP server."""
+    from ml import registry
+    from ml.train import run_training
+
+    champion = registry.champion(gen_engine)
+    assert champion is not None  # the module's run made one; the gate compares against it
+    url, received = webhook
+    strict = gen_settings.model_copy(update={"gate_pr_auc_tolerance": -1.0, "alert_webhook_url": url,
+                                             "alert_notifiers": ["log", "webhook"]})
+    run = run_training(gen_engine, strict, n_trials=0, members=["lightgbm"], data=trained["data"],
+                       dag_run_id="test-refused", write_report=False)
+    try:
+        assert run.status == "rejected" and not run.decision.promote and "PR-AUC" in run.decision.reason
+        assert registry.champion(gen_engine).version == champion.version
+        with gen_engine.connect() as c:
+            rows = c.execute(sa.text(
+                "select kind, severity, subject, model_version, status, notified, message from monitoring.alerts"
+                " where model_version = :v"), {"v": run.version}).mappings().all()
+        assert len(rows) == 1, rows
+        row = rows[0]
+        assert (row["kind"], row["severity"], row["subject"], row["status"]) == (
+            "challenger_refused", "warning", run.version, "open")
+        assert row["notified"] == ["log", "webhook"] and run.decision.reason in row["message"]
+        assert received == [{"text": f"ALERT [warning] challenger_refused {run.version}: {row['message']}"}]
+    finally:
+        with gen_engine.begin() as c:
+            c.execute(sa.text("delete from monitoring.alerts where model_version = :v"), {"v": run.version})
