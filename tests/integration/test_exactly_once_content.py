@@ -30,18 +30,21 @@ def cfg(settings):
                                        "max_null_ratio_category_code": 1.0, "max_null_ratio_brand": 1.0})
 
 
-def _day_csv(tmp: Path, users: int = 25) -> bytes:
-    """One generated day (at least 5 events) as REES46 CSV bytes, with content no other test has (random seed and
-    start)."""
-    while (data := _one_day(tmp, users)).count(b"\n") < 6:
-        pass
+def _day_csv(tmp: Path, users: int = 25, seed: int | None = None) -> bytes:
+    """One generated day (at least 5 events) as REES46 CSV bytes: the first of the days of seeds ``seed``,
+    ``seed + 1``, ... with 5 events or more (a reproducible day); by default (no seed) a random one no other test
+    has."""
+    seed = uuid.uuid4().int % 10**9 if seed is None else seed
+    while (data := _one_day(tmp, users, seed)).count(b"\n") < 6:
+        seed += 1
     return data
 
 
-def _one_day(tmp: Path, users: int) -> bytes:
-    seed = uuid.uuid4().int % 10**9
+def _one_day(tmp: Path, users: int, seed: int) -> bytes:
     start = dt.date(2000, 1, 1) + dt.timedelta(days=seed % 6000)
     df = generate_events(GeneratorConfig(start=start, days=1, n_users=users, n_products=60, seed=seed))
+    if df.empty:  # a tiny config can draw no session at all
+        return b""
     out = tmp / f"gen{seed}"
     (path,) = write_daily_files(df, out, formats=("csv",))
     return Path(path).read_bytes()
@@ -146,22 +149,34 @@ def test_events_already_loaded_from_another_file_are_counted(cfg, engine, tmp_pa
     assert dup["failing_count"] == 10 and dup["severity"] == "warning" and not dup["success"]
 
 
-@hsettings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(encodings=st.lists(
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**9), encodings=st.lists(
     st.tuples(st.sampled_from([b"\n", b"\r\n"]), st.one_of(st.none(), st.integers(0, 10**6)),
               st.sampled_from(["csv", "parquet"]), st.booleans()),
     min_size=2, max_size=4))
-def test_any_reencoding_of_a_day_loads_at_most_once(cfg, engine, tmp_path, encodings) -> None:
-    data = _day_csv(tmp_path, users=12)
+def test_any_reencoding_of_a_day_loads_at_most_once(cfg, engine, tmp_path, seed, encodings) -> None:
+    """Every example is reproducible (its day comes from the drawn ``seed``, its file names from their position)
+    and leaves no state for the next one (its files' rows are deleted at the end), so a replayed or shrunk example
+    loads its day afresh. (The day used to come from a random uuid: a failure could not be replayed, and one day
+    in about 36 had no session, which crashed the generator; hypothesis reported both as flaky.)"""
+    data = _day_csv(tmp_path, users=12, seed=seed)
     n = data.count(b"\n") - 1
     landing = _landing(cfg)
     before = _events(engine)
     for i, (nl, shuffle, fmt, gz) in enumerate(encodings):
         body, suffix = _encode(data, newline=nl, shuffle=shuffle, fmt=fmt, gz=gz)
-        (landing / f"events_{uuid.uuid4().hex[:6]}_{i}{suffix}").write_bytes(body)
-    results = ingest_files(discover_files(cfg), cfg, engine)
-    loaded = [r for r in results if r.status == "loaded"]
-    assert len(loaded) == 1, [(r.file_name, r.status, r.failed_rules) for r in results]
-    assert all(r.status in ("duplicate", "quarantined") for r in results if r not in loaded)
-    assert all(r.failed_rules == ["duplicate_delivery"] for r in results if r.status == "quarantined")
-    assert _events(engine) - before == n
+        (landing / f"events_prop_{i}{suffix}").write_bytes(body)
+    try:
+        results = ingest_files(discover_files(cfg), cfg, engine)
+        loaded = [r for r in results if r.status == "loaded"]
+        assert len(loaded) == 1, [(r.file_name, r.status, r.failed_rules) for r in results]
+        assert all(r.status in ("duplicate", "quarantined") for r in results if r not in loaded)
+        assert all(r.failed_rules == ["duplicate_delivery"] for r in results if r.status == "quarantined")
+        assert _events(engine) - before == n
+    finally:
+        for p in landing.glob("events_prop_*"):
+            p.unlink()
+        with engine.begin() as c:
+            c.execute(sa.text("delete from raw.events where file_id in (select file_id from raw.ingested_files"
+                              " where file_name like 'events\\_prop\\_%')"))
+            c.execute(sa.text("delete from raw.ingested_files where file_name like 'events\\_prop\\_%'"))
