@@ -27,19 +27,22 @@ def winner_of(conn: sa.Connection, run_id: str) -> Any:
 
 
 def lost_error(engine: Engine | sa.Connection, run_id: str) -> RunSuperseded | None:
-    """The error (a ScoringError) of a run that lost to another run of its date (one line naming both runs, the date and when
-    the winner started), or None if it did not lose. Never raises: a database that cannot answer gives None (the
-    caller's own error stands)."""
-    try:
-        if isinstance(engine, sa.Connection):
-            row = winner_of(engine, run_id)
-        else:
+    """The error (a ScoringError) of a run that lost to another run of its date (one line naming both runs, the date
+    and when the winner started), or None if it did not lose.
+
+    With an engine it never raises: a database that cannot answer gives None (the caller's own error stands). With a
+    connection (the caller's transaction) a database error propagates, so the caller's transaction handling sees it.
+    """
+    if isinstance(engine, sa.Connection):
+        row = winner_of(engine, run_id)
+    else:
+        try:
             with engine.connect() as conn:
                 row = winner_of(conn, run_id)
-    except sa.exc.SQLAlchemyError:
-        return None
+        except sa.exc.SQLAlchemyError:
+            return None
     if row is None:
         return None
     started = row.started_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if row.started_at else "?"
     return RunSuperseded(f"scoring run {run_id} of score_date {row.score_date} lost to run {row.run_id} (started "
-                        f"{started}, {row.status}): another run of this date won; nothing of this run was kept")
+                         f"{started}, {row.status}): another run of this date won; nothing of this run was kept")
