@@ -303,7 +303,8 @@ def run_scoring(
         return finalize_run(engine, settings, plan.run_id)
     except BaseException as e:
         # issue 15: the losing side of two runs of one date says which run won (whatever step noticed it)
-        lost = lost_error(engine, plan.run_id) if isinstance(e, Exception) and not isinstance(e, RunSuperseded) else None
+        race = isinstance(e, Exception) and not isinstance(e, RunSuperseded)
+        lost = lost_error(engine, plan.run_id) if race else None
         if lost is not None:
             raise lost from e
         fail_run(engine, plan.run_id, f"{type(e).__name__}: {e}")

@@ -4,8 +4,8 @@ The newest run of a date wins. A plan drops the stage tables of the date's earli
 (``abandoned: superseded ...``, :func:`ml.score.plan.cleanup_stages`); a swap refuses to replace the partition of a
 run of the date that started later and already succeeded (two plans that did not see each other). The losing side
 can notice at any step (its bucket finds the run failed or its stage gone mid-COPY; its finalize finds the run failed,
-or the stage gone during the checks or the swap) and then raises :func:`lost_error`'s :class:`~ml.errors.RunSuperseded` (a ScoringError) instead of the raw
-database error it ran into.
+or the stage gone during the checks or the swap) and then raises :func:`lost_error`'s
+:class:`~ml.errors.RunSuperseded` (a ScoringError) instead of the raw database error it ran into.
 """
 
 from __future__ import annotations
