@@ -623,6 +623,23 @@ def retention_cmd(
             typer.echo(f"{key}: {value:,.1f}")
 
 
+@app.command("backfill-fingerprints")
+def backfill_fingerprints_cmd(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many files (default: all).")] = None,
+) -> None:
+    """Compute the content fingerprint of every loaded file that has none (loaded before migration 0141) from its
+    rows in raw.events, so a re-delivery of it with other bytes is caught as a duplicate delivery; report files
+    loaded twice. The weekly `maintenance` DAG runs the same function."""
+    from ml.fingerprints import backfill_fingerprints
+
+    s = settings()
+    out = backfill_fingerprints(pg_engine(s), limit=limit)
+    for o in out:
+        typer.echo(o.line())
+    counts = {st: sum(o.status == st for o in out) for st in ("filled", "incomplete", "duplicate")}
+    typer.echo("content fingerprints: " + ", ".join(f"{n} {st}" for st, n in counts.items()))
+
+
 # --- monitoring: realized performance, drift vs reference, freshness, alerts (issue 13) -----------------------------
 monitor_app = typer.Typer(help="Realized performance, drift against the training reference, freshness and alerts.",
                           no_args_is_help=True)

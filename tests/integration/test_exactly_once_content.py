@@ -180,3 +180,63 @@ def test_any_reencoding_of_a_day_loads_at_most_once(cfg, engine, tmp_path, seed,
             c.execute(sa.text("delete from raw.events where file_id in (select file_id from raw.ingested_files"
                               " where file_name like 'events\\_prop\\_%')"))
             c.execute(sa.text("delete from raw.ingested_files where file_name like 'events\\_prop\\_%'"))
+
+
+def _forget_fingerprint(engine, file_id: int) -> str:
+    """Make a loaded file look loaded before migration 0141 (no content fingerprint); returns the one it had."""
+    with engine.begin() as c:
+        had = c.execute(sa.text("select content_sha256 from raw.ingested_files where file_id = :f"),
+                        {"f": file_id}).scalar_one()
+        c.execute(sa.text("update raw.ingested_files set content_sha256 = null where file_id = :f"), {"f": file_id})
+    assert had
+    return had
+
+
+def test_a_file_loaded_before_fingerprints_existed_gets_the_same_one_from_its_rows(cfg, engine, tmp_path) -> None:
+    """The backfill recomputes a file's fingerprint from its rows in raw.events: exactly the one ingest computed from
+    its bytes. Two old files holding the same events (a re-delivery loaded twice before 0141) are reported."""
+    from ml.fingerprints import backfill_fingerprints
+
+    data = _day_csv(tmp_path)
+    landing = _landing(cfg)
+    (landing / "events_old.csv").write_bytes(data)
+    (r,) = ingest_files(discover_files(cfg), cfg, engine)
+    had = _forget_fingerprint(engine, r.file_id)
+    with engine.begin() as c:  # a second copy of the same events under another file, as loaded twice before 0141
+        twin = c.execute(sa.text(
+            "insert into raw.ingested_files (file_name, file_uri, checksum_sha256, file_format, row_count,"
+            " min_event_time, max_event_time) select 'events_old_crlf.csv', file_uri || '.crlf', checksum_sha256"
+            " || 'x', file_format, row_count, min_event_time, max_event_time from raw.ingested_files"
+            " where file_id = :f returning file_id"), {"f": r.file_id}).scalar_one()
+        c.execute(sa.text("insert into raw.events select event_time, event_type, product_id, category_id,"
+                          " category_code, brand, price, user_id, user_session, :t, line_no from raw.events"
+                          " where file_id = :f"), {"f": r.file_id, "t": twin})
+    with engine.connect() as c:
+        lo, hi = c.execute(sa.text("select min_event_time, max_event_time from raw.ingested_files where file_id = :f"),
+                           {"f": r.file_id}).one()
+    out = {o.file_id: o for o in backfill_fingerprints(engine, lo=lo, hi=hi)}
+    assert out[r.file_id].status == "filled" and out[r.file_id].content_sha256 == had
+    assert out[twin].status == "duplicate" and out[twin].same_as == (r.file_id, "events_old.csv")
+    assert "loaded twice" in out[twin].line()
+    assert backfill_fingerprints(engine, lo=lo, hi=hi) == [out[twin]]  # the filled one is not looked at again
+    with engine.begin() as c:
+        c.execute(sa.text("delete from raw.events where file_id = :t"), {"t": twin})
+        c.execute(sa.text("delete from raw.ingested_files where file_id = :t"), {"t": twin})
+
+
+def test_a_crlf_redelivery_of_a_file_loaded_before_fingerprints_existed_is_caught(cfg, engine, tmp_path) -> None:
+    """Issue 15: a file recorded without a fingerprint (loaded before migration 0141), then its CRLF re-encoding:
+    ingest fills the old file's fingerprint first and quarantines the re-delivery as a duplicate delivery."""
+    data = _day_csv(tmp_path)
+    landing = _landing(cfg)
+    (landing / "events_pre0141.csv").write_bytes(data)
+    (first,) = ingest_files(discover_files(cfg), cfg, engine)
+    assert first.status == "loaded"
+    _forget_fingerprint(engine, first.file_id)
+    before = _events(engine)
+    crlf, _ = _encode(data, newline=b"\r\n")
+    (landing / "events_pre0141_resent.csv").write_bytes(crlf)
+    (r,) = ingest_files(discover_files(cfg), cfg, engine)
+    assert r.status == "quarantined" and r.failed_rules == ["duplicate_delivery"], r.message
+    assert f"file_id {first.file_id} (events_pre0141.csv)" in r.failures[0]
+    assert _events(engine) == before
