@@ -97,7 +97,7 @@ def test_sigkill_mid_score_swap_leaves_the_old_partition_and_the_next_run_succee
 
 # --- two scoring runs of one date at once ----------------------------------------------------------------------------
 _LOST = r"^error: scoring run (\d{8}_[0-9a-f]{12}) of score_date (\S+) lost to run (\d{8}_[0-9a-f]{12}) \(started [^)]*, " \
-        r"succeeded\): another run of this date won; nothing of this run was kept$"
+        r"(running|succeeded)\): another run of this date won; nothing of this run was kept$"
 
 # Run A (the CLI, in its own process) stops at one step of its run (after bucket 0 / before finalize / before the
 # swap), lets the test start run B of the same date, waits until B has succeeded, then goes on.
@@ -184,7 +184,7 @@ def test_the_losing_side_of_two_concurrent_runs_says_which_run_won(world, wengin
     m = re.match(_LOST, lines[0])
     assert m, lines[0]
     run_a, run_b = m.group(1), m.group(3)
-    assert m.group(2) == day and run_a == go.read_text()
+    assert m.group(2) == day and run_a == go.read_text() and m.group(4) == "succeeded"
     runs = _runs(wengine, dt.date.fromisoformat(day))
     assert runs[run_b][0] == "succeeded" and runs[run_a][0] == "failed"
     assert {r[-1] for r in fetch(wengine, dt.date.fromisoformat(day))} == {run_b}  # nothing of A was kept
