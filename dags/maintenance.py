@@ -1,17 +1,21 @@
 """
 ### maintenance
 
-Weekly housekeeping (Sunday 03:30 UTC): retention of scores, events and archived models' files
-(`ml.retention.apply_retention`; CLI equivalent: `propensity retention`).
+Weekly housekeeping (Sunday 03:30 UTC): content fingerprints of old files, then retention of scores, events and
+archived models' files (`ml.retention.apply_retention`; CLI equivalent: `propensity retention`).
 
-1. **retention**: drops `scoring.scores` partitions older than `retention_scores_days` (default 90) and `raw.events`
+1. **fingerprints**: the content fingerprint of every loaded file that has none (loaded before migration 0141),
+   recomputed from its rows in raw.events (`ml.fingerprints.backfill_fingerprints`; CLI equivalent:
+   `propensity backfill-fingerprints`), before retention trims any of those rows, so a re-delivery of such a file
+   with other bytes is caught as a duplicate delivery; files loaded twice are logged. Skipped on a dry run.
+2. **retention**: drops `scoring.scores` partitions older than `retention_scores_days` (default 90) and `raw.events`
    day partitions older than `retention_events_days` (default 400), and removes the artifacts folder, HTML report and
    Optuna studies of archived model versions beyond the newest `retention_keep_archived_models` (default 5). It never
    drops the score dates Redis serves or would roll back to, score dates inside the monitoring horizon or not yet
    evaluated, data from the start of an unfinished experiment, or events inside the champion's training window
    and the next night's feature lookback. The task log lists what was freed (bytes, rows, files, studies) and
    every protection that limited it; the returned XCom is that summary.
-2. **footprint**: logs bytes per scored pair and per raw event (for capacity planning, docs/operations.md).
+3. **footprint**: logs bytes per scored pair and per raw event (for capacity planning, docs/operations.md).
 
 **Manual runs** (Trigger DAG w/ config): `dry_run` (report only), `scores_days`, `events_days`,
 `keep_archived_models` (override the settings for this run).
@@ -50,6 +54,17 @@ log = logging.getLogger(__name__)
 )  # fmt: skip
 def maintenance() -> None:
     @task
+    def fingerprints() -> dict[str, int]:
+        from ml.fingerprints import backfill_fingerprints
+
+        if get_current_context()["params"].get("dry_run"):
+            log.info("dry run: content fingerprints not backfilled")
+            return {}
+        with task_resources() as res:
+            out = backfill_fingerprints(res.engine)
+        return {st: sum(o.status == st for o in out) for st in ("filled", "incomplete", "duplicate")}
+
+    @task
     def retention() -> dict[str, Any]:
         from ml.retention import apply_retention
 
@@ -75,7 +90,9 @@ def maintenance() -> None:
             log.info("%s: %s", key, f"{value:,.1f}")
         return figures
 
-    footprint(retention())
+    kept = retention()
+    fingerprints() >> kept
+    footprint(kept)
 
 
 maintenance_dag = maintenance()

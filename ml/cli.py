@@ -193,8 +193,10 @@ def demo(
     users: Annotated[int, typer.Option(help="Generated users.")] = 3000,
     products: Annotated[int, typer.Option(help="Generated products.")] = 1500,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
-    port: Annotated[int, typer.Option(help="Airflow api-server (UI) port.")] = 8080,
-    api_port: Annotated[int, typer.Option(help="Port of the lookup API started for the sample lookup.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Airflow api-server (UI) port.")] = 8080,
+    api_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the lookup API started for the sample lookup.")
+    ] = 8000,
     keep_ui: Annotated[bool, typer.Option("--keep-ui", help="Leave Airflow running after the demo.")] = False,
     trials: Annotated[int, typer.Option(min=0, help="Optuna trials per ensemble member in the demo's training run "
                                                "(the weekly default is settings.n_trials, 12).")] = 4,
@@ -210,7 +212,7 @@ def demo(
 
 
 @airflow_app.command("up")
-def airflow_up(port: Annotated[int, typer.Option(help="api-server (UI) port.")] = 8080) -> None:
+def airflow_up(port: Annotated[int, typer.Option(min=1, max=65535, help="api-server (UI) port.")] = 8080) -> None:
     """Migrate Airflow's metadata DB and start scheduler, dag-processor and api-server in the background."""
     from ml.dev.local_airflow import local_airflow
 
@@ -243,8 +245,10 @@ def airflow_env() -> None:
 # --- training and the model registry (ml.train, ml.registry) -----------------------------------------------------
 @app.command()
 def train(
-    n_trials: Annotated[int | None, typer.Option(help="Optuna trials per member (default: settings.n_trials).")] = None,
-    timeout: Annotated[int | None, typer.Option(help="Tuning time budget per member, seconds.")] = None,
+    n_trials: Annotated[
+        int | None, typer.Option(min=0, help="Optuna trials per member (default: settings.n_trials).")
+    ] = None,
+    timeout: Annotated[int | None, typer.Option(min=1, help="Tuning time budget per member, seconds.")] = None,
     as_of: Annotated[str | None, typer.Option(help="Use snapshots labelled before this date, YYYY-MM-DD (UTC).")] = None,
     members: Annotated[
         str | None, typer.Option(help="Comma-separated members (catboost,xgboost,lightgbm,random_forest).")
@@ -299,7 +303,7 @@ def rollback_model(reason: Annotated[str, typer.Option(help="Why (stored in ml.g
 
 @app.command()
 def models(
-    limit: Annotated[int, typer.Option(help="How many versions to list, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many versions to list, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List registered model versions with status and holdout metrics."""
@@ -329,9 +333,12 @@ app.add_typer(api_key_app, name="api-key")
 @app.command()
 def publish(
     score_date: Annotated[str, typer.Option("--score-date", help="Score date to publish, YYYY-MM-DD (UTC).")],
-    top_n: Annotated[int | None, typer.Option(help="Hot products per user (default: settings.publish_top_n).")] = None,
+    top_n: Annotated[
+        int | None, typer.Option(min=1, help="Hot products per user (default: settings.publish_top_n).")
+    ] = None,
     min_probability: Annotated[
-        float | None, typer.Option(help="Probability floor (default: settings.publish_min_probability).")
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Probability floor (default: settings.publish_min_probability)."),
     ] = None,
     allow_older: Annotated[
         bool, typer.Option("--allow-older", help="Serve a score date older than the served one (recorded).")
@@ -360,7 +367,7 @@ def publish(
 @app.command("rollback-scores")
 def rollback_scores(
     to_version: Annotated[
-        int | None, typer.Option(help="Version id to serve (default: the one served before the current one).")
+        int | None, typer.Option(min=1, help="Version id to serve (default: the one served before the current one).")
     ] = None,
 ) -> None:
     """Flip the Redis pointer back to the previously served version (one SET; readers never see a mix)."""
@@ -402,8 +409,10 @@ def cleanup_scores() -> None:
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in a container).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes (metrics are aggregated across them).")] = 1,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="uvicorn worker processes (metrics are aggregated across them).")
+    ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log one line per request (costs throughput).")] = True,
 ) -> None:
     """Run the lookup API (FastAPI under uvicorn). It reads Redis only: the embedded Redis unless
@@ -636,6 +645,23 @@ def retention_cmd(
             typer.echo(f"{key}: {value:,.1f}")
 
 
+@app.command("backfill-fingerprints")
+def backfill_fingerprints_cmd(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many files (default: all).")] = None,
+) -> None:
+    """Compute the content fingerprint of every loaded file that has none (loaded before migration 0141) from its
+    rows in raw.events, so a re-delivery of it with other bytes is caught as a duplicate delivery; report files
+    loaded twice. The weekly `maintenance` DAG runs the same function."""
+    from ml.fingerprints import backfill_fingerprints
+
+    s = settings()
+    out = backfill_fingerprints(pg_engine(s), limit=limit)
+    for o in out:
+        typer.echo(o.line())
+    counts = {st: sum(o.status == st for o in out) for st in ("filled", "incomplete", "duplicate")}
+    typer.echo("content fingerprints: " + ", ".join(f"{n} {st}" for st, n in counts.items()))
+
+
 # --- monitoring: realized performance, drift vs reference, freshness, alerts (issue 13) -----------------------------
 monitor_app = typer.Typer(help="Realized performance, drift against the training reference, freshness and alerts.",
                           no_args_is_help=True)
@@ -699,7 +725,7 @@ def monitor_freshness(
 
 @monitor_app.command("alerts")
 def monitor_alerts(
-    limit: Annotated[int, typer.Option(help="Most alerts to show.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Most alerts to show.")] = 50,
 ) -> None:
     """The open alerts (monitoring.alerts), newest first."""
     from ml.alerts import open_alerts

@@ -49,3 +49,8 @@ class FreshnessError(PipelineError):
 class ExperimentError(PipelineError):
     """An A/B experiment's configuration or lifecycle action is invalid (issue 14): the message names the
     experiment, the field and the rule."""
+
+
+class RunSuperseded(ScoringError):
+    """A scoring run lost to another run of its score date (issue 15): the message names both runs; nothing of the
+    losing run was kept (:mod:`ml.score.race`)."""

@@ -771,6 +771,9 @@ def _content_rules(engine: Engine, report: ValidationReport, table: pa.Table, na
     from ml.validation_report import RuleResult
 
     content = content_fingerprint(table)
+    from ml.fingerprints import backfill_fingerprints  # files loaded before 0141 that this one could repeat
+
+    backfill_fingerprints(engine, lo=report.min_event_time, hi=report.max_event_time)
     holder = find_by_content(engine, content)
     if holder is not None and find_ingested(engine, checksum) == holder[0]:
         return content, None  # these very bytes were loaded by a concurrent run: the load is a no-op

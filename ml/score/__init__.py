@@ -28,7 +28,8 @@ Errors raise :class:`ml.errors.ScoringError` naming the run, the date and the bu
 Modules: :mod:`~ml.score.records` (the run's records: BatchSpec, RunPlan, BatchResult, CheckResult, RunSummary,
 ScoredBlock), :mod:`~ml.score.tables` (table names; the statements of ``sql/scoring/``), :mod:`~ml.score.plan`
 (step 1 and the model), :mod:`~ml.score.batch` (step 2), :mod:`~ml.score.encode` (the binary COPY rows),
-:mod:`~ml.score.finalize` (step 3 and :func:`run_scoring`, the whole run in one process).
+:mod:`~ml.score.finalize` (step 3 and :func:`run_scoring`, the whole run in one process), :mod:`~ml.score.race`
+(two runs of one date at once: which one won).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ml.pgcopy import COPY_HEADER, COPY_TRAILER, connect
 from ml.score.arms import RunArm, RunArms
 from ml.score.encode import SCORE_COLUMNS, encode_sample_rows, encode_score_rows
 from ml.score.plan import load_model, run_row
+from ml.score.race import lost_error
 from ml.score.records import BatchResult, BatchSpec, ScoredBlock, format_timings
 from ml.score.tables import scoring_table, sql_text
 from ml.settings import Settings
@@ -190,7 +191,7 @@ def score_batch(
         if run is None:
             raise ScoringError(f"{what}: no such run in scoring.runs")
         if run.status != "running":
-            raise ScoringError(f"{what}: the run is {run.status}; plan a new run")
+            raise lost_error(conn, spec.run_id) or ScoringError(f"{what}: the run is {run.status}; plan a new run")
         prev = conn.execute(sa.text(sql_text("batch_start")),
                             {"run_id": spec.run_id, "bucket": spec.bucket}).one_or_none()
     if prev is None:
@@ -274,7 +275,8 @@ def score_batch(
         _mark_batch_failed(engine, spec, e)
         if isinstance(e, ScoringError):
             raise
-        raise ScoringError(f"{what} failed: {type(e).__name__}: {e}") from e
+        # issue 15: a newer run of the date dropped this run's stage under it (mid-COPY): say who won, not the raw error
+        raise (lost_error(engine, spec.run_id) or ScoringError(f"{what} failed: {type(e).__name__}: {e}")) from e
     progress.finish()
     result = BatchResult(spec.run_id, spec.bucket, rows, time.perf_counter() - t0, timings, max_residual)
     log.info("%s: %s pairs in %.1fs (%s pairs/s); %s", what, f"{rows:,}", result.seconds,

@@ -14,12 +14,13 @@ import sqlalchemy as sa
 from psycopg import sql as psql
 from sqlalchemy.engine import Engine
 
-from ml.errors import ScoringError
+from ml.errors import RunSuperseded, ScoringError
 from ml.jsonutil import dumps, to_jsonable
 from ml.pgcopy import pg_days
 from ml.score.arms import RunArms
 from ml.score.batch import score_batch
 from ml.score.plan import load_model, plan_run, run_row
+from ml.score.race import lost_error
 from ml.score.records import CheckResult, RunSummary
 from ml.score.tables import partition_name, scoring_table, sql_text
 from ml.settings import Settings
@@ -167,7 +168,8 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
             log.info("scoring run %s is already finalized", run_id)
             return RunSummary.from_dict(run.summary)
         if run.status != "running":
-            raise ScoringError(f"scoring run {run_id} (score_date {run.score_date}) is {run.status}; plan a new run")
+            raise lost_error(conn, run_id) or ScoringError(
+                f"scoring run {run_id} (score_date {run.score_date}) is {run.status}; plan a new run")
         batches = conn.execute(sa.text(sql_text("finalize_batches")), {"run_id": run_id}).all()
     day = run.score_date
     what = f"scoring run {run_id} (score_date {day})"
@@ -175,16 +177,22 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
     if unfinished:
         msg = f"{what}: bucket(s) {unfinished} did not succeed; nothing was swapped"
         fail_run(engine, run_id, msg)
-        raise ScoringError(msg)
+        raise lost_error(engine, run_id) or ScoringError(msg)
     t = time.perf_counter()
-    checks = check_stage(engine, settings, run_id)
+    try:
+        checks = check_stage(engine, settings, run_id)
+    except Exception as e:  # issue 15: a newer run of the date dropped the stage under the checks
+        lost = lost_error(engine, run_id) if not isinstance(e, RunSuperseded) else None
+        if lost is None:
+            raise
+        raise lost from e
     check_s = time.perf_counter() - t
     failed = [c for c in checks if not c.success]
     if failed:
         msg = f"{what}: output checks failed, partition not swapped: " + "; ".join(
             f"{c.rule} (observed {c.observed}, expected {c.expected})" for c in failed)
         fail_run(engine, run_id, msg)
-        raise ScoringError(msg)
+        raise lost_error(engine, run_id) or ScoringError(msg)
     timings: dict[str, float] = {"plan": float((run.timings or {}).get("plan", 0.0))}
     for b in batches:
         for key, value in (b.timings or {}).items():
@@ -193,12 +201,18 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
     scored = sum(int(b.scored_pairs or 0) for b in batches)
     _shrink_guard(engine, settings, run_id, day, scored, what)
     stage, part = run.stage_table, partition_name(day)
-    with engine.connect() as conn:
-        tiers, reasons, arms = _stage_facts(conn, stage)
+    try:
+        with engine.connect() as conn:
+            tiers, reasons, arms = _stage_facts(conn, stage)
+    except sa.exc.DBAPIError as e:  # the stage was dropped by a newer run's plan
+        raise (lost_error(engine, run_id) or ScoringError(f"{what}: reading the stage failed: {e.orig}")) from e
     t = time.perf_counter()
     try:
         with engine.begin() as conn:
             replaced = _swap_partition(conn, settings, stage, part, day)
+            lost = lost_error(conn, run_id)  # under the day's swap lock: a newer run of the date swapped in already
+            if lost is not None:
+                raise lost  # rolls the swap back: the newer run's partition stays
             conn.execute(sa.text(sql_text("finalize_delete_samples")), {"score_date": day, "run_id": run_id})
             timings["swap"] = round(time.perf_counter() - t, 4)
             wall = float(conn.execute(sa.text(sql_text("finalize_wall_seconds")), {"run_id": run_id}).scalar_one())
@@ -208,8 +222,12 @@ def finalize_run(engine: Engine, settings: Settings, run_id: str) -> RunSummary:
             conn.execute(sa.text(sql_text("finalize_succeeded")),
                          {"scored_pairs": scored, "timings": dumps(timings), "summary": dumps(summary.as_dict()),
                           "run_id": run_id})
+    except RunSuperseded as e:
+        fail_run(engine, run_id, e)
+        raise
     except sa.exc.DBAPIError as e:
-        raise ScoringError(f"{what}: partition swap failed (the previous partition is intact): {e.orig}") from e
+        raise (lost_error(engine, run_id)
+               or ScoringError(f"{what}: partition swap failed (the previous partition is intact): {e.orig}")) from e
     from ml.features import drop_item_stats
 
     drop_item_stats(engine, run_id)  # the run's feature statistics cache is no longer needed
@@ -284,15 +302,10 @@ def run_scoring(
             score_batch(engine, settings, batch, ensemble=ens)
         return finalize_run(engine, settings, plan.run_id)
     except BaseException as e:
-        try:  # issue 15: the losing side of two runs of one date says so
-            with engine.connect() as conn:
-                lost = conn.execute(sa.text("select error from scoring.runs where run_id = :r and status = 'failed'"
-                                            " and error like 'abandoned: superseded%'"), {"r": plan.run_id}).scalar()
-        except sa.exc.SQLAlchemyError:
-            lost = None
-        if lost and isinstance(e, Exception):
-            raise ScoringError(f"scoring run {plan.run_id} of score_date {plan.score_date} lost: another run of this "
-                               "date started later and superseded it (the newer run wins); nothing of this run was "
-                               "swapped in") from e
+        # issue 15: the losing side of two runs of one date says which run won (whatever step noticed it)
+        race = isinstance(e, Exception) and not isinstance(e, RunSuperseded)
+        lost = lost_error(engine, plan.run_id) if race else None
+        if lost is not None:
+            raise lost from e
         fail_run(engine, plan.run_id, f"{type(e).__name__}: {e}")
         raise

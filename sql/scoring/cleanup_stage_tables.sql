@@ -6,3 +6,4 @@ join pg_namespace as n on n.oid = c.relnamespace
 where n.nspname = 'scoring'
   and c.relkind = 'r'
   and c.relname like 'scores\_stage\_%'
+order by c.relname  -- one order: two concurrent plans drop the same stages without a deadlock

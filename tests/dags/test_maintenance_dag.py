@@ -21,7 +21,7 @@ def test_maintenance_dry_run_reports_and_changes_nothing(airflow_db, airflow_con
     run = dag.test(run_conf={"dry_run": True, "scores_days": 0, "events_days": 0})
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert run.state == "success", states
-    assert states == {"retention": "success", "footprint": "success"}
+    assert states == {"fingerprints": "success", "retention": "success", "footprint": "success"}
     assert parts() == before
 
 

@@ -42,6 +42,24 @@ def one_line(p: subprocess.CompletedProcess) -> str:
         (["requeue"], "Missing argument"),
         (["promote"], "give either VERSION or --previous"),
         (["generate", "--format", "xml"], "--format must be csv, parquet or both"),
+        # 0, negative and out-of-range numbers are refused before anything starts (a bad --port started a whole
+        # Airflow; --workers 0 a server; --limit -3 reached PostgreSQL's LIMIT)
+        (["models", "--limit", "0"], "'--limit': Input should be greater than or equal to 1"),
+        (["models", "--limit", "-3"], "'--limit': Input should be greater than or equal to 1"),
+        (["monitor", "alerts", "--limit", "-1"], "'--limit': Input should be greater than or equal to 1"),
+        (["train", "--n-trials", "-1"], "'--n-trials': Input should be greater than or equal to 0"),
+        (["train", "--timeout", "0"], "'--timeout': Input should be greater than or equal to 1"),
+        (["publish", "--score-date", "2019-11-01", "--top-n", "0"], "'--top-n'"),
+        (["publish", "--score-date", "2019-11-01", "--min-probability", "2"], "'--min-probability'"),
+        (["publish", "--score-date", "2019-11-01", "--min-probability", "nan"], "'--min-probability'"),
+        (["rollback-scores", "--to-version", "0"], "'--to-version'"),
+        (["demo", "--port", "70000"], "'--port': Input should be less than or equal to 65535"),
+        (["demo", "--api-port", "0"], "'--api-port'"),
+        (["airflow", "up", "--port", "0"], "'--port'"),
+        (["api", "--port", "-1"], "'--port'"),
+        (["api", "--workers", "0"], "'--workers'"),
+        (["backfill-fingerprints", "--limit", "0"], "'--limit'"),
+        (["score", "--score-date", "2019-11-01", "--buckets", "abc"], "'--buckets'"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(settings, args: list[str], expect: str) -> None:

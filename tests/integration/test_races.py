@@ -1,7 +1,8 @@
 """Issue 15 (5): regression tests for what held, as real processes on real services: concurrent ingest of one
-landing folder, SIGKILL mid-score (inside the swap transaction), a publisher SIGKILLed while holding the publish
-lock (its lock expires, the next publish takes over and marks its row failed). Kill -9 mid-ingest is in
-test_ingest.py; Redis dropped mid-publish in test_publish.py."""
+landing folder, SIGKILL mid-score (inside the swap transaction), two scoring runs of one date at once (the losing
+side says which run won, at each step it can notice), a publisher SIGKILLed while holding the publish lock (its lock
+expires, the next publish takes over and marks its row failed). Kill -9 mid-ingest is in test_ingest.py; Redis
+dropped mid-publish in test_publish.py; a Postgres restart mid-score in test_pg_restart.py."""
 
 from __future__ import annotations
 
@@ -92,6 +93,129 @@ def test_sigkill_mid_score_swap_leaves_the_old_partition_and_the_next_run_succee
     after = run_scoring(wengine, world.settings(), day, n_buckets=2)
     rows = fetch(wengine, day)
     assert [r[:-1] for r in rows] == [r[:-1] for r in before] and {r[-1] for r in rows} == {after.run_id}
+
+
+# --- two scoring runs of one date at once ----------------------------------------------------------------------------
+_LOST = r"^error: scoring run (\d{8}_[0-9a-f]{12}) of score_date (\S+) lost to run (\d{8}_[0-9a-f]{12}) \(started [^)]*, " \
+        r"(running|succeeded)\): another run of this date won; nothing of this run was kept$"
+
+# Run A (the CLI, in its own process) stops at one step of its run (after bucket 0 / before finalize / before the
+# swap), lets the test start run B of the same date, waits until B has succeeded, then goes on.
+_RUN_A = """
+import datetime as dt, pathlib, sys, time
+import sqlalchemy as sa
+import ml.score.finalize as F
+from ml.db import make_engine
+
+engine = make_engine({url!r})
+phase, go = {phase!r}, pathlib.Path({go!r})
+
+def wait_for_b(run_id):
+    go.write_text(run_id)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        with engine.connect() as c:
+            if c.execute(sa.text("select exists(select 1 from scoring.runs as b join scoring.runs as a"
+                                 " on a.run_id = :a and b.score_date = a.score_date and b.run_id <> a.run_id"
+                                 " and b.status = 'succeeded')"), {{"a": run_id}}).scalar():
+                return
+        time.sleep(0.2)
+    sys.exit("run B never succeeded")
+
+real_batch, real_finalize, real_facts = F.score_batch, F.finalize_run, F._stage_facts
+def score_batch(engine_, settings, batch, **kw):
+    out = real_batch(engine_, settings, batch, **kw)
+    if phase == "bucket" and batch.bucket == 0:
+        wait_for_b(batch.run_id)
+    return out
+def finalize_run(engine_, settings, run_id):
+    if phase == "finalize":
+        wait_for_b(run_id)
+    return real_finalize(engine_, settings, run_id)
+def stage_facts(conn, stage):
+    if phase == "swap":
+        wait_for_b(stage[len("scores_stage_"):])
+    return real_facts(conn, stage)
+F.score_batch, F.finalize_run, F._stage_facts = score_batch, finalize_run, stage_facts
+
+from ml.cli import main
+main(["score", "--score-date", {day!r}, "--buckets", "2", "--no-drift"])
+"""
+
+
+def _world_env(world) -> dict[str, str]:  # noqa: ANN001
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PROPENSITY_POSTGRES_URL": world.url,
+            "PROPENSITY_STATE_DIR": str(world.state_dir), "PROPENSITY_DEBUG": ""}
+
+
+def _runs(engine, day) -> dict[str, tuple[str, str | None]]:  # noqa: ANN001
+    with engine.connect() as c:
+        return {r.run_id: (r.status, r.error) for r in c.execute(
+            sa.text("select run_id, status, error from scoring.runs where score_date = :d"), {"d": day})}
+
+
+@pytest.mark.parametrize(("phase", "day"), [("bucket", "2019-10-20"), ("finalize", "2019-10-21"),
+                                            ("swap", "2019-10-22")])
+def test_the_losing_side_of_two_concurrent_runs_says_which_run_won(world, wengine, tmp_path, phase, day) -> None:
+    """Two real `propensity score` processes for one date: A is overtaken by B at the given step. A exits 1 with
+    one line naming both runs and the date (no traceback, no raw database error); the partition is B's alone."""
+    import datetime as dt
+    import re
+
+    from tests.integration.test_score import fetch
+
+    go = tmp_path / "go"
+    a = subprocess.Popen([sys.executable, "-c", _RUN_A.format(url=world.url, phase=phase, go=str(go), day=day)],
+                         cwd=ROOT, env=_world_env(world), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not go.exists():  # A has planned and reached the step
+            assert a.poll() is None and time.monotonic() < deadline, a.communicate()[1][-2000:]
+            time.sleep(0.1)
+        b = subprocess.run([sys.executable, "-m", "ml", "score", "--score-date", day, "--buckets", "2", "--no-drift"],
+                           cwd=ROOT, env=_world_env(world), capture_output=True, text=True, timeout=280)
+        assert b.returncode == 0, b.stderr[-2000:]
+        _, err = a.communicate(timeout=280)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    lines = [x for x in err.splitlines() if x.startswith("error")]  # the rest of stderr is the log
+    assert a.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    m = re.match(_LOST, lines[0])
+    assert m, lines[0]
+    run_a, run_b = m.group(1), m.group(3)
+    assert m.group(2) == day and run_a == go.read_text() and m.group(4) == "succeeded"
+    runs = _runs(wengine, dt.date.fromisoformat(day))
+    assert runs[run_b][0] == "succeeded" and runs[run_a][0] == "failed"
+    assert {r[-1] for r in fetch(wengine, dt.date.fromisoformat(day))} == {run_b}  # nothing of A was kept
+
+
+def test_two_free_running_concurrent_runs_of_one_date_leave_one_winner(world, wengine) -> None:
+    """Two `propensity score` processes for one date started together, with no hook: whichever way they interleave,
+    each either succeeds or says in one line that the other run won; the partition holds the rows of exactly one
+    succeeded run, the newest that succeeded."""
+    import datetime as dt
+    import re
+
+    from tests.integration.test_score import fetch
+
+    day = "2019-10-23"
+    cmd = [sys.executable, "-m", "ml", "score", "--score-date", day, "--buckets", "3", "--no-drift"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_world_env(world), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=280) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        lines = [x for x in err.splitlines() if x.strip() and x.startswith("error")]
+        assert p.returncode == 0 or (p.returncode == 1 and len(lines) == 1 and re.match(_LOST, lines[0])), err[-3000:]
+        assert "Traceback" not in err
+    runs = _runs(wengine, dt.date.fromisoformat(day))
+    assert len(runs) == 2 and all(st == "succeeded" or "lost to run" in (e or "") or (e or "").startswith("abandoned")
+                                  for st, e in runs.values()), runs
+    with wengine.connect() as c:
+        newest = c.execute(sa.text("select run_id, scored_pairs from scoring.runs where score_date = :d and status ="
+                                   " 'succeeded' order by started_at desc limit 1"), {"d": day}).one()
+    rows = fetch(wengine, dt.date.fromisoformat(day))
+    assert {r[-1] for r in rows} == {newest.run_id} and len(rows) == newest.scored_pairs
 
 
 def test_a_killed_publisher_lock_is_taken_over_and_its_row_reconciled(settings, engine, pg_url, redis_client) -> None:

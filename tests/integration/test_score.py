@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +396,54 @@ def test_the_losing_side_of_two_runs_of_one_date_says_another_run_won(world: Wor
         return real(engine, settings, batch, **kw)
 
     monkeypatch.setattr(fin, "score_batch", race)
-    with pytest.raises(ScoringError, match=r"lost: another run of this date started later and superseded it"):
+    with pytest.raises(ScoringError) as info:
         fin.run_scoring(wengine, world.settings(), day, n_buckets=2)
+    assert re.search(rf"of score_date {day} lost to run {newer[0].run_id} \(started .*\): another run of this date "
+                     "won; nothing of this run was kept", str(info.value)), info.value
     assert {r[-1] for r in fetch(wengine, day)} == {newer[0].run_id}
+
+
+def test_two_plans_that_did_not_see_each_other_the_newer_swap_wins(world: World, wengine: sa.Engine,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one date planned at once (neither plan's cleanup saw the other's stage): B, planned later,
+    swaps first; A's swap then refuses to replace B's partition (RunSuperseded), and A's swap is rolled back."""
+    import ml.score.plan as plan_mod
+    from ml.errors import RunSuperseded
+    from ml.score import finalize_run, plan_run, score_batch
+
+    day = dt.date(2019, 10, 24)
+    s = world.settings()
+    a = plan_run(wengine, s, day, n_buckets=2)
+    monkeypatch.setattr(plan_mod, "cleanup_stages", lambda *args, **kw: [])  # B's cleanup ran before A's plan committed
+    b = plan_run(wengine, s, day, n_buckets=2)
+    monkeypatch.undo()
+    for batch in (*a.batches, *b.batches):
+        score_batch(wengine, s, batch)
+    finalize_run(wengine, s, b.run_id)
+    served = fetch(wengine, day)
+    with pytest.raises(RunSuperseded, match=rf"scoring run {a.run_id} of score_date {day} lost to run {b.run_id} "
+                                            r"\(started .*, succeeded\): another run of this date won"):
+        finalize_run(wengine, s, a.run_id)
+    assert fetch(wengine, day) == served and {r[-1] for r in served} == {b.run_id}
+    with wengine.connect() as c:
+        status = c.execute(sa.text("select status from scoring.runs where run_id = :r"), {"r": a.run_id}).scalar()
+    assert status == "failed" and f"scores_stage_{a.run_id}" in stage_tables(wengine)  # kept for inspection
+
+
+def test_the_dag_steps_of_a_superseded_run_each_say_which_run_won(world: World, wengine: sa.Engine) -> None:
+    """The DAG runs plan, each bucket and finalize as separate tasks: after a newer run of the date has planned (and
+    here succeeded), the older run's next bucket and its finalize each raise RunSuperseded naming the winner."""
+    from ml.errors import RunSuperseded
+    from ml.score import finalize_run, plan_run, run_scoring, score_batch
+
+    day = dt.date(2019, 10, 25)
+    s = world.settings()
+    a = plan_run(wengine, s, day, n_buckets=2)
+    score_batch(wengine, s, a.batches[0].as_dict())  # the DAG passes the spec as a dict (XCom)
+    b = run_scoring(wengine, s, day, n_buckets=2)  # its plan drops A's stage and marks A failed
+    lost = rf"scoring run {a.run_id} of score_date {day} lost to run {b.run_id} \(started .*, succeeded\)"
+    with pytest.raises(RunSuperseded, match=lost):
+        score_batch(wengine, s, a.batches[1].as_dict())
+    with pytest.raises(RunSuperseded, match=lost):
+        finalize_run(wengine, s, a.run_id)
+    assert {r[-1] for r in fetch(wengine, day)} == {b.run_id}

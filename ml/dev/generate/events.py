@@ -116,6 +116,27 @@ def _uplifted_sessions(config: GeneratorConfig, user_id: np.ndarray, s_user: np.
     return in_arm[s_user] & (s_day >= first_day)
 
 
+def _no_events() -> pd.DataFrame:
+    """An empty frame with :func:`generate_events`' columns and dtypes."""
+    def empty_categorical() -> pd.Categorical:
+        return pd.Categorical([], categories=pd.Index([], dtype="str"))
+
+    return pd.DataFrame(
+        {
+            "event_time": pd.DatetimeIndex([], dtype="datetime64[us, UTC]"),
+            "event_type": pd.Categorical([], categories=pd.Index(EVENT_TYPES, dtype="str")),
+            "product_id": np.zeros(0, np.int64),
+            "category_id": np.zeros(0, np.int64),
+            "category_code": empty_categorical(),
+            "brand": empty_categorical(),
+            "price": np.zeros(0, np.float64),
+            "user_id": np.zeros(0, np.int64),
+            "user_session": empty_categorical(),
+        },
+        columns=list(REES46_COLUMNS),
+    )
+
+
 def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     """Generate every event of the configured period.
 
@@ -171,6 +192,9 @@ def generate_events(config: GeneratorConfig | None = None) -> pd.DataFrame:
     del counts, lam
     s_user, s_day = cell // D, cell % D
     n_sess = s_user.size
+    if n_sess == 0:  # a tiny config (e.g. 12 users for one day) can draw no session at all: no events
+        log.info("generate: no sessions for %s users over %s days: no events", f"{U:,}", D)
+        return _no_events()
     hours = _sample_hours(rs("session_hours").random(n_sess), weekend[s_day])
     s_start = t0 + s_day * _DAY_S + hours * 3600 + rs("session_seconds").integers(0, 3600, n_sess)
     order = _stable_argsort(s_start - t0)
