@@ -17,12 +17,14 @@ trace never reaches a client.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -152,7 +154,7 @@ class _Version:
                                                "model_version": self.arms.get(arm, self.served.model_version)},
                         self.arms)
 
-    @property
+    @cached_property
     def body(self) -> dict[str, Any]:
         """The fields merged into a response (without internal ones)."""
         return {k: v for k, v in self.fields.items() if k != "experiment_id_of_version"}
@@ -164,10 +166,11 @@ def _as_dict(reply: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
 
 
 def _score_pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
-    """(member, score) pairs of a raw ZRANGE ... WITHSCORES reply: RESP3 nests [member, score] pairs with scores
-    already parsed as doubles; RESP2 is flat [member, score-bytes, ...]."""
-    if isinstance(reply[0], list | tuple):
-        return [(m, float(sc)) for m, sc in reply]
+    """(member, score) pairs of a raw ZRANGE ... WITHSCORES reply: RESP3 (the hot path's connection speaks it when
+    the server does) nests [member, score] pairs with scores already parsed as doubles by hiredis; RESP2 is flat
+    [member, score-bytes, ...]."""
+    if type(reply[0]) is list or type(reply[0]) is tuple:
+        return [(m, sc if type(sc) is float else float(sc)) for m, sc in reply]
     return list(zip(reply[::2], map(float, reply[1::2]), strict=True))
 
 
@@ -270,10 +273,11 @@ class ScoreReader:
             for p, (tier, rids) in parsed.items():
                 decoded[p] = (tier, [reasons[r][0] for r in rids], [reasons[r][1] for r in rids])
         items = []
+        append = items.append
         for (member, score), payload in zip(ranked, payloads, strict=True):
             tier, codes, texts = decoded[payload]
-            items.append({"product_id": int(member), "probability": score, "tier": tier, "reason_codes": codes,
-                          "reason_texts": texts})
+            append({"product_id": int(member), "probability": score, "tier": tier, "reason_codes": codes,
+                    "reason_texts": texts})
         return items
 
     async def recommendations(self, user_id: int, limit: int) -> tuple[_Version | None, list[dict]]:
@@ -642,4 +646,10 @@ def app_from_env() -> FastAPI:
     from ml.observe import setup_logging
 
     setup_logging(os.environ.get("PROPENSITY_LOG_LEVEL", "INFO"))
-    return create_app(get_settings())
+    app = create_app(get_settings())
+    # What exists now (modules, the app, its routes and models: ~73k objects) lives as long as the worker. Frozen, it
+    # is out of the cyclic garbage collector's view, so a full collection scans only request-time objects instead of
+    # stalling every in-flight request for tens of milliseconds (measured 70-140 ms; it made the latency tail).
+    gc.collect()
+    gc.freeze()
+    return app

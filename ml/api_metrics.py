@@ -37,6 +37,7 @@ class ApiMetrics:
             ["version", "model_version", "score_date"], registry=r, multiprocess_mode="mostrecent",
         )
         self._last: tuple[str, str, str] | None = None
+        self._last_served: tuple[int, str, dt.date] | None = None
         # label children, bound once per label set (a labels() lookup per request costs more than the increment)
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._lookup_children: dict[tuple[str, bool], Any] = {}
@@ -60,6 +61,9 @@ class ApiMetrics:
 
     def served(self, version: int, model_version: str, score_date: dt.date) -> None:
         """Record that ``version`` (of ``model_version``, ``score_date``) answered; cheap when it did last time too."""
+        if (version, model_version, score_date) == self._last_served:
+            return
+        self._last_served = (version, model_version, score_date)
         labels = (str(version), model_version, score_date.isoformat())
         if labels != self._last:
             if self._last is not None:

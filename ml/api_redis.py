@@ -18,7 +18,9 @@ are ordered, every call queued behind it would wait as long, so the connection i
 unknown), every queued call fails the same way, and the next call reconnects. One timer per connection watches the
 oldest pending call (no timer per call). A cancelled caller just leaves its reply slot to be read and dropped.
 
-Replies come in RESP2 shapes (flat lists; bulk strings as bytes; integers as int); error replies raise
+The connection speaks RESP3 when the server does (``HELLO 3``; Redis >= 6), so hiredis returns scores as floats
+and hashes as dicts (no parsing in Python), else RESP2 (flat lists, scores as bytes); bulk strings are bytes and
+integers int either way. Callers accept both shapes. Error replies raise
 ``redis.exceptions.ResponseError``, connection problems ``redis.exceptions.ConnectionError`` and timeouts
 ``redis.exceptions.TimeoutError``, so callers handle one exception family whichever transport served them.
 """
@@ -166,11 +168,12 @@ class FastRedis:
             setup.append(("AUTH", p["username"], p["password"]) if p.get("username") else ("AUTH", p["password"]))
         if p.get("db"):
             setup.append(("SELECT", p["db"]))
-        if setup:
-            for reply in await conn.call(setup):
-                if isinstance(reply, hiredis.ReplyError):
-                    conn.fail(rex.ConnectionError(f"Redis refused the connection setup: {reply}"))
-                    raise rex.ConnectionError(f"Redis refused the connection setup: {reply}")
+        replies = await conn.call([*setup, ("HELLO", 3)])
+        for reply in replies[:-1]:
+            if isinstance(reply, hiredis.ReplyError):
+                conn.fail(rex.ConnectionError(f"Redis refused the connection setup: {reply}"))
+                raise rex.ConnectionError(f"Redis refused the connection setup: {reply}")
+        # HELLO refused (a server before Redis 6): the connection stays on RESP2; callers read both shapes
         return conn
 
     async def _connection(self) -> _Multiplexed:
