@@ -33,6 +33,7 @@ from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from redis.backoff import ExponentialBackoff
@@ -382,9 +383,15 @@ _NO_QUERY: frozenset[str] = frozenset()
 _LIMIT_ONLY = frozenset({"limit"})
 
 
+def _bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme case-insensitive), else None: what the
+    documented HTTPBearer scheme accepts, parsed with FastAPI's own helper."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    return token if token and scheme.lower() == "bearer" else None
+
+
 async def _authorize(request: Request) -> Principal:
-    """The client of a /v1 call: 401 without a valid bearer token while auth is on; then its rate-limit hit (429).
-    A plain call from the route (the header is parsed by FastAPI's HTTPBearer, called directly)."""
+    """The client of a /v1 call: 401 without a valid bearer token while auth is on; then its rate-limit hit (429)."""
     state = request.app.state
     if state.auth_enabled:
         client = "ip:" + (request.client.host if request.client else "unknown")
@@ -392,8 +399,7 @@ async def _authorize(request: Request) -> Principal:
         if blocked is not None:
             raise HTTPException(429, f"too many failed logins from this client ({blocked[0]}); retry in "
                                 f"{blocked[1]}s", headers={"Retry-After": str(blocked[1])})
-        credentials = await _bearer(request)
-        principal = state.auth.authenticate(credentials.credentials if credentials else None)
+        principal = state.auth.authenticate(_bearer_token(request))
         if principal is None:
             await state.auth_failures.failed(client)
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
