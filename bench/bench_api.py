@@ -482,11 +482,14 @@ def main() -> None:
             f"What one recommendations request costs now (2 workers, CPU per request from the table): the API "
             f"workers {two[7]:.0f} us, Redis {two[8]:.0f} us, the load generator {two[9]:.0f} us. Inside a worker "
             f"(the in-process table): FastAPI/Starlette's own routing, middleware and response {bare_us:.0f} us "
-            f"(the bare route); our route (auth, rate limit, metrics, version check, items, orjson) "
-            f"{stub_us - bare_us:.0f} us; the Redis round trip (suspending and resuming the request, hiredis "
-            f"packing and parsing 4 commands with 40 replies, the shared socket's syscalls) {full_us - stub_us:.0f} "
-            f"us; the rest of the worker's share is uvicorn's HTTP parsing and writing and the kernel's loopback "
-            f"TCP. Redis spends most of its part formatting 20 scores and 20 payloads per lookup.")
+            f"(the bare route); our route around the read (parameters, auth, rate limit, metrics, orjson) "
+            f"{stub_us - bare_us:.0f} us; the read itself (key names, hiredis packing 3 commands and parsing their "
+            f"41 replies, suspending and resuming the request while Redis answers, the shared socket's syscalls, "
+            f"building 20 items from cached payloads) {full_us - stub_us:.0f} us; the rest of the workers' share "
+            f"is uvicorn's HTTP parsing and writing, the kernel's loopback TCP, and for 2 workers Prometheus' "
+            f"multiprocess files. Redis spends most of its part reading 20 scores out of a listpack and formatting "
+            f"them, and the 20 payloads. A further cut of both would be on the publish side: one pre-encoded value "
+            f"per user and version, read with one GET (docs/redis_api.md).")
     body = f"""
 Closed-loop loopback load: {args.connections} keep-alive connections, {args.requests:,} requests per scenario (or
 {args.seconds:.0f} s), after 300 warm-up requests; requests rotate over 2,000 random published users
@@ -495,7 +498,7 @@ auth, rate limiter, Prometheus metrics, uvicorn with uvloop + httptools, access 
 pipelined round trip to Redis (pointer GET + the user's keys), multiplexed with the worker's other lookups over one
 connection. The load generator (asyncio + uvloop, pre-encoded requests) shares the 2 cores with the servers and
 Redis; the CPU columns are each process's CPU time during the scenario divided by its requests (the server column
-sums uvicorn's workers), which depends much less on other load than the rates do.
+sums uvicorn's workers), which depends less on other load than the rates do.
 1-minute load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs shared
 the machine; compare rows within this table, not across runs).
 

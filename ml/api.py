@@ -5,7 +5,8 @@
 :mod:`ml.keyspace`: the pointer GET is pipelined with the reads of the user's two keys in the version seen last, and
 the reads are repeated for the new version only when the pointer moved, so a response always comes from one version
 (even while a publish or rollback flips the pointer) at one round trip in the steady state. That round trip goes
-through :mod:`ml.api_redis` (hiredis, a bounded connection pool) on standalone Redis, through redis-py otherwise.
+through :mod:`ml.api_redis` (hiredis; one connection per worker that every lookup in flight shares) on standalone
+Redis, through redis-py otherwise.
 Version metadata and reason texts are immutable per version and cached in the process.
 
 Routes: ``GET /v1/users/{user_id}/recommendations?limit=``, ``GET /v1/users/{user_id}/products/{product_id}`` (bearer
@@ -234,10 +235,10 @@ class ScoreReader:
                 pipe.execute_command(*command)
             return await pipe.execute()
 
-    async def _lookup(self, reads: Callable[[int], list[tuple[Any, ...]]]) -> tuple[_Version | None, list[Any]]:
-        """Run the commands ``reads(version_id)`` against the served version: (version, their replies)."""
+    async def _lookup(self, reads: Callable[[_Version], list[tuple[Any, ...]]]) -> tuple[_Version | None, list[Any]]:
+        """Run the commands ``reads(version)`` against the served version: (version, their replies)."""
         guess = self._last
-        first = await self._roundtrip([("GET", self.keys.current()), *(reads(guess.id) if guess else [])])
+        first = await self._roundtrip([("GET", self.keys.current()), *(reads(guess) if guess else [])])
         if first[0] is None:
             return None, []
         vid = int(first[0])
@@ -247,7 +248,7 @@ class ScoreReader:
         if version is None:
             return None, []
         self._last = version
-        return version, await self._roundtrip(reads(vid))
+        return version, await self._roundtrip(reads(version))
 
     async def _resolve(self, vid: int, ids: set[int]) -> dict[int, tuple[str, str]]:
         cache = self._reasons.setdefault(vid, {})
@@ -281,19 +282,23 @@ class ScoreReader:
                     "reason_texts": texts})
         return items
 
+    def _arm_read(self, version: _Version, user_id: int) -> list[tuple[Any, ...]]:
+        """The read of the user's experiment arm, only in a version scored during an experiment (publish writes
+        ``P:v{V}:a:{U}`` keys in no other)."""
+        return [("GET", self.keys.arm(version.id, user_id))] if version.arms is not None else []
+
     async def recommendations(self, user_id: int, limit: int) -> tuple[_Version | None, list[dict]]:
         """(served version or None when nothing is published, the user's hot items best first; empty when the user
         has none)."""
 
-        def reads(vid: int) -> list[tuple[Any, ...]]:
-            return [("ZREVRANGE", self.keys.recs(vid, user_id), 0, limit - 1, "WITHSCORES"),
-                    ("HGETALL", self.keys.details(vid, user_id)),
-                    ("GET", self.keys.arm(vid, user_id))]
+        def reads(version: _Version) -> list[tuple[Any, ...]]:
+            return [("ZREVRANGE", self.keys.recs(version.id, user_id), 0, limit - 1, "WITHSCORES"),
+                    ("HGETALL", self.keys.details(version.id, user_id)), *self._arm_read(version, user_id)]
 
         version, results = await self._lookup(reads)
         if version is None or not results[0]:
             return version, []
-        version = version.for_arm(results[2])
+        version = version.for_arm(results[2] if len(results) > 2 else None)
         return version, await self._items(version.id, _score_pairs(results[0]), _as_dict(results[1]))
 
     async def count_exposure(self, version: _Version, user_id: int, ttl_s: int) -> None:
@@ -316,17 +321,16 @@ class ScoreReader:
     async def pair(self, user_id: int, product_id: int) -> tuple[_Version | None, bool, dict | None]:
         """(served version or None, user known in it, the pair's item or None when the pair is not hot)."""
 
-        def reads(vid: int) -> list[tuple[Any, ...]]:
-            return [("ZSCORE", self.keys.recs(vid, user_id), product_id),
-                    ("HGET", self.keys.details(vid, user_id), product_id),
-                    ("EXISTS", self.keys.recs(vid, user_id)),
-                    ("GET", self.keys.arm(vid, user_id))]
+        def reads(version: _Version) -> list[tuple[Any, ...]]:
+            return [("ZSCORE", self.keys.recs(version.id, user_id), product_id),
+                    ("HGET", self.keys.details(version.id, user_id), product_id),
+                    ("EXISTS", self.keys.recs(version.id, user_id)), *self._arm_read(version, user_id)]
 
         version, results = await self._lookup(reads)
         if version is None:
             return None, False, None
-        score, payload, exists, arm = results
-        version = version.for_arm(arm)
+        score, payload, exists = results[:3]
+        version = version.for_arm(results[3] if len(results) > 3 else None)
         if score is None:
             return version, bool(exists), None
         member = str(product_id).encode()
@@ -668,7 +672,7 @@ def app_from_env() -> FastAPI:
     app = create_app(get_settings())
     # What exists now (modules, the app, its routes and models: ~73k objects) lives as long as the worker. Frozen, it
     # is out of the cyclic garbage collector's view, so a full collection scans only request-time objects instead of
-    # stalling every in-flight request for tens of milliseconds (measured 70-140 ms; it made the latency tail).
+    # stalling every in-flight request for tens of milliseconds (70-140 ms per full collection, measured here).
     gc.collect()
     gc.freeze()
     return app
