@@ -484,7 +484,7 @@ def main() -> None:
             f"(the in-process table): FastAPI/Starlette's own routing, middleware and response {bare_us:.0f} us "
             f"(the bare route); our route around the read (parameters, auth, rate limit, metrics, orjson) "
             f"{stub_us - bare_us:.0f} us; the read itself (key names, hiredis packing 3 commands and parsing their "
-            f"41 replies, suspending and resuming the request while Redis answers, the shared socket's syscalls, "
+            f"replies (81 values), suspending and resuming the request while Redis answers, the shared socket's syscalls, "
             f"building 20 items from cached payloads) {full_us - stub_us:.0f} us; the rest of the workers' share "
             f"is uvicorn's HTTP parsing and writing, the kernel's loopback TCP, and for 2 workers Prometheus' "
             f"multiprocess files. Redis spends most of its part reading 20 scores out of a listpack and formatting "
