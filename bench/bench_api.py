@@ -484,12 +484,12 @@ def main() -> None:
             f"(the in-process table): FastAPI/Starlette's own routing, middleware and response {bare_us:.0f} us "
             f"(the bare route); our route around the read (parameters, auth, rate limit, metrics, orjson) "
             f"{stub_us - bare_us:.0f} us; the read itself (key names, hiredis packing 3 commands and parsing their "
-            f"replies (81 values), suspending and resuming the request while Redis answers, the shared socket's syscalls, "
-            f"building 20 items from cached payloads) {full_us - stub_us:.0f} us; the rest of the workers' share "
+            f"replies (81 values), suspending and resuming the request while Redis answers, the shared socket's "
+            f"syscalls, building 20 items from cached payloads) {full_us - stub_us:.0f} us; the rest of the workers' share "
             f"is uvicorn's HTTP parsing and writing, the kernel's loopback TCP, and for 2 workers Prometheus' "
-            f"multiprocess files. Redis spends most of its part reading 20 scores out of a listpack and formatting "
-            f"them, and the 20 payloads. A further cut of both would be on the publish side: one pre-encoded value "
-            f"per user and version, read with one GET (docs/redis_api.md).")
+            f"multiprocess files. Redis' part is the ZREVRANGE WITHSCORES and HGETALL of 20 entries each (a raw GET "
+            f"costs it {raw.cpu_us('Redis'):.1f} us). A further cut of both would be on the publish side: one "
+            f"pre-encoded value per user and version, read with one GET (docs/redis_api.md).")
     body = f"""
 Closed-loop loopback load: {args.connections} keep-alive connections, {args.requests:,} requests per scenario (or
 {args.seconds:.0f} s), after 300 warm-up requests; requests rotate over 2,000 random published users
