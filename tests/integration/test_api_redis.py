@@ -52,6 +52,11 @@ def test_errors_timeouts_and_one_connection(redis_url, tmp_path) -> None:
             await fast.pipeline([("INCR", "fast-test-not-a-number"), ("SET", "fast-test-not-a-number", "x")])
         with pytest.raises(rex.TimeoutError):  # a reply slower than timeout_s
             await fast.pipeline([("BLPOP", f"fast:{uuid.uuid4().hex}", 1)])
+        # calls queued behind a slow one on the shared connection fail with it (their replies would come after it)
+        blocked = [fast.pipeline([("BLPOP", f"fast:{uuid.uuid4().hex}", 1)]),
+                   *[fast.pipeline([("PING",)]) for _ in range(5)]]
+        outcomes = await asyncio.gather(*blocked, return_exceptions=True)
+        assert all(isinstance(o, rex.TimeoutError) for o in outcomes), outcomes
         replies = await asyncio.gather(*[fast.pipeline([("PING",)]) for _ in range(20)])
         assert all(r == [b"PONG"] for r in replies)  # the timed-out connection was dropped; a new one serves these
         assert fast.connections == 1
