@@ -10,8 +10,11 @@ requests or ``--seconds``, whichever ends first) against:
 - raw Redis ``GET`` of a small key over the same socket the API uses (the store's ceiling).
 
 The load generator is a small asyncio (uvloop) client with pre-encoded requests, running on the same 2 cores as the
-servers: every figure includes that competition, which is why ratios matter more than absolute numbers. Servers bind
-127.0.0.1 only and are stopped at the end. Run: ``.venv/bin/python bench/bench_api.py`` (about two minutes).
+servers: every figure includes that competition, which is why ratios matter more than absolute numbers. Each row also
+gives the CPU time per request of the server processes, Redis and the load generator during the scenario (psutil),
+which tells where a request's cost goes. ``--baseline-ref main`` also runs the API of that git ref (a ``git archive``
+of it, on the same Redis and load) as a before/after baseline. Servers bind 127.0.0.1 only and are stopped at the
+end. Run: ``.venv/bin/python bench/bench_api.py --baseline-ref main`` (about five minutes).
 """
 
 from __future__ import annotations
@@ -100,6 +103,11 @@ class LoadResult:
     seconds: float
     errors: int
     latencies: list[float]
+    cpu_s: dict[str, float]  # CPU seconds over the measured run: "load generator" and each probe's name
+
+    def cpu_us(self, name: str) -> float:
+        """CPU microseconds per request spent by ``name`` (a process or process group)."""
+        return self.cpu_s.get(name, 0.0) / max(1, self.requests) * 1e6
 
     @property
     def rps(self) -> float:
@@ -156,10 +164,31 @@ async def _redis_worker(target: tuple, command: bytes, budget: list[int], deadli
         writer.close()
 
 
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """CPU time (user + system) of process ``pid``, with its descendants when ``children`` (uvicorn's workers)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *(proc.children(recursive=True) if children else [])]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def run_load(kind: str, target: tuple, payloads: list[bytes], connections: int, n_requests: int,
-             seconds: float, warmup: int = 300) -> LoadResult:
+             seconds: float, warmup: int = 300, probes: dict[str, Any] | None = None) -> LoadResult:
     """Closed-loop load: ``connections`` concurrent keep-alive connections, each sending the next request as soon as
-    the previous answer is read, until ``n_requests`` were sent or ``seconds`` passed."""
+    the previous answer is read, until ``n_requests`` were sent or ``seconds`` passed. ``probes`` (name -> function
+    returning CPU seconds so far) are read around the measured run, after the warm-up, as is this process's CPU
+    (the load generator's)."""
     import uvloop
 
     async def go(n: int, secs: float) -> LoadResult:
@@ -173,10 +202,17 @@ def run_load(kind: str, target: tuple, payloads: list[bytes], connections: int, 
         else:
             tasks = [_redis_worker(target, payloads[0], budget, deadline, lat, errors) for _ in range(connections)]
         await asyncio.gather(*tasks)
-        return LoadResult(len(lat), time.perf_counter() - t, errors[0], lat)
+        return LoadResult(len(lat), time.perf_counter() - t, errors[0], lat, {})
 
     uvloop.run(go(warmup, 10.0))
-    return uvloop.run(go(n_requests, seconds))
+    probes = probes or {}
+    before = {name: probe() for name, probe in probes.items()}
+    own = time.process_time()
+    result = uvloop.run(go(n_requests, seconds))
+    result.cpu_s["load generator"] = time.process_time() - own
+    for name, probe in probes.items():
+        result.cpu_s[name] = probe() - before[name]
+    return result
 
 
 def http_requests(paths: list[str], headers: dict[str, str]) -> list[bytes]:
@@ -191,11 +227,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cmd: list[str], env: dict[str, str], port: int, ready_path: str) -> subprocess.Popen:
+def start_server(cmd: list[str], env: dict[str, str], port: int, ready_path: str,
+                 cwd: Path = ROOT) -> subprocess.Popen:
     """Start a server in its own process group and wait until ``ready_path`` answers (30 s at most)."""
     import httpx
 
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -278,9 +315,9 @@ def cpu_breakdown(redis_url: str, key: str, digest: str, users: list[int], n: in
     variants = {
         "bare FastAPI route": (create_bare_app, lambda i: f"/bare/{i}"),
         "API, Redis reads stubbed (auth, limiter, metrics, JSON)": (lambda: api.create_app(settings), lookup),
-        "API, full: one round trip through ml.api_redis (hiredis) - as deployed": (
+        "API, full: lookups multiplexed over one hiredis connection (ml.api_redis) - as deployed": (
             lambda: api.create_app(settings), lookup),
-        "API, full: the same round trip through a redis-py asyncio pipeline": (
+        "API, full: the same reads through a redis-py asyncio pipeline": (
             lambda: api.create_app(settings), lookup),
     }
     supports = api.FastRedis.supports
@@ -308,6 +345,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts (default 1 2)")
     ap.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "bench-api", help="private Redis location")
     ap.add_argument("--no-write", action="store_true", help="print the table, do not touch docs/BENCHMARKS.md")
+    ap.add_argument("--baseline-ref", default=None,
+                    help="also run the API of this git ref (e.g. main) under the same load: a before/after baseline")
     args = ap.parse_args()
 
     from ml.api_auth import new_api_key
@@ -319,7 +358,11 @@ def main() -> None:
     redis_url = start_redis(state)
     procs: list[subprocess.Popen] = []
     rows: list[list[object]] = []
+    baseline_dir = None
     try:
+        import redis
+
+        redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
         pairs = publish_synthetic(redis_url, args.users, args.per_user)
         rng = random.Random(5)
         sample = [pairs[rng.randrange(len(pairs))] for _ in range(2_000)]
@@ -339,10 +382,21 @@ def main() -> None:
         target = ("unix", u.path) if u.scheme == "unix" else ("tcp", u.hostname, u.port or 6379)
         raw_key = f"{PREFIX}:raw".encode()
         get = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(raw_key), raw_key)
-        raw = run_load("redis", target, [get], args.connections, args.requests * 2, args.seconds)
+        raw = run_load("redis", target, [get], args.connections, args.requests * 2, args.seconds,
+                       probes={"Redis": lambda: cpu_seconds(redis_pid)})
         rows.append(["raw Redis GET (same socket as the API)", "-", raw.requests, raw.rps, raw.pct(0.5),
-                     raw.pct(0.99), raw.errors])
+                     raw.pct(0.99), raw.errors, "-", raw.cpu_us("Redis"), raw.cpu_us("load generator")])
         print(rows[-1], flush=True)
+
+        apis = [("API", ROOT, env)]
+        if args.baseline_ref:  # the same API at another commit, from a `git archive` of it
+            import tempfile
+
+            baseline_dir = Path(tempfile.mkdtemp(prefix="bench-api-baseline-"))
+            archive = subprocess.run(["git", "archive", args.baseline_ref], cwd=ROOT, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(baseline_dir)], input=archive, check=True)
+            apis.append((f"API at {args.baseline_ref}", baseline_dir, {**env, "PYTHONPATH": str(baseline_dir)}))
 
         for workers in args.workers:
             port = free_port()
@@ -350,72 +404,120 @@ def main() -> None:
                                  "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
                                  "--log-level", "warning"], env, port, "/bare/1")
             procs.append(bare)
+            probes = {"server": lambda: cpu_seconds(bare.pid, children=True), "Redis": lambda: cpu_seconds(redis_pid)}
             res = run_load("http", ("tcp", "127.0.0.1", port),
                            http_requests([f"/bare/{uid}" for uid, _ in sample], {}), args.connections,
-                           args.requests, args.seconds)
+                           args.requests, args.seconds, probes=probes)
             stop_server(bare)
             rows.append(["bare FastAPI route, no Redis", workers, res.requests, res.rps, res.pct(0.5),
-                         res.pct(0.99), res.errors])
+                         res.pct(0.99), res.errors, *(res.cpu_us(k) for k in ("server", "Redis", "load generator"))])
             print(rows[-1], flush=True)
 
-            port = free_port()
-            api = start_server([py, "-m", "ml", "--log-level", "WARNING", "api", "--host", "127.0.0.1", "--port",
-                                str(port), "--workers", str(workers), "--no-access-log"], env, port, "/healthz")
-            procs.append(api)
-            for name, paths in [
-                ("API /v1/users/{id}/recommendations", [f"/v1/users/{uid}/recommendations" for uid, _ in sample]),
-                ("API /v1/users/{id}/products/{pid}", [f"/v1/users/{uid}/products/{pid}" for uid, pid in sample]),
-            ]:
-                res = run_load("http", ("tcp", "127.0.0.1", port), http_requests(paths, auth), args.connections,
-                               args.requests, args.seconds)
-                rows.append([name, workers, res.requests, res.rps, res.pct(0.5), res.pct(0.99), res.errors])
-                print(rows[-1], flush=True)
-            import httpx
+            for label, root, api_env in apis:
+                port = free_port()
+                api = start_server([py, "-m", "ml", "--log-level", "WARNING", "api", "--host", "127.0.0.1", "--port",
+                                    str(port), "--workers", str(workers), "--no-access-log"], api_env, port,
+                                   "/healthz", cwd=root)
+                procs.append(api)
+                probes = {"server": lambda: cpu_seconds(api.pid, children=True),  # noqa: B023 - read in this loop
+                          "Redis": lambda: cpu_seconds(redis_pid)}
+                for route, paths in [
+                    ("/v1/users/{id}/recommendations", [f"/v1/users/{uid}/recommendations" for uid, _ in sample]),
+                    ("/v1/users/{id}/products/{pid}", [f"/v1/users/{uid}/products/{pid}" for uid, pid in sample]),
+                ]:
+                    res = run_load("http", ("tcp", "127.0.0.1", port), http_requests(paths, auth),
+                                   args.connections, args.requests, args.seconds, probes=probes)
+                    rows.append([f"{label} {route}", workers, res.requests, res.rps, res.pct(0.5), res.pct(0.99),
+                                 res.errors, *(res.cpu_us(k) for k in ("server", "Redis", "load generator"))])
+                    print(rows[-1], flush=True)
+                import httpx
 
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            hits = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                       if line.startswith("propensity_api_lookups_total") and 'result="hit"' in line)
-            print(f"workers={workers}: /metrics counts {hits:,.0f} hits across workers", flush=True)
-            stop_server(api)
+                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                hits = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                           if line.startswith("propensity_api_lookups_total") and 'result="hit"' in line)
+                print(f"{label}, workers={workers}: /metrics counts {hits:,.0f} hits across workers", flush=True)
+                stop_server(api)
     finally:
         for p in procs:
             stop_server(p)
         if not redis_was_up:
             stop_redis(state)
+        if baseline_dir is not None:
+            import shutil
 
-    table = md_table(["target", "workers", "requests", "req/s", "p50 ms", "p99 ms", "non-2xx"], rows)
-    by = {(r[0], r[1]): r[3] for r in rows}
-    ratios = []
+            shutil.rmtree(baseline_dir, ignore_errors=True)
+
+    table = md_table(["target", "workers", "requests", "req/s", "p50 ms", "p99 ms", "non-2xx",
+                      "CPU us/req: server", "Redis", "load generator"], rows)
+    by = {(r[0], r[1]): r for r in rows}
+    recs, pair_route = "/v1/users/{id}/recommendations", "/v1/users/{id}/products/{pid}"
+    lines = []
     for w in args.workers:
-        api_rps = by.get(("API /v1/users/{id}/recommendations", w))
-        bare_rps = by.get(("bare FastAPI route, no Redis", w))
-        if api_rps and bare_rps:
-            ratios.append(f"{w} worker(s): recommendations at {api_rps / bare_rps:.0%} of the bare route, "
-                          f"{api_rps / raw.rps:.0%} of raw Redis GET")
+        api, bare = by.get((f"API {recs}", w)), by.get(("bare FastAPI route, no Redis", w))
+        if api and bare:
+            lines.append(f"{w} worker(s): recommendations at {api[3] / bare[3]:.0%} of the bare route's rate, "
+                         f"{api[3] / raw.rps:.0%} of raw Redis GET")
+        before = by.get((f"API at {args.baseline_ref} {recs}", w)) if args.baseline_ref else None
+        if api and before:
+            after_pair, before_pair = by.get((f"API {pair_route}", w)), by.get((f"API at {args.baseline_ref} "
+                                                                                f"{pair_route}", w))
+            lines.append(f"{w} worker(s), against the API at `{args.baseline_ref}` in this run: recommendations "
+                         f"{api[3] / before[3]:.2f}x the rate (p99 {before[5]:.1f} -> {api[5]:.1f} ms, server CPU "
+                         f"{before[7]:.0f} -> {api[7]:.0f} us/request)"
+                         + (f", pair lookups {after_pair[3] / before_pair[3]:.2f}x (p99 {before_pair[5]:.1f} -> "
+                            f"{after_pair[5]:.1f} ms)" if after_pair and before_pair else ""))
+    two = by.get((f"API {recs}", 2))
+    if two:
+        met = two[3] >= 6000 and two[5] <= 15
+        lines.append(f"issue 17 goal, 2 workers: >= 6,000 req/s with p99 <= 15 ms on recommendations: "
+                     f"{two[3]:,.0f} req/s, p99 {two[5]:.1f} ms - {'met' if met else 'NOT met'} in this run "
+                     f"(load average above)")
+    inproc = dict((str(k), float(v)) for k, v in breakdown)
+    bare_us = inproc.get("bare FastAPI route", 0.0)
+    stub_us = next((v for k, v in inproc.items() if "stubbed" in k), 0.0)
+    full_us = next((v for k, v in inproc.items() if "as deployed" in k), 0.0)
+    remaining = ""
+    if two:
+        remaining = (
+            f"What one recommendations request costs now (2 workers, CPU per request from the table): the API "
+            f"workers {two[7]:.0f} us, Redis {two[8]:.0f} us, the load generator {two[9]:.0f} us. Inside a worker "
+            f"(the in-process table): FastAPI/Starlette's own routing, middleware and response {bare_us:.0f} us "
+            f"(the bare route); our route around the read (parameters, auth, rate limit, metrics, orjson) "
+            f"{stub_us - bare_us:.0f} us; the read itself (key names, hiredis packing 3 commands and parsing their "
+            f"replies (81 values), suspending and resuming the request while Redis answers, the shared socket's "
+            f"syscalls, building 20 items from cached payloads) {full_us - stub_us:.0f} us; the rest of the workers' share "
+            f"is uvicorn's HTTP parsing and writing, the kernel's loopback TCP, and for 2 workers Prometheus' "
+            f"multiprocess files. Redis' part is the ZREVRANGE WITHSCORES and HGETALL of 20 entries each (a raw GET "
+            f"costs it {raw.cpu_us('Redis'):.1f} us). A further cut of both would be on the publish side: one "
+            f"pre-encoded value per user and version, read with one GET (docs/redis_api.md).")
     body = f"""
 Closed-loop loopback load: {args.connections} keep-alive connections, {args.requests:,} requests per scenario (or
 {args.seconds:.0f} s), after 300 warm-up requests; requests rotate over 2,000 random published users
 ({args.users:,} users x {args.per_user} hot pairs in Redis). The API runs as deployed (`propensity api`: bearer
 auth, rate limiter, Prometheus metrics, uvicorn with uvloop + httptools, access log off); every lookup is one
-pipelined round trip to Redis (pointer GET + the user's two keys). The load generator (asyncio + uvloop, pre-encoded requests)
-shares the 2 cores with the servers.
+pipelined round trip to Redis (pointer GET + the user's keys), multiplexed with the worker's other lookups over one
+connection. The load generator (asyncio + uvloop, pre-encoded requests) shares the 2 cores with the servers and
+Redis; the CPU columns are each process's CPU time during the scenario divided by its requests (the server column
+sums uvicorn's workers), which depends less on other load than the rates do.
 1-minute load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs shared
 the machine; compare rows within this table, not across runs).
 
 {table}
 
-{chr(10).join('- ' + r for r in ratios)}
+{chr(10).join('- ' + r for r in lines)}
 
 CPU per request inside one API process (raw ASGI calls, {32} concurrent, no HTTP parsing and no load generator
-in the measurement; median of 3), which is what the rates above are made of:
+in the measurement; median of 3):
 
 {md_table(["variant", "CPU us / request"], breakdown)}
 
-Steady state is one round trip per lookup: the pointer GET is pipelined with the reads of the version seen last
-(ZREVRANGE + HGETALL), repeated only when the pointer moved. That round trip dominates the API's own cost; sending
-it through a small hiredis-based transport (`ml/api_redis.py`) instead of a redis-py asyncio pipeline is the
-difference between the last two rows. FastAPI routing, bearer auth, the rate limiter, Prometheus metrics and orjson
-together are the difference between the first two.
+{remaining}
+
+Steady state is one round trip per lookup: the pointer GET is pipelined with the reads of the version seen last,
+repeated only when the pointer moved. The round trip goes through `ml/api_redis.py`: one asyncio Protocol
+connection per worker, every concurrent lookup's commands flushed together once per event-loop iteration, replies
+matched in order, RESP3 so hiredis parses the scores; the last row sends the same reads through a redis-py asyncio
+pipeline instead.
 """
     print(body)
     if not args.no_write:

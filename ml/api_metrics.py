@@ -37,9 +37,33 @@ class ApiMetrics:
             ["version", "model_version", "score_date"], registry=r, multiprocess_mode="mostrecent",
         )
         self._last: tuple[str, str, str] | None = None
+        self._last_served: tuple[int, str, dt.date] | None = None
+        # label children, bound once per label set (a labels() lookup per request costs more than the increment)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._lookup_children: dict[tuple[str, bool], Any] = {}
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request of ``route`` (a template) and observe its latency."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (self.requests.labels(route, method, str(status)),
+                                                       self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def lookup(self, kind: str, hit: bool) -> None:
+        """Count one score lookup of ``kind`` (recommendations, pair) as a hit or a miss."""
+        child = self._lookup_children.get((kind, hit))
+        if child is None:
+            child = self._lookup_children[(kind, hit)] = self.lookups.labels(kind, "hit" if hit else "miss")
+        child.inc()
 
     def served(self, version: int, model_version: str, score_date: dt.date) -> None:
         """Record that ``version`` (of ``model_version``, ``score_date``) answered; cheap when it did last time too."""
+        if (version, model_version, score_date) == self._last_served:
+            return
+        self._last_served = (version, model_version, score_date)
         labels = (str(version), model_version, score_date.isoformat())
         if labels != self._last:
             if self._last is not None:
@@ -82,6 +106,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.request(getattr(route, "path", "unmatched"), scope["method"], status[0],
+                                 time.perf_counter() - started)

@@ -234,7 +234,9 @@ class Settings(BaseSettings):
         "connection, seconds (lookups and healthz answer 503 after it).",
     )
     api_redis_max_connections: int = Field(
-        64, description="Redis connections per API worker; more concurrent lookups wait for a free one."
+        64, description="redis-py connections per API worker (health checks, version meta, reason texts, and every "
+        "call on TLS or Redis Cluster); more concurrent calls wait for a free one. Lookups on a plain standalone Redis "
+        "share one multiplexed connection per worker (ml/api_redis.py)."
     )
     # --- issue 15: correctness under re-runs and bad input ---------------------------------------------------------
     score_max_shrink_fraction: float = Field(

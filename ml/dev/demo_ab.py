@@ -119,8 +119,11 @@ def _champion_training_data(window: dict[str, Any] | None) -> Any:
 
 
 def _lookups(engine: sa.Engine, settings: Settings, redis_url: str, day: dt.date, n: int) -> list[str]:
-    """Serve ``n`` users' recommendations through the API app (in-process), which counts exposures in Redis."""
-    from fastapi.testclient import TestClient
+    """Serve ``n`` users' recommendations through the API app (in-process, over httpx's ASGI transport), which counts
+    exposures in Redis."""
+    import asyncio
+
+    import httpx
 
     from ml.api import create_app
     from ml.api_auth import new_api_key
@@ -130,16 +133,23 @@ def _lookups(engine: sa.Engine, settings: Settings, redis_url: str, day: dt.date
                                      " order by user_id limit :n"), {"d": day, "n": n}).scalars().all()
     key, digest = new_api_key()
     s = settings.model_copy(update={"api_key_hashes": [digest], "redis_url": redis_url})
-    served: dict[str | None, int] = {}
-    example = None
-    with TestClient(create_app(s)) as api:
-        for user in users:
-            r = api.get(f"/v1/users/{user}/recommendations", params={"limit": 3},
-                        headers={"Authorization": f"Bearer {key}"})
-            if r.status_code == 200:
-                body = r.json()
-                served[body["variant"]] = served.get(body["variant"], 0) + 1
-                example = example or body
+
+    async def serve() -> tuple[dict[str | None, int], dict[str, Any] | None]:
+        app = create_app(s)
+        served: dict[str | None, int] = {}
+        example = None
+        async with app.router.lifespan_context(app):  # the lifespan opens the app's Redis clients
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+                for user in users:
+                    r = await api.get(f"/v1/users/{user}/recommendations", params={"limit": 3},
+                                      headers={"Authorization": f"Bearer {key}"})
+                    if r.status_code == 200:
+                        body = r.json()
+                        served[body["variant"]] = served.get(body["variant"], 0) + 1
+                        example = example or body
+        return served, example
+
+    served, example = asyncio.run(serve())
     lines = [f"  {sum(served.values())} API lookups served: " + ", ".join(f"{k}: {v}" for k, v in served.items())]
     if example:
         lines.append("  e.g. GET /v1/users/{}/recommendations -> experiment_id={}, variant={}, model_version={}".format(

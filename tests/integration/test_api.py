@@ -255,7 +255,10 @@ def test_openapi_is_served(client) -> None:
 def test_fuzzed_requests_never_get_a_5xx(published, mode) -> None:
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(published[0]))
+    # the failed-login limit is off here: schemathesis' own invalid-auth probes would use up its budget (20/minute)
+    # and then get 429 where it checks for 401; the limit has its own tests (test_api_login_limit.py)
+    fuzzed = published[0].model_copy(update={"api_failed_auth_limit": "none"})
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(fuzzed))
     calls: list[int] = []
 
     @given(case=schema.as_strategy(mode))
@@ -284,12 +287,12 @@ def test_an_unexpected_error_is_a_json_500_without_trace(published, monkeypatch)
     assert "secret" not in r.text and "Traceback" not in r.text and "RuntimeError" not in r.text
 
 
-def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(published) -> None:
+def test_a_burst_of_lookups_shares_one_connection_and_a_bounded_pool(published) -> None:
     import asyncio
 
     import httpx
 
-    s = published[0].model_copy(update={"api_redis_max_connections": 4})
+    s = published[0].model_copy(update={"api_redis_max_connections": 4})  # redis-py's pool (meta, reason texts)
     app = create_app(s)
 
     async def burst() -> list[int]:
@@ -299,7 +302,7 @@ def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(published) -> No
                 responses = await asyncio.gather(
                     *[c.get(f"/v1/users/{USERS[i % 50]}/recommendations", headers=AUTH) for i in range(150)]
                 )
-            assert app.state.reader.fast.idle_connections <= 4  # the pool never grew past its bound
+            assert app.state.reader.fast.connections == 1  # every lookup multiplexed over one connection
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [200] * 150

@@ -1,15 +1,18 @@
-"""API-key hashing and bearer-token checks (no server needed)."""
+"""API-key hashing, bearer-token checks and the in-process rate-limit windows (no server needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
+import random
 import time
 
 import jwt
 import pytest
 from pydantic import SecretStr
 
-from ml.api_auth import Authenticator, hash_api_key, new_api_key
+from ml.api_auth import Authenticator, _LocalWindows, hash_api_key, new_api_key
 from ml.errors import ConfigError
 from ml.settings import Settings
 
@@ -66,3 +69,35 @@ def test_jwt_needs_signature_expiry_subject_and_audience() -> None:
         tok({"sub": "shop-1", "aud": "store", "exp": now + 60}, key="s" * 64, alg="HS512"),  # algorithm not allowed
     ):
         assert auth.authenticate(bad) is None
+
+
+@pytest.mark.parametrize("spec", ["5 per 10 seconds", "3 per minute", "1 per second"])
+def test_in_process_windows_decide_like_the_limits_library(monkeypatch, spec) -> None:
+    """memory:// counters are computed in place (_LocalWindows); hit for hit, across window boundaries, they admit,
+    refuse and report the reset time exactly as the limits library's sliding window counter on its memory storage."""
+    from limits import parse
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from limits.storage import storage_from_string
+
+    clock = [1_700_000_003.25]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    item, period = parse(spec), parse(spec).get_expiry()
+    local, rng = _LocalWindows(), random.Random(7)
+
+    async def go() -> list[bool]:
+        reference = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))
+        decisions = []
+        for step in range(600):
+            clock[0] += rng.choice([0.0, 0.0, 0.05, 0.4, 1.3, period / 3, period * 1.1, period * 2.5])
+            if rng.random() < 0.75:
+                expected, got = await reference.hit(item, "ns", "c"), local.hit("c", item.amount, period)
+            else:
+                expected, got = await reference.test(item, "ns", "c"), local.test("c", item.amount, period)
+            assert got == expected, (step, clock[0])
+            stats = await reference.get_window_stats(item, "ns", "c")
+            assert math.isclose(local.reset_in("c", period), stats.reset_time - clock[0], abs_tol=1e-6), step
+            decisions.append(got)
+        return decisions
+
+    decisions = asyncio.run(go())
+    assert True in decisions and False in decisions  # both outcomes were exercised
