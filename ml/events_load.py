@@ -27,7 +27,6 @@ Times are UTC.
 from __future__ import annotations
 
 import datetime as dt
-import io
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,21 +56,6 @@ COPY_COLUMNS: tuple[str, ...] = (
 )
 COPY_CHUNK_ROWS = 131_072
 ROLLUPS: tuple[str, ...] = ("rollup_pair_day", "rollup_user_session_day", "rollup_product_day")
-# the fixed-width head of every binary COPY tuple: field count, then (length, value) for the fixed-size columns,
-# then the length word of user_session (16, or -1 for NULL); big-endian as the protocol wants
-_FIXED = np.dtype(
-    [
-        ("n", ">i2"),
-        ("l_time", ">i4"), ("event_time", ">i8"),
-        ("l_pid", ">i4"), ("product_id", ">i8"),
-        ("l_cid", ">i4"), ("category_id", ">i8"),
-        ("l_price", ">i4"), ("price", ">f8"),
-        ("l_uid", ">i4"), ("user_id", ">i8"),
-        ("l_fid", ">i4"), ("file_id", ">i8"),
-        ("l_line", ">i4"), ("line_no", ">i4"),
-        ("l_session", ">i4"),
-    ]
-)  # fmt: skip
 _HEX = np.full(256, 255, dtype=np.uint8)
 _HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
@@ -82,7 +66,7 @@ _KEY_SCALE = 1 << 36  # packed price key: seconds since the UTC midnight * 2^36 
 _EVENING_SECONDS = 18 * 3600
 
 
-# --- binary COPY of raw.events ----------------------------------------------------------------------------------------
+# --- binary COPY -----------------------------------------------------------------------------------------------------
 def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(data bytes, start offsets, lengths with 0 for nulls, valid mask) of a string array, zero-copy."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
@@ -115,19 +99,59 @@ def uuid_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return out, valid
 
 
-def encode_events_binary(table: pa.Table, file_id: int, chunk_rows: int = COPY_CHUNK_ROWS) -> Iterator[bytes]:
-    """Yield PostgreSQL binary COPY data for ``table`` (the typed REES46 columns + ``line_no``), columns in
-    :data:`COPY_COLUMNS` order: the header, one chunk per ``chunk_rows`` rows, then the trailer.
+#: PostgreSQL types of raw.events' COPY columns, as :func:`encode_binary` takes them
+EVENT_COPY_TYPES: dict[str, str] = {
+    "event_time": "timestamptz", "product_id": "int8", "category_id": "int8", "price": "float8", "user_id": "int8",
+    "file_id": "int8", "line_no": "int4", "user_session": "uuid", "event_type": "text", "category_code": "text",
+    "brand": "text",
+}  # fmt: skip
+#: ... and of the rollup tables' columns (migration 0180), in table order
+ROLLUP_COPY_TYPES: dict[str, dict[str, str]] = {
+    "rollup_pair_day": {
+        "user_id": "int8", "product_id": "int8", "day": "date", "events": "int4", "views": "int4", "carts": "int4",
+        "removes": "int4", "purchases": "int4", "evening_events": "int4", "first_view_at": "timestamptz",
+        "last_view_at": "timestamptz", "last_cart_at": "timestamptz", "last_purchase_at": "timestamptz",
+        "last_at": "timestamptz", "first_view_key": "int8", "last_view_key": "int8", "category_id": "int8",
+        "brand": "text", "sessions": "uuid[]",
+    },
+    "rollup_user_session_day": {
+        "user_id": "int8", "user_session": "uuid", "day": "date", "events": "int4", "first_at": "timestamptz",
+        "last_at": "timestamptz",
+    },
+    "rollup_product_day": {
+        "product_id": "int8", "day": "date", "events": "int4", "views": "int4", "carts": "int4", "purchases": "int4",
+        "last_key": "int8", "category_id": "int8", "brand": "text",
+    },
+}  # fmt: skip
+_FIXED_TYPES: dict[str, str] = {"int8": ">i8", "int4": ">i4", "float8": ">f8", "timestamptz": ">i8", "date": ">i4"}
+_PG_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
+_UUID_OID = 2950
+_ARRAY_HEAD = np.dtype([("len", ">i4"), ("ndim", ">i4"), ("flags", ">i4"), ("oid", ">u4")])
+_ARRAY_DIM = np.dtype([("dim", ">i4"), ("lb", ">i4")])
+_UUID_ELEMENT = np.dtype([("len", ">i4"), ("value", "u1", (16,))])
 
-    No per-row Python: the fixed-width head of every tuple is one numpy structured array, and Arrow's
-    ``binary_join_element_wise`` kernel concatenates it with the variable-length fields row by row. Types:
-    event_time timestamptz (microseconds), ids/file_id int8, price float8, line_no int4, user_session uuid, text
-    columns as UTF-8."""
+
+def encode_binary(table: pa.Table, types: dict[str, str], chunk_rows: int = COPY_CHUNK_ROWS) -> Iterator[bytes]:
+    """Yield PostgreSQL binary COPY data (ml.pgcopy framing) for the columns ``types`` names, in its order: the
+    header, one chunk per ``chunk_rows`` rows, then the trailer. ``types`` maps a column to its PostgreSQL type:
+    int8, int4, float8, timestamptz (a UTC timestamp column), date (date32), text, uuid (canonical uuid text) or
+    uuid[] (a list of uuid texts, never null).
+
+    No per-row Python: every field becomes two Arrow binary arrays (its length word, -1 for NULL, and its value in
+    network byte order, built with numpy), and Arrow's ``binary_join_element_wise`` kernel concatenates them row by
+    row. Raises ValueError on a malformed uuid (validation guarantees none reach here)."""
     yield COPY_HEADER
     n = table.num_rows
     for lo in range(0, n, chunk_rows):
-        yield _encode_chunk(table.slice(lo, min(chunk_rows, n - lo)), file_id)
+        yield _encode_rows(table.slice(lo, min(chunk_rows, n - lo)), types)
     yield COPY_TRAILER
+
+
+def encode_events_binary(table: pa.Table, file_id: int, chunk_rows: int = COPY_CHUNK_ROWS) -> Iterator[bytes]:
+    """:func:`encode_binary` of a typed events table (REES46 columns + ``line_no``) with ``file_id`` on every row,
+    columns in :data:`COPY_COLUMNS` order (``copy raw.events (COPY_COLUMNS) from stdin (format binary)``)."""
+    with_file = table.append_column("file_id", pa.array(np.full(table.num_rows, file_id, dtype=np.int64)))
+    yield from encode_binary(with_file, EVENT_COPY_TYPES, chunk_rows)
 
 
 def _fixed_binary(values: np.ndarray, width: int, valid: np.ndarray | None = None) -> pa.Array:
@@ -139,44 +163,74 @@ def _fixed_binary(values: np.ndarray, width: int, valid: np.ndarray | None = Non
     return fixed.cast(pa.binary())
 
 
-def _encode_chunk(t: pa.Table, file_id: int) -> bytes:
+def _length_words(lengths: np.ndarray, valid: np.ndarray | None) -> pa.Array:
+    words = (lengths if valid is None else np.where(valid, lengths, -1)).astype(">i4")
+    return _fixed_binary(words.view(np.uint8), 4)
+
+
+def _field(arr: pa.Array, pg_type: str) -> list[pa.Array]:
+    """The binary COPY pieces of one column: [length words, values] (more pieces for an array type)."""
+    n = len(arr)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+    if pg_type in _FIXED_TYPES:
+        if pg_type == "timestamptz":
+            vals = pc.cast(arr, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            vals = pc.fill_null(vals, 0).to_numpy() - PG_EPOCH_US
+        elif pg_type == "date":
+            vals = pc.fill_null(arr.cast(pa.int32()), 0).to_numpy() - _PG_EPOCH_DAYS
+        else:
+            vals = pc.fill_null(arr, 0).to_numpy()
+        dtype = np.dtype(_FIXED_TYPES[pg_type])
+        values = np.ascontiguousarray(vals.astype(dtype)).view(np.uint8)
+        return [_length_words(np.full(n, dtype.itemsize), valid), _fixed_binary(values, dtype.itemsize, valid)]
+    if pg_type == "text":
+        text = arr if pa.types.is_string(arr.type) else pc.cast(arr, pa.string())
+        lengths = pc.fill_null(pc.binary_length(text), 0).to_numpy()
+        return [_length_words(lengths, valid), text.cast(pa.binary())]
+    if pg_type == "uuid":
+        raw, ok = uuid_bytes(arr)
+        return [_length_words(np.full(n, 16), ok), _fixed_binary(raw.ravel(), 16, ok)]
+    if pg_type == "uuid[]":  # array_send: ndim, flags, element OID, [dim, lower bound], then each element framed
+        offsets = arr.offsets.to_numpy()
+        counts = np.diff(offsets)
+        raw, ok = uuid_bytes(arr.flatten())
+        if not ok.all():
+            raise ValueError("a uuid[] value holds a NULL element")
+        elements = np.empty(len(raw), dtype=_UUID_ELEMENT)
+        elements["len"], elements["value"] = 16, raw
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()),
+                                                         _fixed_binary(elements.view(np.uint8), 20)), b"")
+        head = np.zeros(n, dtype=_ARRAY_HEAD)
+        nonempty = counts > 0
+        head["len"] = np.where(nonempty, 20 + 20 * counts, 12)
+        head["ndim"], head["oid"] = nonempty.astype(np.int32), _UUID_OID
+        dims = np.zeros(n, dtype=_ARRAY_DIM)
+        dims["dim"], dims["lb"] = counts, 1
+        return [_fixed_binary(head.view(np.uint8), 16), _fixed_binary(dims.view(np.uint8), 8, nonempty), joined]
+    raise ValueError(f"unsupported COPY type {pg_type!r}")
+
+
+def _encode_rows(t: pa.Table, types: dict[str, str]) -> bytes:
     n = t.num_rows
-    fixed = np.empty(n, dtype=_FIXED)
-    fixed["n"] = len(COPY_COLUMNS)
-    for lname, size in (
-        ("l_time", 8), ("l_pid", 8), ("l_cid", 8), ("l_price", 8), ("l_uid", 8), ("l_fid", 8), ("l_line", 4),
-    ):  # fmt: skip
-        fixed[lname] = size
-    ts = pc.cast(t.column("event_time"), pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    fixed["event_time"] = ts.to_numpy() - PG_EPOCH_US
-    for col in ("product_id", "category_id", "user_id"):
-        fixed[col] = t.column(col).cast(pa.int64()).to_numpy()
-    fixed["price"] = t.column("price").cast(pa.float64()).to_numpy()
-    fixed["file_id"] = file_id
-    fixed["line_no"] = t.column("line_no").cast(pa.int64()).to_numpy()
-    sess, sess_ok = uuid_bytes(t.column("user_session"))
-    fixed["l_session"] = np.where(sess_ok, 16, -1)
-    parts = [_fixed_binary(fixed.view(np.uint8), _FIXED.itemsize), _fixed_binary(sess.ravel(), 16, sess_ok)]
-    for col in ("event_type", "category_code", "brand"):
-        arr = t.column(col).combine_chunks()
-        if not pa.types.is_string(arr.type):
-            arr = pc.cast(arr, pa.string())
-        _, _, lengths, valid = _string_parts(arr)
-        parts.append(_fixed_binary(np.where(valid, lengths, -1).astype(">i4").view(np.uint8), 4))
-        parts.append(arr.cast(pa.binary()))
+    if not n:
+        return b""
+    parts = [_fixed_binary(np.full(n, len(types), dtype=">i2").view(np.uint8), 2)]
+    for name, pg_type in types.items():
+        col = t.column(name)
+        parts += _field(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, pg_type)
     rows = pc.binary_join_element_wise(*parts, b"", null_handling="replace", null_replacement=b"")
     offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32, count=n + 1)
-    return rows.buffers()[2].to_pybytes()[offsets[0] : offsets[n]] if n else b""
+    return rows.buffers()[2].to_pybytes()[offsets[0] : offsets[n]]
 
 
-# --- rollups, client-side ---------------------------------------------------------------------------------------------
+# --- rollups, client-side --------------------------------------------------------------------------------------------
 def compute_rollups(table: pa.Table) -> dict[str, pa.Table]:
     """The three per-day rollups of migration 0180 for the events of ``table`` (typed REES46 columns), one Arrow
     table per rollup with its columns in table order, exactly what ``raw.rollups_add_sql`` aggregates on the
     server from the same rows: day = UTC day of event_time; evening = hour >= 18 UTC; packed key = (whole seconds
     since the UTC midnight) * 2^36 + min(round-half-even(price * 100), 2^36 - 1); brand maxima compare bytes
-    (collation "C"); ``sessions`` = the distinct non-null session ids of the (user, product, day), as a uuid[]
-    literal; user_session compared case-insensitively (a uuid)."""
+    (collation "C"); ``sessions`` = the distinct non-null session ids of the (user, product, day) (a list);
+    user_session compared case-insensitively (a uuid). Column types: :data:`ROLLUP_COPY_TYPES`."""
     t = pc.cast(table.column("event_time"), pa.timestamp("us", tz="UTC"))
     us = t.cast(pa.int64()).to_numpy()
     day = us // _US_PER_DAY
@@ -208,13 +262,12 @@ def compute_rollups(table: pa.Table) -> dict[str, pa.Table]:
         "brand_or_empty": pc.fill_null(brand, ""),
     })
     sessions = pc.CountOptions(mode="only_valid")
-    pair = base.group_by(["user_id", "product_id", "day"]).aggregate([
+    pair = base.group_by(["user_id", "product_id", "day"], use_threads=False).aggregate([
         ([], "count_all"), ("views", "sum"), ("carts", "sum"), ("removes", "sum"), ("purchases", "sum"),
         ("evening", "sum"), ("t_view", "min"), ("t_view", "max"), ("t_cart", "max"), ("t_purchase", "max"),
         ("t", "max"), ("k_view", "min"), ("k_view", "max"), ("category_id", "max"), ("brand", "max"),
         ("user_session", "distinct", sessions),
     ])
-    listed = pc.binary_join(pair.column("user_session_distinct"), ",")
     pair = pa.table({
         "user_id": pair.column("user_id"), "product_id": pair.column("product_id"), "day": pair.column("day"),
         "events": pair.column("count_all"), "views": pair.column("views_sum"), "carts": pair.column("carts_sum"),
@@ -224,16 +277,16 @@ def compute_rollups(table: pa.Table) -> dict[str, pa.Table]:
         "last_purchase_at": pair.column("t_purchase_max"), "last_at": pair.column("t_max"),
         "first_view_key": pair.column("k_view_min"), "last_view_key": pair.column("k_view_max"),
         "category_id": pair.column("category_id_max"), "brand": pair.column("brand_max"),
-        "sessions": pc.binary_join_element_wise("{", pc.fill_null(listed, ""), "}", ""),
+        "sessions": pair.column("user_session_distinct"),
     })
-    session = base.group_by(["user_id", "user_session", "day"]).aggregate(
+    session = base.group_by(["user_id", "user_session", "day"], use_threads=False).aggregate(
         [([], "count_all"), ("t", "min"), ("t", "max")])
     session = pa.table({
         "user_id": session.column("user_id"), "user_session": session.column("user_session"),
         "day": session.column("day"), "events": session.column("count_all"),
         "first_at": session.column("t_min"), "last_at": session.column("t_max"),
     })
-    product = base.group_by(["product_id", "day"]).aggregate([
+    product = base.group_by(["product_id", "day"], use_threads=False).aggregate([
         ([], "count_all"), ("views", "sum"), ("carts", "sum"), ("purchases", "sum"), ("k", "max"),
         ("category_id", "max"), ("brand_or_empty", "max"),
     ])
@@ -247,16 +300,7 @@ def compute_rollups(table: pa.Table) -> dict[str, pa.Table]:
     return {"rollup_pair_day": pair, "rollup_user_session_day": session, "rollup_product_day": product}
 
 
-def _csv(table: pa.Table) -> bytes:
-    """``table`` as headerless CSV for COPY (format csv): nulls unquoted-empty (NULL), strings quoted ("" = '')."""
-    import pyarrow.csv as pcsv
-
-    buf = io.BytesIO()
-    pcsv.write_csv(table, buf, pcsv.WriteOptions(include_header=False))
-    return buf.getvalue()
-
-
-# --- the load transaction ---------------------------------------------------------------------------------------------
+# --- the load transaction --------------------------------------------------------------------------------------------
 def ensure_partitions(engine: Engine, days: Sequence[dt.date]) -> None:
     """Create the raw.events day partitions (and their rollup partitions) for ``days`` (UTC) if missing, in one short
     committed transaction. :func:`load_events_table` does not need this (it creates a missing day itself, index-free
@@ -307,17 +351,20 @@ def _write_days(conn: Any, table: pa.Table, rollups: dict[str, pa.Table], file_i
                 copy.write(chunk)
         for name in ROLLUPS:
             r = _day_rows(rollups[name], roll_days[name], day, single)
-            cols = ", ".join(r.column_names)
+            types = ROLLUP_COPY_TYPES[name]
+            cols = ", ".join(types)
             if name in missing:  # a new day: straight into its index-free table
                 target = conn.execute("select raw.day_partition_name(%s, %s)", [name, day]).fetchone()[0]
-                with conn.cursor() as cur, cur.copy(f"copy raw.{target} ({cols}) from stdin (format csv)") as copy:
-                    copy.write(_csv(r))
+                with conn.cursor() as cur, cur.copy(f"copy raw.{target} ({cols}) from stdin (format binary)") as copy:
+                    for chunk in encode_binary(r, types):
+                        copy.write(chunk)
                 continue
             stage = f"_stage_{name}"
             conn.execute(f"create temp table if not exists {stage} (like raw.{name}) on commit drop")
             conn.execute(f"truncate {stage}")
-            with conn.cursor() as cur, cur.copy(f"copy {stage} ({cols}) from stdin (format csv)") as copy:
-                copy.write(_csv(r))
+            with conn.cursor() as cur, cur.copy(f"copy {stage} ({cols}) from stdin (format binary)") as copy:
+                for chunk in encode_binary(r, types):
+                    copy.write(chunk)
             upsert = conn.execute("select raw.rollup_upsert_sql(%s, %s)", [name, f"select * from pg_temp.{stage}"])
             conn.execute(upsert.fetchone()[0])
     for parent, day in created:  # last: the parent locks of the attach are held only for the index builds
