@@ -616,10 +616,14 @@ def content_fingerprint(table: pa.Table) -> str:
             cols[name] = col.cast(pa.int64()).to_numpy()
         elif name == "price":
             cols[name] = col.cast(pa.float64()).to_numpy()
-        else:
+        else:  # a categorical hashes exactly like its values (pandas hashes the categories, then takes): same
+            # fingerprint as hashing one Python string per row, without building them
             if name == "user_session":
                 col = pc.utf8_lower(col)
-            cols[name] = pd.Series(col.to_pandas(), dtype=object).fillna("\x00null").to_numpy()
+            coded = pc.dictionary_encode(pc.fill_null(col, "\x00null"))
+            coded = coded.combine_chunks() if isinstance(coded, pa.ChunkedArray) else coded
+            cols[name] = pd.Categorical.from_codes(coded.indices.to_numpy(zero_copy_only=False),
+                                                   categories=pd.Index(coded.dictionary.to_pylist(), dtype=object))
     frame = pd.DataFrame(cols)
     hashes = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64))
     h = hashlib.sha256(np.int64(len(hashes)).tobytes())

@@ -175,17 +175,16 @@ def count_loaded_events(engine: Engine, table: pa.Table, lo: dt.datetime | None,
         ).fetchone()[0])
 
 
-def row_count_history(engine: Engine, settings: Settings) -> tuple[float | None, int]:
-    """(mean rows per file, files) over the latest ``settings.row_count_history_files`` loaded files."""
+def row_count_history(engine: Engine, settings: Settings, pending: Sequence[int] = ()) -> tuple[float | None, int]:
+    """(mean rows per file, files) over the latest ``settings.row_count_history_files`` loaded files; ``pending``:
+    row counts of files about to be loaded (newest first), counted as the newest ones."""
     with engine.connect() as c:
-        row = c.execute(
-            sa.text(
-                "select avg(row_count)::float8 as mean, count(*) as n from ("
-                " select row_count from raw.ingested_files order by ingested_at desc, file_id desc limit :k) t"
-            ),
+        rows = c.execute(
+            sa.text("select row_count from raw.ingested_files order by ingested_at desc, file_id desc limit :k"),
             {"k": settings.row_count_history_files},
-        ).one()
-    return row.mean, int(row.n)
+        ).scalars().all()
+    counts = [*pending, *rows][: settings.row_count_history_files]
+    return (float(sum(counts)) / len(counts) if counts else None), len(counts)
 
 
 def record_validation(
@@ -241,6 +240,24 @@ def _archive(source_uri: str, data: bytes, checksum: str, settings: Settings) ->
     return target
 
 
+@dataclass
+class _Validated:
+    """A file read and validated, not yet recorded or loaded: the first half of :func:`ingest_file`."""
+
+    uri: str
+    name: str
+    fmt: str
+    raw: bytes
+    in_landing: bool
+    started: float
+    result: IngestResult
+    report: ValidationReport
+    parsed: ParsedEvents
+    bounds: tuple[int, int] | None
+    now: dt.datetime | None
+    compression: str | None
+
+
 def ingest_file(
     path: str | Path,
     settings: Settings,
@@ -256,7 +273,36 @@ def ingest_file(
 
     Raises on infrastructure problems (file unreadable, database down): the file then stays where it was, so a
     retry picks it up again."""
-    from ml.validate import GxRunner, validate_bytes
+    step = _read_and_validate(path, settings, engine, runner=runner, now=now)
+    if isinstance(step, IngestResult):
+        return step
+    return _record_and_load(step, settings, engine, dag_run_id=dag_run_id, replace=replace)
+
+
+def _already_loaded(result: IngestResult, existing: int, raw: bytes, settings: Settings, in_landing: bool,
+                    started: float) -> IngestResult:
+    result.status, result.file_id = "duplicate", existing
+    if in_landing:
+        result.archived_uri = _archive(result.source_uri, raw, result.checksum_sha256, settings)
+    result.message = f"{result.file_name}: already loaded as file_id {existing} (same sha256); nothing to do"
+    log.info(result.message)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _read_and_validate(
+    path: str | Path,
+    settings: Settings,
+    engine: Engine,
+    *,
+    runner: GxRunner | None,
+    now: dt.datetime | None,
+    pending_rows: Sequence[int] = (),
+) -> IngestResult | _Validated:
+    """Steps 1-2 of the module docstring: read, checksum, validate. Returns the final result when there is nothing
+    to load (``skipped``, ``duplicate`` by checksum), else the validated file. ``pending_rows``: row counts of files
+    validated earlier in this run and about to load, taken into the row-count band as the newest loaded files
+    (:func:`ingest_files` checks that guess before loading)."""
     from ml.validate import row_count_bounds as bounds_of
 
     started = time.perf_counter()
@@ -279,34 +325,43 @@ def ingest_file(
     result = IngestResult(file_name=name, source_uri=uri, status="duplicate", checksum_sha256=checksum)
     result.timings["read"] = time.perf_counter() - started
 
-    def already_loaded(existing: int) -> IngestResult:
-        result.status, result.file_id = "duplicate", existing
-        if in_landing:
-            result.archived_uri = _archive(uri, raw, checksum, settings)
-        result.message = f"{name}: already loaded as file_id {existing} (same sha256); nothing to do"
-        log.info(result.message)
-        result.seconds = time.perf_counter() - started
-        return result
-
     existing = find_ingested(engine, checksum)
     if existing is not None:
-        return already_loaded(existing)
+        return _already_loaded(result, existing, raw, settings, in_landing, started)
+    bounds = bounds_of(*row_count_history(engine, settings, pending_rows), settings)
+    v = _Validated(uri=uri, name=name, fmt=fmt, raw=raw, in_landing=in_landing, started=started, result=result,
+                   report=None, parsed=None, bounds=bounds, now=now, compression=compression)  # type: ignore[arg-type]
+    return _validate(v, settings, runner)
+
+
+def _validate(v: _Validated, settings: Settings, runner: GxRunner | None) -> _Validated:
+    """Run the structural rules and the GX suite on ``v``'s bytes with ``v.bounds`` as the row-count band."""
+    from ml.validate import GxRunner, validate_bytes
 
     mark = time.perf_counter()
-    mean, n_files = row_count_history(engine, settings)
-    report, parsed = validate_bytes(
-        raw,
+    v.report, v.parsed = validate_bytes(
+        v.raw,
         settings,
-        file_name=name,
-        file_format=fmt,
-        compression=compression,
-        file_uri=uri,
-        checksum=checksum,
-        now=now,
-        row_count_bounds=bounds_of(mean, n_files, settings),
+        file_name=v.name,
+        file_format=v.fmt,
+        compression=v.compression,
+        file_uri=v.uri,
+        checksum=v.result.checksum_sha256,
+        now=v.now,
+        row_count_bounds=v.bounds,
         runner=runner or GxRunner(data_docs_dir(settings)),
     )
-    result.timings["validate"] = time.perf_counter() - mark
+    v.result.timings["validate"] = time.perf_counter() - mark
+    return v
+
+
+def _record_and_load(
+    v: _Validated, settings: Settings, engine: Engine, *, dag_run_id: str | None, replace: bool
+) -> IngestResult:
+    """Steps 2-5 of the module docstring for a validated file: record the validation, then quarantine, or check
+    exactly-once by content and load in one transaction, then archive."""
+    result, report, name, uri, raw = v.result, v.report, v.name, v.uri, v.raw
+    checksum, started, in_landing = result.checksum_sha256, v.started, v.in_landing
     result.row_count = report.row_count
     result.data_docs_uri = report.data_docs_uri
     if report.data_docs_uri:
@@ -314,13 +369,15 @@ def ingest_file(
     for w in report.warnings:
         log.warning("validation warning: %s", w.headline(name))
 
-    table = _events_only(parsed) if report.success else None
+    table = _events_only(v.parsed) if report.success else None
     content = replaced = None
     if table is not None:
         existing = find_ingested(engine, checksum)  # a concurrent run loaded these very bytes while we validated
         if existing is not None and not replace:
-            return already_loaded(existing)
+            return _already_loaded(result, existing, raw, settings, in_landing, started)
+        mark = time.perf_counter()
         content, replaced = _content_rules(engine, report, table, name, replace, checksum)
+        result.timings["content"] = time.perf_counter() - mark
 
     def quarantined() -> IngestResult:
         q_uri, r_uri = _quarantine(uri, raw, report, settings, move=in_landing)
@@ -353,7 +410,7 @@ def ingest_file(
                 "file_name": name,
                 "file_uri": uri,
                 "checksum_sha256": checksum,
-                "file_format": fmt,
+                "file_format": v.fmt,
                 "row_count": table.num_rows,
                 "min_event_time": report.min_event_time,
                 "max_event_time": report.max_event_time,
@@ -473,26 +530,66 @@ def ingest_files(
     dag_run_id: str | None = None,
     replace: bool = False,
 ) -> list[IngestResult]:
-    """Ingest several files, one at a time, each on its own (one bad or broken file never stops the others).
+    """Ingest several files, each on its own (one bad or broken file never stops the others).
+
+    Pipelined on two threads: while file N is recorded and loaded (work done mostly by PostgreSQL, and by Arrow
+    kernels that release the GIL), file N+1 is read and validated in this thread (Great Expectations). Every file
+    goes through exactly the steps of :func:`ingest_file`, and files are recorded and loaded one at a time in the
+    order given. The row-count band of file N+1, computed while N is still loading, counts N as loaded; once N's
+    outcome is known the band is computed again, and N+1 validated again if it differs (N was not loaded after all).
 
     Returns one result per path in order; an unexpected error becomes status ``error`` with its message."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from ml.observe import Progress
     from ml.validate import GxRunner
+    from ml.validate import row_count_bounds as bounds_of
 
     runner = GxRunner(data_docs_dir(settings))
     progress = Progress("ingest", total=len(paths), unit="files")
-    results = []
-    for p in paths:
+    results: list[IngestResult] = []
+
+    def failed(p: str | Path, e: Exception) -> IngestResult:
+        log.error("%s: ingest failed", p, exc_info=e)
+        return IngestResult(file_name=posixpath.basename(str(p)), source_uri=str(p), status="error",
+                            message=f"{p}: {e}")
+
+    def load(v: _Validated) -> IngestResult:
         try:
-            results.append(ingest_file(p, settings, engine, dag_run_id=dag_run_id, runner=runner, replace=replace))
+            return _record_and_load(v, settings, engine, dag_run_id=dag_run_id, replace=replace)
         except Exception as e:  # noqa: BLE001 - reported per file; the caller decides the exit status
-            log.exception("%s: ingest failed", p)
-            results.append(
-                IngestResult(
-                    file_name=posixpath.basename(str(p)), source_uri=str(p), status="error", message=f"{p}: {e}"
-                )
-            )
+            return failed(v.uri, e)
+
+    def done(result: IngestResult) -> None:
+        results.append(result)
         progress.advance(1)
+
+    loading: tuple[Future[IngestResult], _Validated] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
+        for p in paths:
+            ahead = [loading[1].report.row_count] if loading and loading[1].report.success else []
+            try:
+                step = _read_and_validate(p, settings, engine, runner=runner, now=None, pending_rows=ahead)
+            except Exception as e:  # noqa: BLE001 - reported per file
+                step = failed(p, e)
+            if loading is not None:
+                done(loading[0].result())
+                loading = None
+            if isinstance(step, IngestResult):
+                done(step)
+                continue
+            if ahead:  # the previous file's outcome is known now: was the band right?
+                try:
+                    bounds = bounds_of(*row_count_history(engine, settings), settings)
+                    if bounds != step.bounds:
+                        step.bounds = bounds
+                        _validate(step, settings, runner)
+                except Exception as e:  # noqa: BLE001 - reported per file
+                    done(failed(p, e))
+                    continue
+            loading = (pool.submit(load, step), step)
+        if loading is not None:
+            done(loading[0].result())
     progress.finish()
     return results
 
