@@ -67,31 +67,24 @@ _EVENING_SECONDS = 18 * 3600
 
 
 # --- binary COPY -----------------------------------------------------------------------------------------------------
-def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(data bytes, start offsets, lengths with 0 for nulls, valid mask) of a string array, zero-copy."""
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if not pa.types.is_string(arr.type):
-        arr = pc.cast(arr, pa.string())
-    n = len(arr)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4).astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, dtype=bool)
-    lengths = np.where(valid, offsets[1:] - offsets[:-1], 0)
-    return data, offsets[:-1], lengths, valid
-
-
 def uuid_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Canonical uuid text (36 chars, any hex case) to 16 bytes per row: ((n, 16) uint8, valid mask).
 
+    The non-null values are packed back to back (36 bytes each), so the text is one (m, 36) byte matrix, no gather.
     Raises ValueError on a malformed value (validation guarantees none reach here)."""
-    data, starts, lengths, valid = _string_parts(arr)
-    out = np.zeros((len(starts), 16), dtype=np.uint8)
-    if not valid.any():
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if not pa.types.is_string(arr.type):
+        arr = pc.cast(arr, pa.string())
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(len(arr), dtype=bool)
+    out = np.zeros((len(arr), 16), dtype=np.uint8)
+    present = pc.drop_null(arr) if arr.null_count else arr
+    m = len(present)
+    if not m:
         return out, valid
-    if (lengths[valid] != 36).any():
+    offsets = np.frombuffer(present.buffers()[1], dtype=np.int32, count=m + 1, offset=present.offset * 4)
+    if offsets[m] - offsets[0] != 36 * m or (np.diff(offsets) != 36).any():
         raise ValueError("user_session holds a value that is not a 36-character uuid")
-    chars = data[starts[valid][:, None] + np.arange(36)]
+    chars = np.frombuffer(present.buffers()[2], dtype=np.uint8, count=36 * m, offset=int(offsets[0])).reshape(m, 36)
     nib = _HEX[chars[:, _UUID_HEX_POS]]
     if (nib == 255).any() or (chars[:, [8, 13, 18, 23]] != ord("-")).any():
         raise ValueError("user_session holds a value that is not a uuid")
