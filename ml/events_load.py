@@ -309,7 +309,7 @@ def _missing_parts(conn: Any, day: dt.date) -> list[str]:
     """The day tables (raw.day_partitioned_tables order) without a partition for ``day``."""
     return [r[0] for r in conn.execute(
         "select p from unnest(raw.day_partitioned_tables()) with ordinality as t(p, i)"
-        " where to_regclass(format('raw.%%I', raw.day_partition_name(p, %s))) is null order by i",
+        " where not raw.day_partition_exists(p, %s) order by i",
         [day],
     ).fetchall()]
 

@@ -17,6 +17,16 @@ language sql immutable as $$
     select format('%s_p%s', parent, to_char(day, 'YYYYMMDD'))
 $$;
 
+-- Does raw.<parent>_pYYYYMMDD exist? Read from pg_class with the statement's snapshot, not to_regclass: after
+-- waiting on an advisory lock, to_regclass can still answer from this backend's stale relation cache (advisory
+-- locks process no cache invalidations) and miss a table another transaction just committed.
+create or replace function raw.day_partition_exists(parent text, day date) returns boolean
+language sql stable as $$
+    select exists (
+        select 1 from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+        where n.nspname = 'raw' and c.relname = raw.day_partition_name(parent, day))
+$$;
+
 -- The FOR VALUES bounds of <parent>'s partition for a day: raw.events is partitioned by event_time (timestamptz,
 -- UTC midnights), the rollups by day (date).
 create or replace function raw.day_partition_bounds(parent text, day date) returns text
@@ -75,13 +85,13 @@ declare
     missing boolean := false;
 begin
     foreach parent in array raw.day_partitioned_tables() loop
-        missing := missing or to_regclass(format('raw.%I', raw.day_partition_name(parent, day))) is null;
+        missing := missing or not raw.day_partition_exists(parent, day);
     end loop;
     if missing then
         perform pg_advisory_xact_lock(hashtext('raw.ensure_event_partition'),
                                       hashtext(raw.day_partition_name('events', day)));
         foreach parent in array raw.day_partitioned_tables() loop
-            if to_regclass(format('raw.%I', raw.day_partition_name(parent, day))) is null then
+            if not raw.day_partition_exists(parent, day) then
                 perform raw.create_day_table(parent, day);
                 perform raw.attach_day_table(parent, day);
             end if;

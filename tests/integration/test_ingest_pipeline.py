@@ -52,3 +52,68 @@ def test_next_file_is_judged_by_the_files_really_loaded(own_engine, rees46_sampl
     assert [r.status for r in results] == ["quarantined", "loaded"], [r.message for r in results]
     assert results[0].failed_rules == ["duplicate_delivery"]
     assert results[1].rows_loaded == 200
+
+
+def test_two_loaders_of_one_new_day_both_load_and_the_rollups_stay_exact(own_engine) -> None:
+    """Two files of the same new day loading at the same moment: one creates the day's tables (index-free, attached
+    at its commit), the other waits on the day's lock, then finds the partitions and adds its rows and rollups to
+    them. Both load; one partition per table; the rollups equal a rebuild from raw.events."""
+    import datetime as dt
+    import threading
+
+    import pandas as pd
+
+    from ml.dev.generate import GeneratorConfig, generate_events
+    from ml.events_load import events_table_from_frame, load_events_table
+
+    _, engine = own_engine
+    frame = generate_events(GeneratorConfig(start=dt.date(2024, 5, 2), days=1, n_users=400, n_products=150, seed=4))
+    halves = [frame.iloc[0::2], frame.iloc[1::2]]
+    barrier = threading.Barrier(2)
+    outcome: dict[int, object] = {}
+
+    def load(i: int) -> None:
+        table = events_table_from_frame(halves[i].reset_index(drop=True))
+        record = {"file_name": f"half{i}.csv", "file_uri": f"half{i}.csv", "checksum_sha256": uuid.uuid4().hex,
+                  "file_format": "csv", "row_count": table.num_rows, "min_event_time": None, "max_event_time": None,
+                  "validation_id": None}
+        barrier.wait()
+        try:
+            outcome[i] = load_events_table(engine, table, file_record=record)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome[i] = e
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(o, tuple) for o in outcome.values()), outcome
+    assert sorted(o[1] for o in outcome.values()) == sorted(len(h) for h in halves)  # type: ignore[index]
+    rollups = ("rollup_pair_day", "rollup_user_session_day", "rollup_product_day")
+
+    def snapshot() -> dict[str, pd.DataFrame]:
+        out = {}
+        with engine.connect() as c:
+            for t in rollups:
+                f = pd.read_sql_query(sa.text(f"select * from raw.{t}"), c)
+                if "sessions" in f:
+                    f["sessions"] = f["sessions"].map(lambda a: tuple(sorted(str(u) for u in a)))
+                f = f.astype({"user_session": str}) if "user_session" in f else f
+                out[t] = f.sort_values(list(f.columns[:3])).reset_index(drop=True)
+        return out
+
+    with engine.connect() as c:
+        parts = c.execute(sa.text(
+            "select p.relname, count(*) from pg_inherits i join pg_class p on p.oid = i.inhparent"
+            " join pg_class k on k.oid = i.inhrelid where p.relname in ('events', :a, :b, :c) group by 1"
+        ), dict(zip("abc", rollups, strict=True))).all()
+        assert c.execute(sa.text("select count(*) from raw.events")).scalar_one() == len(frame)
+    assert sorted(parts) == sorted([("events", 1), *((t, 1) for t in rollups)])
+    incremental = snapshot()
+    assert incremental["rollup_pair_day"]["events"].sum() == len(frame)
+    with engine.begin() as c:
+        c.execute(sa.text("select raw.rollups_rebuild_days(null)"))
+    rebuilt = snapshot()
+    for t in rollups:
+        pd.testing.assert_frame_equal(incremental[t], rebuilt[t], check_dtype=False, obj=t)
