@@ -44,7 +44,6 @@ REES46_TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
 _REES46_TIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} UTC$"
 _ISO_TIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})$"
-_INT_RE = r"^[0-9]{1,19}$"
 _FLOAT_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INT64_MAX = "9223372036854775807"
 _OTHER_DELIMITERS = (";", "\t", "|")
@@ -500,7 +499,8 @@ def parse_int64(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
         vals = pc.cast(pc.if_else(whole, f, pa.scalar(None, pa.float64())), pa.int64())
         return vals, whole
     s = _as_string(raw)
-    digits = pc.fill_null(pc.match_substring_regex(s, _INT_RE), False)
+    # 1 to 19 ASCII digits (the regex ^[0-9]{1,19}$), without a regex: about 10x faster
+    digits = pc.fill_null(pc.and_(pc.ascii_is_decimal(s), pc.less_equal(pc.binary_length(s), 19)), False)
     too_big = pc.and_(pc.equal(pc.utf8_length(s), 19), pc.greater(s, _INT64_MAX))
     ok = pc.and_(digits, pc.invert(pc.fill_null(too_big, False)))
     vals = pc.cast(pc.if_else(ok, s, pa.scalar(None, pa.string())), pa.int64())
