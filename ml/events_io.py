@@ -44,7 +44,6 @@ REES46_TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
 _REES46_TIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} UTC$"
 _ISO_TIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})$"
-_INT_RE = r"^[0-9]{1,19}$"
 _FLOAT_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INT64_MAX = "9223372036854775807"
 _OTHER_DELIMITERS = (";", "\t", "|")
@@ -500,7 +499,8 @@ def parse_int64(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
         vals = pc.cast(pc.if_else(whole, f, pa.scalar(None, pa.float64())), pa.int64())
         return vals, whole
     s = _as_string(raw)
-    digits = pc.fill_null(pc.match_substring_regex(s, _INT_RE), False)
+    # 1 to 19 ASCII digits (the regex ^[0-9]{1,19}$), without a regex: about 10x faster
+    digits = pc.fill_null(pc.and_(pc.ascii_is_decimal(s), pc.less_equal(pc.binary_length(s), 19)), False)
     too_big = pc.and_(pc.equal(pc.utf8_length(s), 19), pc.greater(s, _INT64_MAX))
     ok = pc.and_(digits, pc.invert(pc.fill_null(too_big, False)))
     vals = pc.cast(pc.if_else(ok, s, pa.scalar(None, pa.string())), pa.int64())
@@ -616,10 +616,14 @@ def content_fingerprint(table: pa.Table) -> str:
             cols[name] = col.cast(pa.int64()).to_numpy()
         elif name == "price":
             cols[name] = col.cast(pa.float64()).to_numpy()
-        else:
+        else:  # a categorical hashes exactly like its values (pandas hashes the categories, then takes): same
+            # fingerprint as hashing one Python string per row, without building them
             if name == "user_session":
                 col = pc.utf8_lower(col)
-            cols[name] = pd.Series(col.to_pandas(), dtype=object).fillna("\x00null").to_numpy()
+            coded = pc.dictionary_encode(pc.fill_null(col, "\x00null"))
+            coded = coded.combine_chunks() if isinstance(coded, pa.ChunkedArray) else coded
+            cols[name] = pd.Categorical.from_codes(coded.indices.to_numpy(zero_copy_only=False),
+                                                   categories=pd.Index(coded.dictionary.to_pylist(), dtype=object))
     frame = pd.DataFrame(cols)
     hashes = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64))
     h = hashlib.sha256(np.int64(len(hashes)).tobytes())

@@ -11,14 +11,17 @@ One call of :func:`ingest_file` handles one file (CSV, ``.csv.gz`` or Parquet; a
 3. on failure: the original bytes go to the quarantine location unchanged, next to ``<name>.report.json``
    (machine-readable) and ``<name>.summary.txt`` (each failed rule, its failing count, sample lines); nothing is
    written to ``raw.events`` (status ``quarantined``);
-4. on success: the day partitions are ensured, then ONE transaction inserts the ``raw.ingested_files`` record
-   (checksum, rows, validation id) and COPYs the rows (PostgreSQL binary COPY through psycopg 3) with their
-   ``file_id`` and ``line_no``; a crash before the commit leaves neither rows nor a file record;
+4. on success: ONE transaction inserts the ``raw.ingested_files`` record (checksum, rows, validation id), COPYs
+   the rows (PostgreSQL binary COPY through psycopg 3) with their ``file_id`` and ``line_no``, and adds them to
+   the feature rollups (:mod:`ml.events_load`: a new day is loaded index-free and attached at the end); a crash
+   before the commit leaves neither rows, rollups nor a file record;
 5. files taken from the landing location are moved out of it (``archive/`` on success or duplicate,
    ``quarantine/`` on failure), so landing only holds files not yet processed. Files given from elsewhere (e.g. a
    read-only sample) are left in place and copied to quarantine when they fail.
 
-Times are UTC. Nothing here imports Airflow.
+Where the parts live: file locations and listing in :mod:`ml.locations`, reading and parsing in
+:mod:`ml.events_io`, the suite in :mod:`ml.validate`, the load transaction in :mod:`ml.events_load`; this module is
+the pipeline step and its exactly-once bookkeeping. Times are UTC. Nothing here imports Airflow.
 """
 
 from __future__ import annotations
@@ -28,22 +31,41 @@ import hashlib
 import logging
 import posixpath
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from ml.errors import PipelineError, ValidationFailed
+from ml.events_load import (  # noqa: F401 - re-exported: callers load events through ml.ingest
+    COPY_COLUMNS,
+    encode_events_binary,
+    ensure_partitions,
+    event_days,
+    events_table_from_frame,
+    load_events_frame,
+    load_events_table,
+)
 from ml.jsonutil import dumps
-from ml.pgcopy import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US, connect
+from ml.locations import (  # noqa: F401 - re-exported: discover_files and file_format are part of ingest's API
+    data_docs_dir,
+    discover_files,
+    file_format,
+    free_uri,
+    fs_of,
+    is_under,
+    join_uri,
+    norm_uri,
+    put_file,
+    write_text,
+)
+from ml.pgcopy import connect
 
 if TYPE_CHECKING:
-    import pandas as pd
     from sqlalchemy.engine import Engine
 
     from ml.settings import Settings
@@ -51,48 +73,6 @@ if TYPE_CHECKING:
     from ml.validation_report import RuleResult
 
 log = logging.getLogger(__name__)
-
-SUFFIXES: dict[str, tuple[str, str | None]] = {
-    ".csv": ("csv", None),
-    ".csv.gz": ("csv", "gzip"),
-    ".parquet": ("parquet", None),
-    ".pq": ("parquet", None),
-}
-COPY_COLUMNS: tuple[str, ...] = (
-    "event_time",
-    "product_id",
-    "category_id",
-    "price",
-    "user_id",
-    "file_id",
-    "line_no",
-    "user_session",
-    "event_type",
-    "category_code",
-    "brand",
-)
-COPY_CHUNK_ROWS = 65_536
-# the fixed-width head of every binary COPY tuple: field count, then (length, value) for the fixed-size columns,
-# then the length word of user_session (16, or -1 for NULL); big-endian as the protocol wants
-_FIXED = np.dtype(
-    [
-        ("n", ">i2"),
-        ("l_time", ">i4"), ("event_time", ">i8"),
-        ("l_pid", ">i4"), ("product_id", ">i8"),
-        ("l_cid", ">i4"), ("category_id", ">i8"),
-        ("l_price", ">i4"), ("price", ">f8"),
-        ("l_uid", ">i4"), ("user_id", ">i8"),
-        ("l_fid", ">i4"), ("file_id", ">i8"),
-        ("l_line", ">i4"), ("line_no", ">i4"),
-        ("l_session", ">i4"),
-    ]
-)  # fmt: skip
-_HEX = np.full(256, 255, dtype=np.uint8)
-_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
-_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
-_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
-_UUID_HEX_POS = np.array([*range(0, 8), *range(9, 13), *range(14, 18), *range(19, 23), *range(24, 36)])
-
 
 # --- results ----------------------------------------------------------------------------------------------------------
 @dataclass
@@ -134,132 +114,6 @@ class IngestResult:
 
 
 # --- locations --------------------------------------------------------------------------------------------------------
-def _fs(uri: str) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri)
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
-
-
-def _norm(uri: str) -> str:
-    """A comparable form of a location: an absolute local path, or ``protocol://`` + fsspec's stripped path."""
-    if "://" in uri and not uri.startswith("file://"):
-        protocol, rest = uri.split("://", 1)
-        try:
-            _, rest = _fs(uri)
-        except ImportError:  # backend not installed: compare the URLs as written
-            pass
-        return f"{protocol}://{rest.rstrip('/')}"
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
-    return str(Path(path).expanduser().resolve())
-
-
-def _is_under(uri: str, base: str) -> bool:
-    u, b = _norm(uri), _norm(base)
-    return u == b or u.startswith(b.rstrip("/") + "/")
-
-
-def file_format(name: str) -> tuple[str, str | None]:
-    """(format, compression) from a file name: ``csv``/``parquet`` and None/``gzip``. Raises PipelineError."""
-    lower = name.lower()
-    for suffix in sorted(SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return SUFFIXES[suffix]
-    raise PipelineError(f"{name}: unsupported file type (expected one of {', '.join(SUFFIXES)})")
-
-
-def discover_files(
-    settings: Settings, location: str | None = None, *, date: dt.date | None = None, limit: int | None = None
-) -> list[str]:
-    """New event files under ``location`` (default: the landing location), oldest name first.
-
-    Recursive; skips hidden or temporary names (a path part starting with ``.`` or ``_``: writers should upload
-    under such a name and rename) and the archive/quarantine locations if they sit inside landing. ``date``
-    (a UTC ``dt.date``) keeps files whose name holds that date (``2019-10-01`` or ``20191001``). ``location`` may be one
-    file. Returns local paths or URLs; ``limit`` caps the count (default settings.ingest_max_files_per_run).
-    Raises PipelineError when an explicit ``location`` does not exist or is one file of an unsupported type."""
-    base = location or settings.location("landing")
-    fs, root = _fs(base)
-    if not fs.exists(root):
-        if location is None:  # no landing folder yet: nothing has arrived
-            return []
-        raise PipelineError(f"{location}: no such file or folder")
-    protocol = base.split("://", 1)[0] if "://" in base else None
-    if fs.isfile(root):
-        file_format(str(location or root))  # a file given by name must be a supported type: PipelineError if not
-        candidates = [root]
-    else:
-        candidates = sorted(fs.find(root))
-    skip = [settings.location("archive"), settings.location("quarantine")]
-    tokens = [date.isoformat(), f"{date:%Y%m%d}"] if date else []
-    out: list[str] = []
-    for p in candidates:
-        rel = posixpath.relpath(p, root) if p != root else posixpath.basename(p)
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
-            continue
-        try:
-            file_format(p)
-        except PipelineError:
-            continue
-        uri = f"{protocol}://{p}" if protocol and protocol != "file" else p
-        if any(_is_under(uri, s) for s in skip) and not _is_under(base, skip[0]) and not _is_under(base, skip[1]):
-            continue
-        if tokens and not any(t in posixpath.basename(p) for t in tokens):
-            continue
-        out.append(uri)
-    cap = limit if limit is not None else settings.ingest_max_files_per_run
-    if len(out) > cap:
-        log.info("discovered %d files; taking the first %d this run", len(out), cap)
-    return out[:cap]
-
-
-def _free_uri(directory: str, name: str, checksum: str) -> str:
-    """``directory/name``, or ``directory/<sha12>-name`` if another file already holds that name."""
-    fs, d = _fs(directory)
-    fs.makedirs(d, exist_ok=True)
-    uri = _join(directory, name)
-    _, p = _fs(uri)
-    if fs.exists(p):
-        if hashlib.sha256(fs.cat_file(p)).hexdigest() == checksum:
-            return uri
-        uri = _join(directory, f"{checksum[:12]}-{name}")
-    return uri
-
-
-def _put_file(src_uri: str, dst_uri: str, data: bytes, move: bool) -> None:
-    """Move ``src`` to ``dst`` (rename when both are on one filesystem), or write ``data`` there if not moving."""
-    sfs, sp = _fs(src_uri)
-    dfs, dp = _fs(dst_uri)
-    same_fs = type(sfs) is type(dfs) and getattr(sfs, "storage_options", None) == getattr(dfs, "storage_options", None)
-    if move and same_fs:
-        sfs.mv(sp, dp)
-        return
-    with dfs.open(dp, "wb") as f:
-        f.write(data)
-    if move:
-        sfs.rm(sp)
-
-
-def _write_text(uri: str, text: str) -> None:
-    fs, p = _fs(uri)
-    with fs.open(p, "wb") as f:
-        f.write(text.encode("utf-8"))
-
-
-def data_docs_dir(settings: Settings) -> str | None:
-    """The local directory of the GX Data Docs site: ``<reports>/data_docs``; None when settings.data_docs_enabled
-    is off or reports is a remote URL (GX's filesystem site needs a local directory)."""
-    reports = settings.location("reports")
-    if not settings.data_docs_enabled or "://" in reports:
-        return None
-    path = Path(reports) / "data_docs"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
 # --- database ---------------------------------------------------------------------------------------------------------
 def find_ingested(engine: Engine, checksum: str) -> int | None:
     """The file_id of an already-loaded file with this sha256, or None."""
@@ -321,30 +175,16 @@ def count_loaded_events(engine: Engine, table: pa.Table, lo: dt.datetime | None,
         ).fetchone()[0])
 
 
-def _delete_file_rows(conn: Any, file_id: int) -> None:
-    """Inside a load transaction (psycopg ``conn``): remove a loaded file's rows and its record (``--replace``)."""
-    row = conn.execute(
-        "select min_event_time, max_event_time from raw.ingested_files where file_id = %s for update", [file_id]
-    ).fetchone()
-    if row is None:
-        raise PipelineError(f"file_id {file_id} to be replaced is no longer loaded (replaced concurrently?)")
-    if row[0] is not None:
-        conn.execute("delete from raw.events where file_id = %s and event_time between %s and %s",
-                     [file_id, row[0], row[1]])
-    conn.execute("delete from raw.ingested_files where file_id = %s", [file_id])
-
-
-def row_count_history(engine: Engine, settings: Settings) -> tuple[float | None, int]:
-    """(mean rows per file, files) over the latest ``settings.row_count_history_files`` loaded files."""
+def row_count_history(engine: Engine, settings: Settings, pending: Sequence[int] = ()) -> tuple[float | None, int]:
+    """(mean rows per file, files) over the latest ``settings.row_count_history_files`` loaded files; ``pending``:
+    row counts of files about to be loaded (newest first), counted as the newest ones."""
     with engine.connect() as c:
-        row = c.execute(
-            sa.text(
-                "select avg(row_count)::float8 as mean, count(*) as n from ("
-                " select row_count from raw.ingested_files order by ingested_at desc, file_id desc limit :k) t"
-            ),
+        rows = c.execute(
+            sa.text("select row_count from raw.ingested_files order by ingested_at desc, file_id desc limit :k"),
             {"k": settings.row_count_history_files},
-        ).one()
-    return row.mean, int(row.n)
+        ).scalars().all()
+    counts = [*pending, *rows][: settings.row_count_history_files]
+    return (float(sum(counts)) / len(counts) if counts else None), len(counts)
 
 
 def record_validation(
@@ -368,239 +208,54 @@ def record_validation(
     )
 
 
-def ensure_partitions(engine: Engine, days: Sequence[dt.date]) -> None:
-    """Create the raw.events day partitions for ``days`` (UTC) if missing, in one short committed transaction.
-
-    Done before the load transaction on purpose: partition DDL held open for a whole COPY would serialise concurrent
-    loaders of the same day. An empty partition left by a crashed load holds no rows and is harmless."""
-    if not days:
-        return
-    with engine.begin() as c:
-        for day in sorted(set(days)):
-            c.execute(sa.text("select raw.ensure_event_partition(:d)"), {"d": day})
-
-
-# --- binary COPY ------------------------------------------------------------------------------------------------------
-# The raw.events row layout; the framing (header, trailer, epoch) and the connection are ml.pgcopy's.
-def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(data bytes, start offsets, lengths with 0 for nulls, valid mask) of a string array, zero-copy."""
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if not pa.types.is_string(arr.type):
-        arr = pc.cast(arr, pa.string())
-    n = len(arr)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4).astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, dtype=bool)
-    lengths = np.where(valid, offsets[1:] - offsets[:-1], 0)
-    return data, offsets[:-1], lengths, valid
-
-
-def uuid_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical uuid text (36 chars, any hex case) to 16 bytes per row: ((n, 16) uint8, valid mask).
-
-    Raises ValueError on a malformed value (validation guarantees none reach here)."""
-    data, starts, lengths, valid = _string_parts(arr)
-    out = np.zeros((len(starts), 16), dtype=np.uint8)
-    if not valid.any():
-        return out, valid
-    if (lengths[valid] != 36).any():
-        raise ValueError("user_session holds a value that is not a 36-character uuid")
-    chars = data[starts[valid][:, None] + np.arange(36)]
-    nib = _HEX[chars[:, _UUID_HEX_POS]]
-    if (nib == 255).any() or (chars[:, [8, 13, 18, 23]] != ord("-")).any():
-        raise ValueError("user_session holds a value that is not a uuid")
-    out[valid] = (nib[:, 0::2] << 4) | nib[:, 1::2]
-    return out, valid
-
-
-def encode_events_binary(table: pa.Table, file_id: int, chunk_rows: int = COPY_CHUNK_ROWS) -> Iterator[bytes]:
-    """Yield PostgreSQL binary COPY data for ``table`` (the typed REES46 columns + ``line_no``), columns in
-    :data:`COPY_COLUMNS` order: the header, one chunk per ``chunk_rows`` rows, then the trailer.
-
-    Built with numpy (a ragged gather per chunk), no per-row Python. Types: event_time timestamptz (microseconds),
-    ids/file_id int8, price float8, line_no int4, user_session uuid, text columns as UTF-8."""
-    yield COPY_HEADER
-    n = table.num_rows
-    for lo in range(0, n, chunk_rows):
-        yield _encode_chunk(table.slice(lo, min(chunk_rows, n - lo)), file_id)
-    yield COPY_TRAILER
-
-
-def _encode_chunk(t: pa.Table, file_id: int) -> bytes:
-    n = t.num_rows
-    fixed = np.empty(n, dtype=_FIXED)
-    fixed["n"] = len(COPY_COLUMNS)
-    for lname, col, size in (
-        ("l_time", "event_time", 8), ("l_pid", "product_id", 8), ("l_cid", "category_id", 8), ("l_price", "price", 8),
-        ("l_uid", "user_id", 8), ("l_fid", "file_id", 8), ("l_line", "line_no", 4),
-    ):  # fmt: skip
-        fixed[lname] = size
-    ts = t.column("event_time").combine_chunks()
-    ts = pc.cast(ts, pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    fixed["event_time"] = ts.to_numpy() - PG_EPOCH_US
-    for col in ("product_id", "category_id", "user_id"):
-        fixed[col] = t.column(col).combine_chunks().cast(pa.int64()).to_numpy()
-    fixed["price"] = t.column("price").combine_chunks().cast(pa.float64()).to_numpy()
-    fixed["file_id"] = file_id
-    fixed["line_no"] = t.column("line_no").combine_chunks().cast(pa.int64()).to_numpy()
-    sess, sess_ok = uuid_bytes(t.column("user_session"))
-    fixed["l_session"] = np.where(sess_ok, 16, -1)
-
-    # the source buffer: every segment kind laid out one after another
-    parts: list[np.ndarray] = [fixed.view(np.uint8), sess.ravel()]
-    seg_src: list[np.ndarray] = [np.arange(n, dtype=np.int64) * _FIXED.itemsize]
-    seg_len: list[np.ndarray] = [np.full(n, _FIXED.itemsize, dtype=np.int64)]
-    base = fixed.nbytes
-    seg_src.append(base + np.arange(n, dtype=np.int64) * 16)
-    seg_len.append(np.where(sess_ok, 16, 0).astype(np.int64))
-    base += sess.nbytes
-    for col in ("event_type", "category_code", "brand"):
-        data, starts, lengths, valid = _string_parts(t.column(col))
-        header = np.where(valid, lengths, -1).astype(">i4")
-        parts.append(header.view(np.uint8))
-        seg_src.append(base + np.arange(n, dtype=np.int64) * 4)
-        seg_len.append(np.full(n, 4, dtype=np.int64))
-        base += header.nbytes
-        parts.append(data)
-        seg_src.append(base + starts)
-        seg_len.append(lengths)
-        base += data.nbytes
-    src = np.concatenate(parts)
-    src_start = np.stack(seg_src, axis=1).ravel()
-    lengths = np.stack(seg_len, axis=1).ravel()
-    total = int(lengths.sum())
-    dst_start = np.cumsum(lengths) - lengths
-    idx = np.repeat(src_start - dst_start, lengths) + np.arange(total, dtype=np.int64)
-    return src[idx].tobytes()
-
-
-def load_events_table(
-    engine: Engine,
-    table: pa.Table,
-    *,
-    file_record: dict[str, Any] | None = None,
-    file_id: int = 0,
-) -> tuple[int, int]:
-    """COPY a typed events table into raw.events in ONE transaction; return (file_id, rows).
-
-    With ``file_record`` (keys: file_name, file_uri, checksum_sha256, file_format, row_count, min_event_time,
-    max_event_time, validation_id) the ``raw.ingested_files`` row is inserted in the same transaction and its new
-    file_id stamped on every row; a file already recorded with that checksum makes this a no-op returning
-    (its file_id, 0). Without it, rows carry ``file_id`` as given. Day partitions must exist
-    (:func:`ensure_partitions`).
-
-    Rows are sent sorted by (user_id, event_time): the B-tree insertions into raw.events' (user_id, event_time)
-    index become sequential, which makes the COPY about 1.5-2x faster, and the heap ends up clustered by user,
-    which the per-user feature queries read. ``line_no`` keeps each row's place in its file."""
-    columns = ", ".join(COPY_COLUMNS)
-    if table.num_rows > 1:
-        table = table.take(pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("event_time", "ascending")]))
-    with connect(engine) as conn:
-        with conn.transaction():
-            if file_record is not None:
-                sha = file_record["checksum_sha256"]
-                # serialise concurrent loaders of the same file; the unique checksum is the final guard
-                conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", [sha])
-                file_record = {"content_sha256": None, "replaced_file_id": None, **file_record}
-                if file_record["replaced_file_id"] is not None:  # issue 15: --replace swaps rows in this transaction
-                    _delete_file_rows(conn, int(file_record["replaced_file_id"]))
-                row = conn.execute(
-                    "select file_id from raw.ingested_files where checksum_sha256 = %s", [sha]
-                ).fetchone()
-                if row:
-                    return int(row[0]), 0
-                file_id = conn.execute(
-                    "insert into raw.ingested_files (file_name, file_uri, checksum_sha256, file_format, row_count,"
-                    " min_event_time, max_event_time, validation_id, content_sha256, replaced_file_id)"
-                    " values (%(file_name)s, %(file_uri)s, %(checksum_sha256)s, %(file_format)s, %(row_count)s,"
-                    " %(min_event_time)s, %(max_event_time)s, %(validation_id)s, %(content_sha256)s,"
-                    " %(replaced_file_id)s) returning file_id",
-                    file_record,
-                ).fetchone()[0]
-            with conn.cursor() as cur, cur.copy(f"copy raw.events ({columns}) from stdin (format binary)") as copy:
-                for chunk in encode_events_binary(table, int(file_id)):
-                    copy.write(chunk)
-    return int(file_id), table.num_rows
-
-
-def event_days(table: pa.Table) -> list[dt.date]:
-    """The distinct UTC days of ``event_time`` in ``table``."""
-    if table.num_rows == 0:
-        return []
-    us = pc.cast(table.column("event_time"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-    days = np.unique(us // 86_400_000_000)
-    return [dt.date(1970, 1, 1) + dt.timedelta(days=int(d)) for d in days]
-
-
-def events_table_from_frame(df: pd.DataFrame, *, line_start: int = 1) -> pa.Table:
-    """A typed events table (as :func:`load_events_table` wants) from a pandas frame with the REES46 columns.
-
-    event_time may be tz-aware (converted to UTC) or naive (taken as UTC); empty strings and NaN are NULL for the
-    nullable text columns; ``line_no`` is taken from the frame if present, else numbered from ``line_start``."""
-    import pandas as pd
-
-    from ml.validate import EVENT_COLUMNS
-
-    missing = [c for c in EVENT_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"frame lacks REES46 column(s): {', '.join(missing)}")
-    t = pd.to_datetime(df["event_time"], utc=True)
-    cols: dict[str, pa.Array] = {"event_time": pa.array(t.astype("datetime64[us, UTC]"), pa.timestamp("us", tz="UTC"))}
-    for c in ("product_id", "category_id", "user_id"):
-        cols[c] = pa.array(df[c].to_numpy(dtype=np.int64), pa.int64())
-    cols["price"] = pa.array(df["price"].to_numpy(dtype=np.float64), pa.float64())
-    for c in ("event_type", "category_code", "brand", "user_session"):
-        s = df[c].astype(object).where(df[c].notna(), None)
-        arr = pa.array(s.tolist(), pa.string())
-        if c != "event_type":
-            arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
-        cols[c] = arr
-    if "line_no" in df.columns:
-        cols["line_no"] = pa.array(df["line_no"].to_numpy(dtype=np.int64), pa.int64())
-    else:
-        cols["line_no"] = pa.array(np.arange(line_start, line_start + len(df), dtype=np.int64), pa.int64())
-    return pa.table(cols)
-
-
-def load_events_frame(engine: Engine, df: pd.DataFrame, *, file_id: int = 0, line_start: int = 1) -> int:
-    """Put a DataFrame of REES46 events straight into raw.events (no validation, no file record): a fast helper for
-    tests and demos. Creates the day partitions, COPYs in one transaction, returns the rows loaded."""
-    table = events_table_from_frame(df, line_start=line_start)
-    ensure_partitions(engine, event_days(table))
-    return load_events_table(engine, table, file_id=file_id)[1]
-
-
 # --- the pipeline step ------------------------------------------------------------------------------------------------
 def _quarantine(
     source_uri: str, data: bytes, report: ValidationReport, settings: Settings, move: bool
 ) -> tuple[str, str]:
     """Write report + summary, then move (or copy) the original bytes into quarantine. Returns (file, report) URIs."""
     qdir = settings.location("quarantine")
-    target = _free_uri(qdir, report.file_name, report.checksum_sha256)
+    target = free_uri(qdir, report.file_name, report.checksum_sha256)
     report_uri = target + ".report.json"
     body = report.as_dict()
     body["quarantine_uri"] = target
-    _write_text(report_uri, dumps(body, indent=2) + "\n")
-    _write_text(target + ".summary.txt", report.summary_text())
+    write_text(report_uri, dumps(body, indent=2) + "\n")
+    write_text(target + ".summary.txt", report.summary_text())
     try:
-        _put_file(source_uri, target, data, move=move)
+        put_file(source_uri, target, data, move=move)
     except FileNotFoundError:  # a concurrent run of the same landing folder moved it first
         if not move:
             raise
-        dfs, dp = _fs(target)
+        dfs, dp = fs_of(target)
         with dfs.open(dp, "wb") as f:  # the bytes we read are the file's: keep them next to the report
             f.write(data)
     return target, report_uri
 
 
 def _archive(source_uri: str, data: bytes, checksum: str, settings: Settings) -> str:
-    target = _free_uri(settings.location("archive"), posixpath.basename(source_uri.rstrip("/")), checksum)
+    target = free_uri(settings.location("archive"), posixpath.basename(source_uri.rstrip("/")), checksum)
     try:
-        _put_file(source_uri, target, data, move=True)
+        put_file(source_uri, target, data, move=True)
     except FileNotFoundError:  # a concurrent run of the same landing folder archived it first
         log.info("%s: already moved out of landing by a concurrent run", source_uri)
     return target
+
+
+@dataclass
+class _Validated:
+    """A file read and validated, not yet recorded or loaded: the first half of :func:`ingest_file`."""
+
+    uri: str
+    name: str
+    fmt: str
+    raw: bytes
+    in_landing: bool
+    started: float
+    result: IngestResult
+    report: ValidationReport
+    parsed: ParsedEvents
+    bounds: tuple[int, int] | None
+    now: dt.datetime | None
+    compression: str | None
 
 
 def ingest_file(
@@ -618,15 +273,44 @@ def ingest_file(
 
     Raises on infrastructure problems (file unreadable, database down): the file then stays where it was, so a
     retry picks it up again."""
-    from ml.validate import GxRunner, validate_bytes
+    step = _read_and_validate(path, settings, engine, runner=runner, now=now)
+    if isinstance(step, IngestResult):
+        return step
+    return _record_and_load(step, settings, engine, dag_run_id=dag_run_id, replace=replace)
+
+
+def _already_loaded(result: IngestResult, existing: int, raw: bytes, settings: Settings, in_landing: bool,
+                    started: float) -> IngestResult:
+    result.status, result.file_id = "duplicate", existing
+    if in_landing:
+        result.archived_uri = _archive(result.source_uri, raw, result.checksum_sha256, settings)
+    result.message = f"{result.file_name}: already loaded as file_id {existing} (same sha256); nothing to do"
+    log.info(result.message)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _read_and_validate(
+    path: str | Path,
+    settings: Settings,
+    engine: Engine,
+    *,
+    runner: GxRunner | None,
+    now: dt.datetime | None,
+    pending_rows: Sequence[int] = (),
+) -> IngestResult | _Validated:
+    """Steps 1-2 of the module docstring: read, checksum, validate. Returns the final result when there is nothing
+    to load (``skipped``, ``duplicate`` by checksum), else the validated file. ``pending_rows``: row counts of files
+    validated earlier in this run and about to load, taken into the row-count band as the newest loaded files
+    (:func:`ingest_files` checks that guess before loading)."""
     from ml.validate import row_count_bounds as bounds_of
 
     started = time.perf_counter()
     uri = str(path)
     name = posixpath.basename(uri.rstrip("/"))
     fmt, compression = file_format(name)
-    fs, fpath = _fs(uri)
-    in_landing = _is_under(uri, settings.location("landing"))
+    fs, fpath = fs_of(uri)
+    in_landing = is_under(uri, settings.location("landing"))
     try:
         raw = fs.cat_file(fpath)
     except FileNotFoundError:
@@ -641,34 +325,43 @@ def ingest_file(
     result = IngestResult(file_name=name, source_uri=uri, status="duplicate", checksum_sha256=checksum)
     result.timings["read"] = time.perf_counter() - started
 
-    def already_loaded(existing: int) -> IngestResult:
-        result.status, result.file_id = "duplicate", existing
-        if in_landing:
-            result.archived_uri = _archive(uri, raw, checksum, settings)
-        result.message = f"{name}: already loaded as file_id {existing} (same sha256); nothing to do"
-        log.info(result.message)
-        result.seconds = time.perf_counter() - started
-        return result
-
     existing = find_ingested(engine, checksum)
     if existing is not None:
-        return already_loaded(existing)
+        return _already_loaded(result, existing, raw, settings, in_landing, started)
+    bounds = bounds_of(*row_count_history(engine, settings, pending_rows), settings)
+    v = _Validated(uri=uri, name=name, fmt=fmt, raw=raw, in_landing=in_landing, started=started, result=result,
+                   report=None, parsed=None, bounds=bounds, now=now, compression=compression)  # type: ignore[arg-type]
+    return _validate(v, settings, runner)
+
+
+def _validate(v: _Validated, settings: Settings, runner: GxRunner | None) -> _Validated:
+    """Run the structural rules and the GX suite on ``v``'s bytes with ``v.bounds`` as the row-count band."""
+    from ml.validate import GxRunner, validate_bytes
 
     mark = time.perf_counter()
-    mean, n_files = row_count_history(engine, settings)
-    report, parsed = validate_bytes(
-        raw,
+    v.report, v.parsed = validate_bytes(
+        v.raw,
         settings,
-        file_name=name,
-        file_format=fmt,
-        compression=compression,
-        file_uri=uri,
-        checksum=checksum,
-        now=now,
-        row_count_bounds=bounds_of(mean, n_files, settings),
+        file_name=v.name,
+        file_format=v.fmt,
+        compression=v.compression,
+        file_uri=v.uri,
+        checksum=v.result.checksum_sha256,
+        now=v.now,
+        row_count_bounds=v.bounds,
         runner=runner or GxRunner(data_docs_dir(settings)),
     )
-    result.timings["validate"] = time.perf_counter() - mark
+    v.result.timings["validate"] = time.perf_counter() - mark
+    return v
+
+
+def _record_and_load(
+    v: _Validated, settings: Settings, engine: Engine, *, dag_run_id: str | None, replace: bool
+) -> IngestResult:
+    """Steps 2-5 of the module docstring for a validated file: record the validation, then quarantine, or check
+    exactly-once by content and load in one transaction, then archive."""
+    result, report, name, uri, raw = v.result, v.report, v.name, v.uri, v.raw
+    checksum, started, in_landing = result.checksum_sha256, v.started, v.in_landing
     result.row_count = report.row_count
     result.data_docs_uri = report.data_docs_uri
     if report.data_docs_uri:
@@ -676,13 +369,15 @@ def ingest_file(
     for w in report.warnings:
         log.warning("validation warning: %s", w.headline(name))
 
-    table = _events_only(parsed) if report.success else None
+    table = _events_only(v.parsed) if report.success else None
     content = replaced = None
     if table is not None:
         existing = find_ingested(engine, checksum)  # a concurrent run loaded these very bytes while we validated
         if existing is not None and not replace:
-            return already_loaded(existing)
+            return _already_loaded(result, existing, raw, settings, in_landing, started)
+        mark = time.perf_counter()
         content, replaced = _content_rules(engine, report, table, name, replace, checksum)
+        result.timings["content"] = time.perf_counter() - mark
 
     def quarantined() -> IngestResult:
         q_uri, r_uri = _quarantine(uri, raw, report, settings, move=in_landing)
@@ -707,7 +402,6 @@ def ingest_file(
     mark = time.perf_counter()
     result.validation_id = record_validation(engine, report, dag_run_id=dag_run_id)
     days = event_days(table)
-    ensure_partitions(engine, days)
     try:
         file_id, rows = load_events_table(
             engine,
@@ -716,7 +410,7 @@ def ingest_file(
                 "file_name": name,
                 "file_uri": uri,
                 "checksum_sha256": checksum,
-                "file_format": fmt,
+                "file_format": v.fmt,
                 "row_count": table.num_rows,
                 "min_event_time": report.min_event_time,
                 "max_event_time": report.max_event_time,
@@ -811,7 +505,7 @@ def group_files(paths: Sequence[str], settings: Settings) -> list[list[str]]:
         name = posixpath.basename(str(p).rstrip("/"))
         try:
             fmt, compression = file_format(name)
-            fs, fpath = _fs(str(p))
+            fs, fpath = fs_of(str(p))
             est = float(fs.size(fpath) or 0) / ROW_BYTES_ESTIMATE["csv.gz" if compression else fmt]
         except (OSError, ValueError, PipelineError):  # unreadable here: ingest_file will report it
             est = 0.0
@@ -839,26 +533,66 @@ def ingest_files(
     dag_run_id: str | None = None,
     replace: bool = False,
 ) -> list[IngestResult]:
-    """Ingest several files, one at a time, each on its own (one bad or broken file never stops the others).
+    """Ingest several files, each on its own (one bad or broken file never stops the others).
+
+    Pipelined on two threads: while file N is recorded and loaded (work done mostly by PostgreSQL, and by Arrow
+    kernels that release the GIL), file N+1 is read and validated in this thread (Great Expectations). Every file
+    goes through exactly the steps of :func:`ingest_file`, and files are recorded and loaded one at a time in the
+    order given. The row-count band of file N+1, computed while N is still loading, counts N as loaded; once N's
+    outcome is known the band is computed again, and N+1 validated again if it differs (N was not loaded after all).
 
     Returns one result per path in order; an unexpected error becomes status ``error`` with its message."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from ml.observe import Progress
     from ml.validate import GxRunner
+    from ml.validate import row_count_bounds as bounds_of
 
     runner = GxRunner(data_docs_dir(settings))
     progress = Progress("ingest", total=len(paths), unit="files")
-    results = []
-    for p in paths:
+    results: list[IngestResult] = []
+
+    def failed(p: str | Path, e: Exception) -> IngestResult:
+        log.error("%s: ingest failed", p, exc_info=e)
+        return IngestResult(file_name=posixpath.basename(str(p)), source_uri=str(p), status="error",
+                            message=f"{p}: {e}")
+
+    def load(v: _Validated) -> IngestResult:
         try:
-            results.append(ingest_file(p, settings, engine, dag_run_id=dag_run_id, runner=runner, replace=replace))
+            return _record_and_load(v, settings, engine, dag_run_id=dag_run_id, replace=replace)
         except Exception as e:  # noqa: BLE001 - reported per file; the caller decides the exit status
-            log.exception("%s: ingest failed", p)
-            results.append(
-                IngestResult(
-                    file_name=posixpath.basename(str(p)), source_uri=str(p), status="error", message=f"{p}: {e}"
-                )
-            )
+            return failed(v.uri, e)
+
+    def done(result: IngestResult) -> None:
+        results.append(result)
         progress.advance(1)
+
+    loading: tuple[Future[IngestResult], _Validated] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
+        for p in paths:
+            ahead = [loading[1].report.row_count] if loading and loading[1].report.success else []
+            try:
+                step = _read_and_validate(p, settings, engine, runner=runner, now=None, pending_rows=ahead)
+            except Exception as e:  # noqa: BLE001 - reported per file
+                step = failed(p, e)
+            if loading is not None:
+                done(loading[0].result())
+                loading = None
+            if isinstance(step, IngestResult):
+                done(step)
+                continue
+            if ahead:  # the previous file's outcome is known now: was the band right?
+                try:
+                    bounds = bounds_of(*row_count_history(engine, settings), settings)
+                    if bounds != step.bounds:
+                        step.bounds = bounds
+                        _validate(step, settings, runner)
+                except Exception as e:  # noqa: BLE001 - reported per file
+                    done(failed(p, e))
+                    continue
+            loading = (pool.submit(load, step), step)
+        if loading is not None:
+            done(loading[0].result())
     progress.finish()
     return results
 
@@ -869,22 +603,22 @@ def requeue(name: str, settings: Settings) -> str:
 
     ``name`` is the file name inside quarantine or a full path/URL. Raises PipelineError if it is not there."""
     qdir = settings.location("quarantine")
-    src = name if ("/" in name or "://" in name) else _join(qdir, name)
-    if not _is_under(src, qdir) or _norm(src) == _norm(qdir):
+    src = name if ("/" in name or "://" in name) else join_uri(qdir, name)
+    if not is_under(src, qdir) or norm_uri(src) == norm_uri(qdir):
         raise PipelineError(f"{name}: not a file in the quarantine location {qdir}; requeue only moves quarantined "
                             "files back to landing (to ingest another file: propensity ingest PATH)")
-    fs, sp = _fs(src)
+    fs, sp = fs_of(src)
     if not fs.exists(sp) or name.endswith((".report.json", ".summary.txt")):
         raise PipelineError(f"{name}: no such quarantined file in {qdir}")
     landing = settings.location("landing")
-    lfs, lp = _fs(landing)
+    lfs, lp = fs_of(landing)
     lfs.makedirs(lp, exist_ok=True)
     base = posixpath.basename(sp)
-    dst = _join(landing, base)
-    _, dp = _fs(dst)
+    dst = join_uri(landing, base)
+    _, dp = fs_of(dst)
     if lfs.exists(dp):
         raise PipelineError(f"{base}: a file of that name is already waiting in landing ({dst})")
-    _put_file(src, dst, fs.cat_file(sp), move=True)
+    put_file(src, dst, fs.cat_file(sp), move=True)
     for suffix in (".report.json", ".summary.txt"):
         if fs.exists(sp + suffix):
             fs.rm(sp + suffix)

@@ -232,7 +232,7 @@ def test_crash_between_validation_and_commit_leaves_nothing(
 ) -> None:
     """The load fails after validation, half-way through the COPY: no rows, no file record, the file stays in landing
     (validation is recorded), and the next run loads it exactly once."""
-    import ml.ingest as ingest
+    import ml.events_load as ingest  # the module that owns the COPY
 
     landing = _landing(cfg)
     path = _variant(rees46_sample, landing / "crash.csv", 2000, f"c{uuid.uuid4().hex[:8]}")
@@ -275,7 +275,7 @@ def test_killed_process_mid_copy_leaves_nothing(cfg, engine, rees46_sample: Path
         f"""
         import os
         from pathlib import Path
-        import ml.ingest as ingest
+        import ml.events_load as ingest
         from ml.db import make_engine
         from ml.settings import Settings
         from ml.validate import read_events

@@ -48,3 +48,34 @@ def test_any_changed_dropped_or_repeated_event_changes_it(rees46_sample: Path) -
     changed = lines[:]
     changed[7] = changed[7].replace(b",view,", b",cart,") if b",view," in changed[7] else changed[7] + b"0"
     assert _fp(b"\n".join(changed) + b"\n") != base
+
+
+def test_fingerprint_is_the_one_stored_for_files_loaded_before(rees46_sample: Path) -> None:
+    """raw.ingested_files keeps fingerprints computed by earlier versions: the value must not change. The reference
+    is the first definition (one Python string per row and text column, hashed by pandas)."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from ml.events_io import FINGERPRINT_COLUMNS
+
+    lines = [x.rstrip(b"\r") for x in rees46_sample.read_bytes().split(b"\n")[:301]]
+    table = read_events(b"\n".join(lines) + b"\n", "csv", Settings()).table
+    assert table is not None
+    cols = {}
+    for name in FINGERPRINT_COLUMNS:
+        col = table.column(name)
+        if name == "event_time":
+            cols[name] = pc.cast(col, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        elif name in ("product_id", "category_id", "user_id", "price"):
+            cols[name] = col.to_numpy()
+        else:
+            col = pc.utf8_lower(col) if name == "user_session" else col
+            cols[name] = pd.Series(col.to_pandas(), dtype=object).fillna("\x00null").to_numpy()
+    hashes = np.sort(pd.util.hash_pandas_object(pd.DataFrame(cols), index=False).to_numpy(dtype=np.uint64))
+    h = hashlib.sha256(np.int64(len(hashes)).tobytes())
+    h.update(hashes.tobytes())
+    assert table.column("brand").null_count and table.column("user_session").null_count < table.num_rows
+    assert content_fingerprint(table) == h.hexdigest()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml.errors import PipelineError
-from ml.ingest import _free_uri, _is_under, _put_file, discover_files, file_format
+from ml.locations import discover_files, file_format, free_uri, is_under, put_file
 from ml.settings import Settings
 
 
@@ -53,10 +53,10 @@ def test_discover_skips_uploads_in_progress_and_processed_folders(tmp_path: Path
 
 
 def test_is_under() -> None:
-    assert _is_under("/a/b/c.csv", "/a/b")
-    assert not _is_under("/a/bc/c.csv", "/a/b")
-    assert _is_under("s3://bkt/landing/x.csv", "s3://bkt/landing/")
-    assert not _is_under("s3://bkt/landing2/x.csv", "s3://bkt/landing")
+    assert is_under("/a/b/c.csv", "/a/b")
+    assert not is_under("/a/bc/c.csv", "/a/b")
+    assert is_under("s3://bkt/landing/x.csv", "s3://bkt/landing/")
+    assert not is_under("s3://bkt/landing2/x.csv", "s3://bkt/landing")
 
 
 def test_moves_and_name_collisions_on_object_storage() -> None:
@@ -65,18 +65,18 @@ def test_moves_and_name_collisions_on_object_storage() -> None:
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/land/x.csv", b"one")
-    dst = _free_uri("memory://quar", "x.csv", "a" * 64)
+    dst = free_uri("memory://quar", "x.csv", "a" * 64)
     assert dst == "memory://quar/x.csv"
-    _put_file("memory://land/x.csv", dst, b"one", move=True)
+    put_file("memory://land/x.csv", dst, b"one", move=True)
     assert fs.cat_file("/quar/x.csv") == b"one" and not fs.exists("/land/x.csv")
     # another file of the same name but other content gets a checksum prefix; the same content reuses the name
-    assert _free_uri("memory://quar", "x.csv", "b" * 64) == "memory://quar/bbbbbbbbbbbb-x.csv"
+    assert free_uri("memory://quar", "x.csv", "b" * 64) == "memory://quar/bbbbbbbbbbbb-x.csv"
     import hashlib
 
-    assert _free_uri("memory://quar", "x.csv", hashlib.sha256(b"one").hexdigest()) == "memory://quar/x.csv"
+    assert free_uri("memory://quar", "x.csv", hashlib.sha256(b"one").hexdigest()) == "memory://quar/x.csv"
     s = Settings(landing_url="memory://land", archive_url="memory://arch", quarantine_url="memory://quar")
     fs.pipe("/land/d/events_2019-10-03.csv", b"z")
     (found,) = discover_files(s)
-    assert found == "memory:///land/d/events_2019-10-03.csv" and _is_under(found, s.location("landing"))
+    assert found == "memory:///land/d/events_2019-10-03.csv" and is_under(found, s.location("landing"))
     fs.rm("/quar", recursive=True)
     fs.rm("/land", recursive=True)

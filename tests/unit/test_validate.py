@@ -269,7 +269,7 @@ def _decode_copy_binary(data: bytes) -> list[tuple]:
 
 
 def test_encode_events_binary_matches_the_protocol() -> None:
-    from ml.ingest import COPY_COLUMNS, encode_events_binary, events_table_from_frame
+    from ml.events_load import COPY_COLUMNS, encode_events_binary, events_table_from_frame
 
     df = pd.DataFrame(
         {
@@ -305,7 +305,7 @@ def test_encode_events_binary_matches_the_protocol() -> None:
 
 
 def test_uuid_bytes_rejects_malformed() -> None:
-    from ml.ingest import uuid_bytes
+    from ml.events_load import uuid_bytes
 
     ok, valid = uuid_bytes(pa.array([str(uuid.UUID(int=5)), None]))
     assert ok[0].tobytes() == uuid.UUID(int=5).bytes and valid.tolist() == [True, False]
