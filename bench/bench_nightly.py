@@ -292,8 +292,9 @@ def write_doc(r: dict[str, Any]) -> None:
             "not met" if new["pairs"] >= 1_000_000 else "not measured at 1M pairs in this run")
     body = (
         f"Load average (1 min) at the start / end of the run: {r.get('load_start', float('nan')):.1f} / "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (above the core count, other jobs shared the machine "
-        "and every wall time is stretched, for both paths).\n\n"
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the benchmark's own bucket processes and PostgreSQL "
+        "count in the end figure; a start figure above the core count means other jobs shared the machine and "
+        "stretched every wall time, for both paths).\n\n"
         f"`bench/bench_nightly.py`: {r['events']:,} events, **{new['pairs']:,} active pairs** at score date "
         f"{r['day']}; new path {new['buckets']} buckets, baseline {base['buckets'] if base else '-'} buckets, "
         f"{r['workers']} bucket processes at a time (one fresh process per bucket, as Airflow runs the mapped tasks "
