@@ -297,8 +297,12 @@ def validate_parsed(
         present = [c for c in EVENT_COLUMNS if c in parsed.header]
         suite = build_suite(settings, present=present, now=now, row_count_bounds=row_count_bounds)
         runner = runner or GxRunner(docs_dir=None)
+        passed_pages = getattr(settings, "data_docs_passed_files", True)
         outcome = runner.validate_frame(suite, frame, run_name=file_name, result_format=_result_format(False),
-                                        **_GX_ASSET)
+                                        data_docs=passed_pages, **_GX_ASSET)
+        if not passed_pages and runner.docs_dir and not outcome.success:  # a failing file's page, its evidence
+            outcome = runner.validate_frame(suite, frame, run_name=file_name, result_format=_result_format(False),
+                                            **_GX_ASSET)
         docs = outcome.data_docs_uri
         failed_rows = {e.meta.get("rule") for e in outcome.failed if "unexpected_count" in e.result}
         rows_by_rule: dict[str, pd.DataFrame] = {}

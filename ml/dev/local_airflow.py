@@ -149,8 +149,9 @@ class LocalAirflow:
             time.sleep(1)
         raise AirflowError(f"local Airflow not healthy on {self.base_url} after {timeout:.0f}s (logs: {self.home}/logs)")
 
-    def stop(self) -> None:
-        """Stop every component started by this object (or recorded in pid files), politely then firmly."""
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stop every component started by this object (or recorded in pid files): SIGTERM, then SIGKILL to whatever
+        still runs after ``grace_s`` seconds."""
         pids: dict[str, int] = {c: p.pid for c, p in self.processes.items()}
         for comp in COMPONENTS:
             pidfile = self.home / f"{comp}.pid"
@@ -159,7 +160,7 @@ class LocalAirflow:
                 pidfile.unlink()
         for pid in pids.values():
             _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + grace_s
         for pid in pids.values():
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -404,3 +404,20 @@ def test_object_storage_locations(cfg, engine, rees46_sample: Path, tmp_path: Pa
     report = json.loads(fs.cat_file(f"{root}/quarantine/obj_bad.csv.report.json"))
     assert report["failed_rules"] == ["event_time_type"] and report["quarantine_uri"].startswith("memory://")
     fs.rm(root, recursive=True)
+
+
+def test_data_docs_for_failing_files_only(cfg, engine, rees46_sample: Path, tmp_path: Path) -> None:
+    """data_docs_passed_files=false (the demo's setting): a file that passes gets no Data Docs page, a file that
+    fails a rule still gets its page (the quarantine's evidence), and the report names it."""
+    from ml.dev.generate import corrupt_file
+
+    cfg = cfg.model_copy(update={"data_docs_enabled": True, "data_docs_passed_files": False})
+    landing = _landing(cfg)
+    good = _variant(rees46_sample, landing / "events_docs_good.csv", 300, "docsgood")
+    base = _variant(rees46_sample, tmp_path / "events_docs_base.csv", 300, "docsbad")
+    bad = corrupt_file(base, landing / "events_docs_bad.csv", "negative_price", seed=5)
+    results = {Path(r.file_name).name: r for r in ingest_files([str(good), str(bad)], cfg, engine)}
+    ok, failed = results["events_docs_good.csv"], results["events_docs_bad.csv"]
+    assert ok.status == "loaded" and failed.status == "quarantined" and failed.failed_rules == ["price_range"]
+    assert ok.data_docs_uri is None
+    assert failed.data_docs_uri and Path(failed.data_docs_uri.removeprefix("file://")).is_file()
