@@ -182,6 +182,36 @@ def _plot_performance(rows: list[dict[str, Any]]) -> str:
             f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
 
 
+def _plot_reference_psi(rows: list[dict[str, Any]], warn: float, alert: float, top: int = 20) -> str:
+    """A horizontal bar PNG of the newest night's largest PSI values against the training reference (features and
+    the score), with the warn and alert thresholds drawn, or '' with no PSI row."""
+    rows = sorted((r for r in rows if r["kind"] in ("ref_feature_psi", "ref_score_psi") and r["value"] is not None),
+                  key=lambda r: r["value"], reverse=True)[:top]
+    if not rows:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows[::-1]  # largest at the top
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(rows) + 0.8), dpi=100)
+    values = [r["value"] for r in rows]
+    colors = ["#c0392b" if v >= alert else "#e67e22" if v >= warn else "#5b8def" for v in values]
+    ax.barh([r["name"] for r in rows], values, color=colors)
+    for x, label in ((warn, f"warn {warn:g}"), (alert, f"alert {alert:g}")):
+        ax.axvline(x, color="#555", linestyle="--", linewidth=0.8)
+        ax.text(x, len(rows) - 0.4, label, fontsize=7, ha="left", va="bottom")
+    ax.set_xlabel(f"PSI vs the training reference of {rows[0]['model_version']}, {rows[0]['metric_date']}")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return (f'<img alt="largest PSI against the training reference" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
+
+
 def _num(v: Any, fmt: str = ".4f") -> str:
     return "" if v is None else format(v, fmt)
 
@@ -283,6 +313,10 @@ def render_dashboard(data: DashboardData, *, files_base: str = "files", data_doc
           _num(d["value"])] for d in s.get("reference_drift", [])],
     )
     docs = f'<p><a href="{data_docs_href}" target="_blank">Great Expectations Data Docs</a></p>' if data_docs_href else ""
+    from ml.settings import get_settings
+
+    configured = get_settings()  # the thresholds the alerts use
+    psi_plot = _plot_reference_psi(s.get("reference_drift", []), configured.psi_warn, configured.psi_alert)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Propensity pipeline</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.2em;color:#222}}h2{{margin-top:1.4em;font-size:1.1em}}
 table{{border-collapse:collapse;font-size:.85em}}td,th{{border:1px solid #ddd;padding:3px 7px;text-align:left}}
@@ -290,7 +324,7 @@ th{{background:#f3f3f3}}.empty{{color:#888}}</style></head><body>
 <h1>Propensity pipeline</h1>{docs}
 <h2>Open alerts</h2>{alerts}
 <h2>Realized vs expected performance (matured score dates)</h2>{_plot_performance(s.get("performance", []))}{perf}
-<h2>Drift against the training reference (newest night)</h2>{ref_drift}
+<h2>Drift against the training reference (newest night)</h2>{psi_plot}{ref_drift}
 <h2>Model leaderboard</h2>{models}
 <h2>Scoring runs</h2>{_plot_daily(s.get("daily_scores", []))}{runs}
 <h2>Redis publications</h2>{pubs}

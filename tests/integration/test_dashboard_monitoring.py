@@ -69,4 +69,5 @@ def test_page_shows_realized_vs_expected_drift_and_alerts(settings, monitored, m
     assert "ui-arm-b" in text and "0.2718" in text  # the experiment arm's own row
     assert 'alt="realized vs expected PR-AUC and ROC-AUC"' in text  # the plot
     assert "Drift against the training reference" in text and "ui_feature_x" in text and "0.3141" in text
+    assert 'alt="largest PSI against the training reference"' in text  # the PSI bar chart
     assert "Open alerts" in text and "PSI of ui_feature_x is 0.314" in text
