@@ -7,7 +7,8 @@ what would go.
 What goes (settings ``retention_*``, docs/operations.md):
 
 - ``scoring.scores`` partitions (``scores_pYYYYMMDD``) whose score date is older than ``today - retention_scores_days``;
-- ``raw.events`` day partitions (``events_pYYYYMMDD``) older than ``today - retention_events_days``;
+- ``raw.events`` day partitions (``events_pYYYYMMDD``) older than ``today - retention_events_days``, each with the
+  feature rollups' partitions of that day (``rollup_*_pYYYYMMDD``) in the same transaction;
 - artifacts folder, HTML report and Optuna studies of archived model versions (status rejected, retired or
   rolled_back) beyond the newest ``retention_keep_archived_models`` of them; their registry rows stay.
 
@@ -106,6 +107,15 @@ def _mb(n: int) -> str:
 
 def _exists(conn: sa.Connection, table: str) -> bool:
     return conn.execute(sa.text("select to_regclass(:t) is not null"), {"t": table}).scalar_one()
+
+
+ROLLUPS = ("rollup_pair_day", "rollup_user_session_day", "rollup_product_day")  # day-partitioned (migration 0182)
+
+
+def _rollup_partitions(day: dt.date) -> list[str]:
+    """The feature rollups' partitions of ``day`` (raw.day_partition_name): dropped with the day's events, in the
+    same transaction, so rollups never outlive the events they summarise."""
+    return [f"raw.{parent}_p{day:%Y%m%d}" for parent in ROLLUPS]
 
 
 def _partitions(conn: sa.Connection, parent: str) -> list[tuple[str, dt.date, int, int]]:
@@ -262,9 +272,16 @@ def apply_retention(
             if rows <= 0:  # never analyzed: count it (one sequential scan of a partition that is about to go)
                 with engine.connect() as conn:
                     rows = conn.execute(sa.text(f"select count(*) from {table}")).scalar_one()
+            companions = _rollup_partitions(day) if out is report.events else []
+            if companions:  # the day's rollups go with its events (a re-ingested day then starts from nothing)
+                with engine.connect() as conn:
+                    size += sum(conn.execute(sa.text("select coalesce(pg_total_relation_size(to_regclass(:t)), 0)"),
+                                             {"t": t}).scalar_one() for t in companions)
             if not dry_run:
                 try:
                     with engine.begin() as conn:
+                        for companion in companions:
+                            _drop(conn, companion, lock_timeout_s)
                         _drop(conn, table, lock_timeout_s)
                 except sa.exc.OperationalError as e:
                     report.skipped.append(f"{table}: {str(e.orig).strip().splitlines()[0]}")

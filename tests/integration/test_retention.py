@@ -110,6 +110,9 @@ def test_retention_drops_old_data_and_keeps_what_is_protected(rdb: sa.Engine, se
     scores, events = _parts(rdb, "scoring.scores"), _parts(rdb, "raw.events")
     assert "scores_p20010105" not in scores and {"scores_p20010106", "scores_p20010530"} <= scores
     assert "events_p20010105" not in events and {"events_p20010210", "events_p20010528"} <= events
+    for rollup in ("rollup_pair_day", "rollup_user_session_day", "rollup_product_day"):  # they go with the events
+        kept = _parts(rdb, f"raw.{rollup}")
+        assert f"{rollup}_p20010105" not in kept and {f"{rollup}_p20010210", f"{rollup}_p20010528"} <= kept
     assert not rejected_old.exists() and not retired_old.exists() and not (root / "rej-old.html").exists()
     assert champion.exists() and retired_new.exists() and rejected_new.exists()
     assert "member-lightgbm-old" not in {x.study_name for x in storage.get_all_studies()}
