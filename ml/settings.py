@@ -172,8 +172,8 @@ class Settings(BaseSettings):
         "probability is the libraries' own prediction (XGBoost's float32 arithmetic included) and every row's "
         "contributions must add up to it; below 1: the probability is sigmoid(base + sum of the exact "
         "contributions), the trees' float64 sums (within ~1e-7 of the libraries' float32 margins), and a "
-        "deterministic sample of each block is predicted natively as a check (faster: the native predict was ~60 "
-        "CPU-s of a 1M-pair night in bench_nightly).",
+        "deterministic sample of each block is predicted natively as a check (faster: the native predict was 22 "
+        "CPU-s of a 1.1M-pair night on a quiet 2-core machine in bench_nightly, 60 under load).",
     )
     score_db_pool: str = Field(
         "propensity_db_writers",

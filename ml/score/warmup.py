@@ -48,7 +48,7 @@ def tiny_ensemble(threads: int = 1, seed: int = 0) -> Ensemble:
     for m in MEMBER_NAMES:
         kind = member_kind(m)
         params = {**default_params(m)}
-        for key in ("iterations", "n_estimators", "num_boost_round", "num_iterations"):
+        for key in ("iterations", "n_estimators"):  # CatBoost's and the others' tree counts (ml.tune.default_params)
             if key in params:
                 params[key] = min(int(params[key]), 8)
         data = kind.prepare(X, y, w, X, y, w, names)
