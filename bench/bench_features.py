@@ -188,7 +188,7 @@ def explain_breakdown(
 
     with F._connect(engine) as conn:
         cur = psycopg.ClientCursor(conn)
-        cur.execute(F._SESSION_SQL, {"work_mem": settings.feature_work_mem})
+        cur.execute(F._SESSION_SQL, F._session_params(settings))
         query = cur.mogrify(F.to_pyformat(sql), params)
         cur.execute("explain (analyze, buffers, format json) " + query)
         doc = cur.fetchone()[0]

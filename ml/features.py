@@ -283,11 +283,17 @@ class _CopyStream(io.RawIOBase):
 # Transaction-local planner settings for the feature queries. Nested loops are off because every join here is an
 # equi-join of aggregates whose row counts the planner cannot estimate (fresh partitions without statistics, group
 # counts of CTEs); a misestimated nested loop over two 10k-row aggregates turned a 1 s query into 5 minutes on the
-# real REES46 sample. Hash joins are never much worse and usually far better.
+# real REES46 sample. Hash joins are never much worse and usually far better. JIT is off: compiling ~1,000
+# expressions per query bought nothing measurable on these aggregates. Parallel workers: settings.feature_parallel_workers.
 _SESSION_SQL = (
     "select set_config('work_mem', %(work_mem)s, true), set_config('timezone', 'UTC', true), "
-    "set_config('enable_nestloop', 'off', true)"
+    "set_config('enable_nestloop', 'off', true), set_config('jit', 'off', true), "
+    "set_config('max_parallel_workers_per_gather', %(parallel_workers)s, true)"
 )
+
+
+def _session_params(settings: Settings) -> dict[str, str]:
+    return {"work_mem": settings.feature_work_mem, "parallel_workers": str(settings.feature_parallel_workers)}
 
 
 def _copy_batches(
@@ -304,7 +310,7 @@ def _copy_batches(
     statement = to_pyformat(f"copy ({sql}) to stdout (format csv)")
     progress = Progress(what, unit="rows")
     with connect(engine) as conn, conn.cursor() as cur:
-        cur.execute(_SESSION_SQL, {"work_mem": settings.feature_work_mem})
+        cur.execute(_SESSION_SQL, _session_params(settings))
         with cur.copy(statement, params) as copy:
             chunks = iter(copy)
             first = next(chunks, None)
@@ -468,7 +474,7 @@ def prepare_item_stats(
                     f"asked for as_of {window.as_of}, since {window.since}, {version}: use another key"
                 )
             return key
-        cur.execute(_SESSION_SQL, {"work_mem": settings.feature_work_mem})
+        cur.execute(_SESSION_SQL, _session_params(settings))
         cur.execute(
             "delete from ml.feature_item_stats where cache_key in (select cache_key from ml.feature_item_stats_keys "
             "where created_at < now() - %s)",
@@ -515,7 +521,7 @@ def build_labels(
     sql = feature_sql("labels", window, settings)
     with engine.connect() as conn:
         conn.execute(
-            sa.text(_SESSION_SQL.replace("%(work_mem)s", ":work_mem")), {"work_mem": settings.feature_work_mem}
+            sa.text(re.sub(r"%\((\w+)\)s", r":\1", _SESSION_SQL)), _session_params(settings)
         )
         frame = pd.read_sql_query(
             sa.text(sql), conn, params={**window.params(), "bucket": bucket, "n_buckets": n_buckets}

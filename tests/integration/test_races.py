@@ -132,10 +132,10 @@ def finalize_run(engine_, settings, run_id):
     if phase == "finalize":
         wait_for_b(run_id)
     return real_finalize(engine_, settings, run_id)
-def stage_facts(conn, stage):
+def stage_facts(conn, stage, *args):
     if phase == "swap":
         wait_for_b(stage[len("scores_stage_"):])
-    return real_facts(conn, stage)
+    return real_facts(conn, stage, *args)
 F.score_batch, F.finalize_run, F._stage_facts = score_batch, finalize_run, stage_facts
 
 from ml.cli import main
