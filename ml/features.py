@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import itertools
 import logging
 import re
 import uuid
@@ -296,6 +295,47 @@ def _session_params(settings: Settings) -> dict[str, str]:
     return {"work_mem": settings.feature_work_mem, "parallel_workers": str(settings.feature_parallel_workers)}
 
 
+_PGCOPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_BINARY_BLOCK_ROWS = 65_536
+
+
+def _binary_row_dtype(schema: Any) -> Any:
+    """numpy dtype of one row of the fixed-width binary COPY that :func:`_copy_batches` asks for: a field count,
+    then per column a length (always 8) and a big-endian int8 (integer columns) or float8 (every other column)."""
+    import numpy as np
+    import pyarrow as pa
+
+    fields: list[tuple[str, str]] = [("n", ">i2")]
+    for i, f in enumerate(schema):
+        fields += [(f"l{i}", ">i4"), (f"v{i}", ">i8" if pa.types.is_int64(f.type) else ">f8")]
+    return np.dtype(fields)
+
+
+def _binary_batch(raw: bytes | memoryview, dtype: Any, schema: Any) -> Any:
+    """One pyarrow RecordBatch of ``schema`` from whole rows of the fixed-width binary COPY. NaN on the wire is a
+    NULL of the query (a float column) and becomes a null, as the CSV path read it."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = np.frombuffer(raw, dtype=dtype)
+    lengths = [rows[f"l{i}"] for i in range(len(schema))]
+    if (rows["n"] != len(schema)).any() or any((x != 8).any() for x in lengths):
+        raise RuntimeError("feature COPY: a row is not the fixed-width layout asked for (a NULL key column?)")
+    arrays = []
+    for i, f in enumerate(schema):
+        if pa.types.is_int64(f.type):
+            arrays.append(pa.array(rows[f"v{i}"].astype(np.int64)))
+            continue
+        values = rows[f"v{i}"].astype(np.float64)
+        nulls = np.isnan(values)
+        if pa.types.is_floating(f.type):
+            arrays.append(pa.array(values, mask=nulls if nulls.any() else None))
+        else:  # small integer columns (label) travel as float8 so that NULL has a value
+            arrays.append(pa.array(np.where(nulls, 0, values).astype(f.type.to_pandas_dtype()), type=f.type,
+                                   mask=nulls if nulls.any() else None))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 def _copy_batches(
     engine: Engine,
     sql: str,
@@ -304,25 +344,51 @@ def _copy_batches(
     settings: Settings,
     what: str,
 ) -> Iterator[Any]:
-    """Run ``sql`` inside ``COPY (...) TO STDOUT (FORMAT csv)`` and yield pyarrow RecordBatches of ``schema``."""
-    import pyarrow.csv as pacsv
+    """Run ``sql`` inside ``COPY (...) TO STDOUT (FORMAT binary)`` and yield pyarrow RecordBatches of ``schema``
+    (int64 and float64 columns, plus small integer columns such as label).
 
-    statement = to_pyformat(f"copy ({sql}) to stdout (format csv)")
+    Every column travels as 8 bytes: int64 columns as int8 (never NULL: a NULL fails loudly), every other column as
+    float8 with NULL sent as NaN, so each row has the same width and a block of rows is parsed by numpy in one call
+    (no float -> text -> float round trip: about 1.3 s of server time and the client's CSV parse per 280k feature
+    rows, measured in bench_nightly)."""
+    import pyarrow as pa
+
+    cols = ", ".join(
+        f'q."{f.name}"::int8' if pa.types.is_int64(f.type) else f"coalesce(q.\"{f.name}\"::float8, 'NaN')"
+        for f in schema
+    )
+    statement = to_pyformat(f"copy (select {cols} from ({sql}) as q) to stdout (format binary)")
+    dtype = _binary_row_dtype(schema)
+    width = dtype.itemsize
     progress = Progress(what, unit="rows")
     with connect(engine) as conn, conn.cursor() as cur:
         cur.execute(_SESSION_SQL, _session_params(settings))
         with cur.copy(statement, params) as copy:
-            chunks = iter(copy)
-            first = next(chunks, None)
-            if first is None:  # no row at all: pyarrow refuses an empty CSV
-                progress.finish()
-                return
-            reader = pacsv.open_csv(
-                io.BufferedReader(_CopyStream(itertools.chain([first], chunks)), buffer_size=1 << 20),
-                read_options=pacsv.ReadOptions(column_names=schema.names, block_size=8 << 20, use_threads=True),
-                convert_options=pacsv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=False),
-            )
-            for batch in reader:
+            buf = bytearray()
+            offset = None  # where the rows start, once the header has been read
+            for chunk in copy:
+                buf += chunk
+                if offset is None:
+                    if len(buf) < 19:
+                        continue
+                    if bytes(buf[:11]) != _PGCOPY_SIGNATURE:
+                        raise RuntimeError("feature COPY: not a PostgreSQL binary COPY stream")
+                    offset = 19 + int.from_bytes(buf[15:19], "big")  # flags, header extension length
+                    if len(buf) < offset:
+                        offset = None
+                        continue
+                    del buf[:offset]
+                if len(buf) >= _BINARY_BLOCK_ROWS * width:
+                    n = len(buf) // width
+                    batch = _binary_batch(bytes(buf[: n * width]), dtype, schema)
+                    del buf[: n * width]
+                    progress.advance(batch.num_rows)
+                    yield batch
+            n = (len(buf) - 2) // width  # the trailer is a field count of -1
+            if offset is None or n < 0 or len(buf) != n * width + 2 or bytes(buf[-2:]) != b"\xff\xff":
+                raise RuntimeError(f"feature COPY: truncated stream ({len(buf)} trailing bytes)")
+            if n:
+                batch = _binary_batch(bytes(buf[: n * width]), dtype, schema)
                 progress.advance(batch.num_rows)
                 yield batch
     progress.finish()

@@ -306,7 +306,7 @@ def _record_flip(conn: sa.Connection, ks: KeySpace, from_version: int | None, to
 # --- publish --------------------------------------------------------------------------------------------------------
 def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterator[tuple]:
     """Stream the day's hot pairs, one row per user in ascending user_id: (user_id, product_ids, probabilities,
-    tiers, reason codes joined by U+001F per pair, reason texts joined likewise), arrays strongest first, over one
+    tiers, reason codes joined by U+001F per pair, reason texts joined likewise), arrays aligned pair by pair, over one
     binary COPY (psycopg 3)."""
     from ml.pgcopy import connect
 
