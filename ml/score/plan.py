@@ -161,13 +161,31 @@ def plan_run(
             raise ScoringError(f"experiment {arms.experiment_id}: arm {arm.name} ({arm.model_version}) has another "
                                "feature list than the control arm")
     dropped = cleanup_stages(engine, settings, day)
-    counts = count_pairs_by_bucket(engine, settings, day, k)
-    if n_buckets is None:  # an explicit count is kept; the default shrinks for a small night
-        k, counts = fit_bucket_count(counts, settings.score_bucket_min_pairs)
-    if not sum(counts) and not allow_empty:  # issue 15: missing upstream data must not look like a quiet night
-        raise ScoringError(f"score_date {day}: no active pairs (no events in the {settings.active_window_days} days "
-                           "before it?); nothing scored. Load the events first, or pass --allow-empty")
     run_id = f"{day:%Y%m%d}_{uuid.uuid4().hex[:12]}"
+    # The run's product/category/brand statistics, once, here, on a second connection while this one counts the
+    # active pairs (two server processes, two cores): every bucket task then finds them ready. Before, the first
+    # bucket computed them (~4 s of a 1.1M-pair night) while the other buckets waited on its lock.
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from ml.features import drop_item_stats, prepare_item_stats
+
+    with ThreadPoolExecutor(1, thread_name_prefix="item-stats") as pool:
+        stats = pool.submit(prepare_item_stats, engine, midnight_utc(day), settings, run_id)
+        try:
+            counts = count_pairs_by_bucket(engine, settings, day, k)
+            if n_buckets is None:  # an explicit count is kept; the default shrinks for a small night
+                k, counts = fit_bucket_count(counts, settings.score_bucket_min_pairs)
+            if not sum(counts) and not allow_empty:  # issue 15: missing upstream data must not look like a quiet night
+                raise ScoringError(f"score_date {day}: no active pairs (no events in the {settings.active_window_days} "
+                                   "days before it?); nothing scored. Load the events first, or pass --allow-empty")
+            stats.result()
+        except BaseException:
+            wait([stats])
+            try:
+                drop_item_stats(engine, run_id)
+            except sa.exc.SQLAlchemyError:  # never hide the plan's own error behind the cleanup's
+                log.exception("could not drop the item statistics of run %s", run_id)
+            raise
     stage = stage_name(run_id)
     params = {"n_buckets": k, "top_k": settings.top_k_contributions, "tier_bands": settings.tier_bands,
               "reason_top_features": settings.reason_top_features, "max_reasons": settings.max_reasons,
@@ -190,15 +208,6 @@ def plan_run(
         conn.execute(sa.text(sql_text("plan_pin_stage_day", stage=scoring_table(stage),
                                       constraint=psql.Identifier(stage + "_day"))),
                      {"score_date": day})
-    if sum(counts):
-        # the run's product/category/brand statistics, once, here, so every bucket task finds them ready (before,
-        # the first bucket computed them while the others waited on its lock: ~4 s of a 1.1M-pair night on 2 cores
-        # with one core idle, and a bucket task that waited on them longer than the others)
-        from ml.features import prepare_item_stats
-
-        t = time.perf_counter()
-        prepare_item_stats(engine, midnight_utc(day), settings, run_id)
-        log.info("item statistics of run %s ready in %.1fs", run_id, time.perf_counter() - t)
     batches = [BatchSpec(run_id, day.isoformat(), b, k, version) for b in range(k)]
     plan = RunPlan(run_id, day, version, k, sum(counts), counts, stage, features, batches, dropped)
     log.info("planned scoring run %s: score_date %s, model %s, %s active pairs in %d buckets (largest %s)",

@@ -31,7 +31,9 @@ def test_bench_nightly_small(server_pg_url: str, redis_url: str, tmp_path: Path,
         assert {"load_model", "features", "explain", "encode", "total"} <= set(night["bucket_parts"])
         assert night["bucket_parts"]["total"] > 0
     assert [c["pairs"] for c in report["curve"]] == [new["pairs"]]  # the main night is a point of the curve
-    assert math.isclose(new["probability_sum"], base["probability_sum"], rel_tol=1e-9)
+    # same probabilities: the baseline's are the libraries' own predictions (score_verify_fraction=1, XGBoost in
+    # float32), the new path's the exact float64 sums of the contributions (the default 0.05): equal to ~1e-8 each
+    assert math.isclose(new["probability_sum"], base["probability_sum"], rel_tol=1e-6)
     for night in (new, base):
         assert set(night["stages"]) == set(bench_nightly.STAGES)
         assert all(s["seconds"] >= 0 and s["peak_mib"] > 0 for s in night["stages"].values())
