@@ -283,7 +283,8 @@ class _CopyStream(io.RawIOBase):
 # equi-join of aggregates whose row counts the planner cannot estimate (fresh partitions without statistics, group
 # counts of CTEs); a misestimated nested loop over two 10k-row aggregates turned a 1 s query into 5 minutes on the
 # real REES46 sample. Hash joins are never much worse and usually far better. JIT is off: compiling ~1,000
-# expressions per query bought nothing measurable on these aggregates. Parallel workers: settings.feature_parallel_workers.
+# expressions per query bought nothing measurable on these aggregates. Parallel workers:
+# settings.feature_parallel_workers (0 by default: a night's bucket queries already run side by side).
 _SESSION_SQL = (
     "select set_config('work_mem', %(work_mem)s, true), set_config('timezone', 'UTC', true), "
     "set_config('enable_nestloop', 'off', true), set_config('jit', 'off', true), "

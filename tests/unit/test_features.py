@@ -231,3 +231,44 @@ def test_snapshot_check_names_each_broken_rule(s: Settings) -> None:
     nullable = _snapshot()
     nullable.loc[:10, list(F.NULLABLE_FEATURES)] = np.nan
     assert S.check_snapshot(nullable, s).success
+
+
+# --- the binary COPY layout (what PostgreSQL sends for the SELECT of _copy_batches) -------------------------------
+def _copy_row(fields: list[tuple[str, object]]) -> bytes:
+    """One binary-COPY tuple as PostgreSQL writes it: a field count, then per field a length and the big-endian
+    value; ``None`` is a NULL (length -1, no value)."""
+    import struct
+
+    out = struct.pack(">h", len(fields))
+    for kind, value in fields:
+        out += struct.pack(">i", -1) if value is None else struct.pack(">i", 8) + struct.pack(">" + kind, value)
+    return out
+
+
+def test_binary_copy_rows_parse_to_arrow_with_nan_as_null() -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("user_id", pa.int64()), pa.field("product_id", pa.int64()),
+                        pa.field("x", pa.float64()), pa.field("label", pa.int8()), pa.field("weight", pa.float64())])
+    nan = float("nan")
+    rows = [[("q", 2**62 + 3), ("q", -7), ("d", 1.5), ("d", 1.0), ("d", 2.0)],
+            [("q", 5), ("q", 6), ("d", nan), ("d", nan), ("d", 1.0)],  # NULLs sent as NaN by the SELECT's coalesce
+            [("q", 8), ("q", 9), ("d", -0.25), ("d", 0.0), ("d", 1.0)]]
+    raw = b"".join(_copy_row(r) for r in rows)
+    batch = F._binary_batch(raw, F._binary_row_dtype(schema), schema)
+    assert batch.schema == schema and batch.num_rows == 3
+    assert batch.column("user_id").to_pylist() == [2**62 + 3, 5, 8]  # int8 keys exactly, beyond float precision
+    assert batch.column("product_id").to_pylist() == [-7, 6, 9]
+    assert batch.column("x").to_pylist() == [1.5, None, -0.25]
+    assert batch.column("label").to_pylist() == [1, None, 0]
+    assert batch.column("weight").to_pylist() == [2.0, 1.0, 1.0]
+
+
+def test_binary_copy_refuses_a_row_that_breaks_the_fixed_width_layout() -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("user_id", pa.int64()), pa.field("x", pa.float64())])
+    good = _copy_row([("q", 1), ("d", 2.0)])
+    null_key = _copy_row([("q", None), ("d", 2.0)]) + b"\x00" * 8  # same length, but field 1 says NULL
+    with pytest.raises(RuntimeError, match="fixed-width"):
+        F._binary_batch(good + null_key, F._binary_row_dtype(schema), schema)
