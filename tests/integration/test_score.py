@@ -311,6 +311,9 @@ def test_retried_batch_does_not_duplicate_and_failed_checks_refuse_the_swap(
     S.score_batch(wengine, s, plan.batches[1])
     summary = S.finalize_run(wengine, s, plan.run_id)
     assert summary.scored_pairs == plan.planned_pairs == len(fetch(wengine, day))
+    # passing checks (validated BOOLEAN_ONLY) still report what they observed
+    observed = {c.rule: c.observed for c in summary.checks}
+    assert observed["row_count_equals_planned"] == plan.planned_pairs and observed["probability_not_null"] == 0
     assert S.finalize_run(wengine, s, plan.run_id).run_id == plan.run_id  # finalize is idempotent too
     before = fetch(wengine, day)
 
@@ -320,7 +323,8 @@ def test_retried_batch_does_not_duplicate_and_failed_checks_refuse_the_swap(
     with wengine.begin() as c:  # tamper with the output: one pair goes missing
         c.execute(sa.text(f'delete from scoring."{plan2.stage_table}" where (user_id, product_id) in'
                           f' (select user_id, product_id from scoring."{plan2.stage_table}" limit 1)'))
-    with pytest.raises(ScoringError, match="row_count_equals_planned"):
+    # the failing suite is validated again in full: the error says what GX observed
+    with pytest.raises(ScoringError, match=rf"row_count_equals_planned \(observed {plan2.planned_pairs - 1}, "):
         S.finalize_run(wengine, s, plan2.run_id)
     assert fetch(wengine, day) == before
     with wengine.connect() as c:
