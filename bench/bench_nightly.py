@@ -303,9 +303,9 @@ def write_doc(r: dict[str, Any]) -> None:
         "with the pool's slots), then finalize (GX checks + swap), publish (Redis) and drift. Peak memory is each "
         "process's peak RSS (VmHWM); for `buckets` the largest of the bucket processes. Baseline: the same path, "
         "same data, same model, features aggregated from raw.events (`feature_source=raw`, the features SQL of main "
-        "before issue 17) in always `score_buckets` buckets (`score_bucket_min_pairs=0`), every row also predicted by the "
-        "libraries (`score_verify_fraction=1`, the default before). numba's kernel cache is "
-        "warm for both (`propensity warmup`). Plan, finalize, publish and drift run in the benchmark's own process, "
+        "before issue 17) in always `score_buckets` buckets (`score_bucket_min_pairs=0`), every row also predicted "
+        "by the libraries (`score_verify_fraction=1`, the default before). numba's kernel cache is warm for both "
+        "(`propensity warmup`). Plan, finalize, publish and drift run in the benchmark's own process, "
         "where the libraries are imported once: the baseline, which runs first, pays Great Expectations' import (~3 s "
         "in its finalize); under Airflow each of those tasks is a process of its own and pays its imports.\n\n"
         + md_table(["stage", "new s", "baseline s", "speed-up", "new peak MiB", "baseline peak MiB"], rows)

@@ -38,7 +38,7 @@ select
     array_agg(tier)                                              as tiers,
     array_agg(array_to_string(reason_codes, chr(31)))            as reason_codes,
     array_agg(array_to_string(reason_texts, chr(31)))            as reason_texts,
-    max(arm)                                                                  as arm  -- experiment arm (one per user)
+    max(arm)                                                     as arm  -- experiment arm (one per user)
 from ranked
 where rnk <= %(top_n)s
 group by user_id
