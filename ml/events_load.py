@@ -54,7 +54,7 @@ COPY_COLUMNS: tuple[str, ...] = (
     "category_code",
     "brand",
 )
-COPY_CHUNK_ROWS = 131_072
+COPY_CHUNK_ROWS = 8192
 ROLLUPS: tuple[str, ...] = ("rollup_pair_day", "rollup_user_session_day", "rollup_product_day")
 _HEX = np.full(256, 255, dtype=np.uint8)
 _HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
@@ -381,15 +381,31 @@ def delete_file_rows(conn: Any, file_id: int) -> None:
     conn.execute("delete from raw.ingested_files where file_id = %s", [file_id])
 
 
+def prepare_events(table: pa.Table) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """The client-side half of a load, no database needed: ``table`` sorted by (user_id, event_time) (module
+    docstring) and its rollups (:func:`compute_rollups`)."""
+    table = sort_events(table)
+    return table, (compute_rollups(table) if table.num_rows else {})
+
+
+def sort_events(table: pa.Table) -> pa.Table:
+    """``table`` sorted by (user_id, event_time), the order events are written in (module docstring)."""
+    if table.num_rows > 1:
+        table = table.take(pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("event_time", "ascending")]))
+    return table
+
+
 def load_events_table(
     engine: Engine,
     table: pa.Table,
     *,
     file_record: dict[str, Any] | None = None,
     file_id: int = 0,
+    rollups: dict[str, pa.Table] | None = None,
 ) -> tuple[int, int]:
     """COPY a typed events table into raw.events, and its rollups into theirs, in ONE transaction; return
-    (file_id, rows).
+    (file_id, rows). ``rollups`` given: ``table`` and ``rollups`` are what :func:`prepare_events` returned (ingest
+    prepares them while validating, possibly in another process); None: prepared here.
 
     With ``file_record`` (keys: file_name, file_uri, checksum_sha256, file_format, row_count, min_event_time,
     max_event_time, validation_id, optional content_sha256 and replaced_file_id) the ``raw.ingested_files`` row is
@@ -397,9 +413,8 @@ def load_events_table(
     checksum makes this a no-op returning (its file_id, 0); a ``replaced_file_id`` has its rows and record deleted
     first, in the same transaction (``--replace``). Without it, rows carry ``file_id`` as given. Day partitions are
     created as needed (module docstring)."""
-    if table.num_rows > 1:
-        table = table.take(pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("event_time", "ascending")]))
-    rollups = compute_rollups(table) if table.num_rows else {}
+    if rollups is None:
+        table, rollups = prepare_events(table)
     with connect(engine) as conn:
         with conn.transaction():
             if file_record is not None:

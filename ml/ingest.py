@@ -21,7 +21,9 @@ One call of :func:`ingest_file` handles one file (CSV, ``.csv.gz`` or Parquet; a
 
 Where the parts live: file locations and listing in :mod:`ml.locations`, reading and parsing in
 :mod:`ml.events_io`, the suite in :mod:`ml.validate`, the load transaction in :mod:`ml.events_load`; this module is
-the pipeline step and its exactly-once bookkeeping. Times are UTC. Nothing here imports Airflow.
+the pipeline step and its exactly-once bookkeeping. :func:`ingest_files` (several files: the CLI, each DAG task)
+validates the next files in a forked child process while earlier ones load (docs/ingest.md, "Performance"). Times
+are UTC. Nothing here imports Airflow.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import datetime as dt
 import hashlib
 import logging
 import posixpath
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,12 +46,14 @@ import sqlalchemy as sa
 from ml.errors import PipelineError, ValidationFailed
 from ml.events_load import (  # noqa: F401 - re-exported: callers load events through ml.ingest
     COPY_COLUMNS,
+    compute_rollups,
     encode_events_binary,
     ensure_partitions,
     event_days,
     events_table_from_frame,
     load_events_frame,
     load_events_table,
+    sort_events,
 )
 from ml.jsonutil import dumps
 from ml.locations import (  # noqa: F401 - re-exported: discover_files and file_format are part of ingest's API
@@ -241,8 +246,48 @@ def _archive(source_uri: str, data: bytes, checksum: str, settings: Settings) ->
 
 
 @dataclass
+class _Checked:
+    """A file validated and, when it passed, prepared for its load (:func:`_check`); what a validating child process
+    sends back. ``table`` (the events sorted for the load) and ``content`` (the content fingerprint) are None when
+    the file failed validation; ``rollups`` (:func:`ml.events_load.compute_rollups`) None until computed.
+    ``timings``: seconds of ``validate`` and ``prepare``."""
+
+    report: ValidationReport
+    table: pa.Table | None = None
+    rollups: dict[str, pa.Table] | None = None
+    content: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to cross from the child process) with the tables as Arrow IPC streams: one copy of their buffers,
+        several times faster than pickling the tables column by column."""
+        state = dict(self.__dict__)
+        state["table"] = None if self.table is None else _to_ipc(self.table)
+        state["rollups"] = None if self.rollups is None else {k: _to_ipc(t) for k, t in self.rollups.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["table"] = None if state["table"] is None else _from_ipc(state["table"])
+        if state["rollups"] is not None:
+            state["rollups"] = {k: _from_ipc(b) for k, b in state["rollups"].items()}
+        self.__dict__.update(state)
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()  # zero-copy: the table's buffers point into data
+
+
+@dataclass
 class _Validated:
-    """A file read and validated, not yet recorded or loaded: the first half of :func:`ingest_file`."""
+    """A file read (and, once ``checked`` is set, validated), not yet recorded or loaded: the first half of
+    :func:`ingest_file`."""
 
     uri: str
     name: str
@@ -251,11 +296,15 @@ class _Validated:
     in_landing: bool
     started: float
     result: IngestResult
-    report: ValidationReport
-    parsed: ParsedEvents
     bounds: tuple[int, int] | None
     now: dt.datetime | None
     compression: str | None
+    checked: _Checked | None = None
+
+    @property
+    def report(self) -> ValidationReport:
+        assert self.checked is not None
+        return self.checked.report
 
 
 def ingest_file(
@@ -273,7 +322,7 @@ def ingest_file(
 
     Raises on infrastructure problems (file unreadable, database down): the file then stays where it was, so a
     retry picks it up again."""
-    step = _read_and_validate(path, settings, engine, runner=runner, now=now)
+    step = _read_and_validate(path, settings, engine, check=_Checker(settings, runner), now=now)
     if isinstance(step, IngestResult):
         return step
     return _record_and_load(step, settings, engine, dag_run_id=dag_run_id, replace=replace)
@@ -295,7 +344,7 @@ def _read_and_validate(
     settings: Settings,
     engine: Engine,
     *,
-    runner: GxRunner | None,
+    check: _Checker,
     now: dt.datetime | None,
     pending_rows: Sequence[int] = (),
 ) -> IngestResult | _Validated:
@@ -330,29 +379,114 @@ def _read_and_validate(
         return _already_loaded(result, existing, raw, settings, in_landing, started)
     bounds = bounds_of(*row_count_history(engine, settings, pending_rows), settings)
     v = _Validated(uri=uri, name=name, fmt=fmt, raw=raw, in_landing=in_landing, started=started, result=result,
-                   report=None, parsed=None, bounds=bounds, now=now, compression=compression)  # type: ignore[arg-type]
-    return _validate(v, settings, runner)
+                   bounds=bounds, now=now, compression=compression)
+    return _validate(v, check)
 
 
-def _validate(v: _Validated, settings: Settings, runner: GxRunner | None) -> _Validated:
-    """Run the structural rules and the GX suite on ``v``'s bytes with ``v.bounds`` as the row-count band."""
-    from ml.validate import GxRunner, validate_bytes
+def _validate(v: _Validated, check: _Checker) -> _Validated:
+    """Run the structural rules and the GX suite on ``v``'s bytes with ``v.bounds`` as the row-count band, and
+    prepare the load of a file that passed (:func:`_check`, through ``check``)."""
+    v.checked = check(v)
+    v.result.timings.update(v.checked.timings)
+    return v
+
+
+def _check(raw: bytes, settings: Settings, runner: GxRunner, *, name: str, fmt: str, compression: str | None,
+           uri: str, checksum: str, now: dt.datetime | None, bounds: tuple[int, int] | None) -> _Checked:
+    """Validate one file's bytes (:func:`ml.validate.validate_bytes`) and, if it passed, do part of the load's work
+    that needs no database: sort the events (:func:`ml.events_load.sort_events`) and compute their content
+    fingerprint. Pure: runs in this process or in a validating child (:class:`_Checker`). The rollups are computed
+    by the loader (:func:`_record_and_load`): that split keeps the child and the loader about equally busy."""
+    from ml.events_io import content_fingerprint
+    from ml.validate import validate_bytes
 
     mark = time.perf_counter()
-    v.report, v.parsed = validate_bytes(
-        v.raw,
-        settings,
-        file_name=v.name,
-        file_format=v.fmt,
-        compression=v.compression,
-        file_uri=v.uri,
-        checksum=v.result.checksum_sha256,
-        now=v.now,
-        row_count_bounds=v.bounds,
-        runner=runner or GxRunner(data_docs_dir(settings)),
-    )
-    v.result.timings["validate"] = time.perf_counter() - mark
-    return v
+    report, parsed = validate_bytes(raw, settings, file_name=name, file_format=fmt, compression=compression,
+                                    file_uri=uri, checksum=checksum, now=now, row_count_bounds=bounds, runner=runner)
+    checked = _Checked(report, timings={"validate": time.perf_counter() - mark})
+    if report.success and parsed.table is not None:
+        mark = time.perf_counter()
+        checked.table = sort_events(_events_only(parsed))
+        checked.content = content_fingerprint(checked.table)
+        checked.timings["prepare"] = time.perf_counter() - mark
+    return checked
+
+
+_CHILD: dict[str, Any] = {}  # in a validating child process: its settings and GX runner (set by _child_init)
+
+
+def _child_init(settings: Settings, runner: GxRunner) -> None:
+    _CHILD.update(settings=settings, runner=runner)
+
+
+def _check_in_child(raw: bytes, kw: dict[str, Any]) -> _Checked:
+    return _check(raw, _CHILD["settings"], _CHILD["runner"], **kw)
+
+
+class _Checker:
+    """Validates and prepares files (:func:`_check`): in one forked child process when ``processes`` (an ingest
+    of several files with ``settings.ingest_validation_process``), else in the calling thread.
+
+    Why a process: validating (Great Expectations, pandas) and loading (encoding, psycopg) are both Python, and in
+    threads they take turns on the interpreter lock; in a child, the next file is validated on the other core while
+    this process streams the previous one to PostgreSQL. The child is forked (it shares the imported Great
+    Expectations and settings, nothing is re-imported); it never touches the database. Where a child cannot be
+    started (a daemonic process such as some task runners, a platform without fork), files are validated in the
+    calling thread, exactly as before. If the child dies (e.g. killed for memory), the file it held fails with an
+    error (it stays where it was, for a retry) and the next file gets a new child."""
+
+    def __init__(self, settings: Settings, runner: GxRunner | None = None, *, processes: bool = False) -> None:
+        from ml.validate import GxRunner
+
+        self.settings = settings
+        self.runner = runner or GxRunner(data_docs_dir(settings))
+        self.processes = processes and _can_fork()
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, v: _Validated) -> _Checked:
+        kw = {"name": v.name, "fmt": v.fmt, "compression": v.compression, "uri": v.uri,
+              "checksum": v.result.checksum_sha256, "now": v.now, "bounds": v.bounds}
+        if not self.processes:
+            with self._lock:  # the loader thread may validate again while the ingest thread validates
+                return _check(v.raw, self.settings, self.runner, **kw)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"), initializer=_child_init,
+                                             initargs=(self.settings, self.runner))
+        try:
+            future = self._pool.submit(_check_in_child, v.raw, kw)
+        except OSError as e:  # fork failed (memory, process limits): this thread validates from now on
+            log.warning("cannot start a validating child process (%s); validating in this process", e)
+            self.close()
+            self.processes = False
+            return self(v)
+        try:
+            return future.result()
+        except BrokenProcessPool as e:
+            self.close()
+            raise PipelineError(f"{v.name}: the child process validating it died ({e}); the file stays where it "
+                                "was, for a retry") from None
+
+    def __enter__(self) -> _Checker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
 
 
 def _record_and_load(
@@ -369,14 +503,15 @@ def _record_and_load(
     for w in report.warnings:
         log.warning("validation warning: %s", w.headline(name))
 
-    table = _events_only(v.parsed) if report.success else None
+    assert v.checked is not None
+    table = v.checked.table if report.success else None
     content = replaced = None
     if table is not None:
         existing = find_ingested(engine, checksum)  # a concurrent run loaded these very bytes while we validated
         if existing is not None and not replace:
             return _already_loaded(result, existing, raw, settings, in_landing, started)
         mark = time.perf_counter()
-        content, replaced = _content_rules(engine, report, table, name, replace, checksum)
+        content, replaced = _content_rules(engine, report, table, name, replace, checksum, v.checked.content)
         result.timings["content"] = time.perf_counter() - mark
 
     def quarantined() -> IngestResult:
@@ -402,6 +537,9 @@ def _record_and_load(
     mark = time.perf_counter()
     result.validation_id = record_validation(engine, report, dag_run_id=dag_run_id)
     days = event_days(table)
+    rollups = v.checked.rollups
+    if rollups is None:  # computed on the loader's side (see _check)
+        rollups = compute_rollups(table) if table.num_rows else {}
     try:
         file_id, rows = load_events_table(
             engine,
@@ -418,6 +556,7 @@ def _record_and_load(
                 "content_sha256": content,
                 "replaced_file_id": replaced,
             },
+            rollups=rollups,
         )
     except Exception as e:  # another run loaded the same events (other bytes) first: a duplicate delivery
         if "ingested_files_content_idx" not in str(e):
@@ -457,14 +596,15 @@ def _duplicate_rule(report: ValidationReport, holder: tuple[int, str] | None, co
 
 
 def _content_rules(engine: Engine, report: ValidationReport, table: pa.Table, name: str,
-                   replace: bool, checksum: str = "") -> tuple[str, int | None]:
+                   replace: bool, checksum: str = "", content: str | None = None) -> tuple[str, int | None]:
     """Exactly-once by content (docs/ingest.md): add the ``duplicate_delivery`` rule (critical) when another file
     already loaded the same events, unless ``replace``, and the ``cross_file_duplicates`` rule (a warning with
-    counts) for events already loaded from other files. Returns (content fingerprint, file_id to replace)."""
+    counts) for events already loaded from other files. ``content``: the table's content fingerprint when already
+    computed. Returns (content fingerprint, file_id to replace)."""
     from ml.events_io import content_fingerprint
     from ml.validation_report import RuleResult
 
-    content = content_fingerprint(table)
+    content = content or content_fingerprint(table)
     from ml.fingerprints import backfill_fingerprints  # files loaded before 0141 that this one could repeat
 
     backfill_fingerprints(engine, lo=report.min_event_time, hi=report.max_event_time)
@@ -525,6 +665,12 @@ def _events_only(parsed: ParsedEvents) -> pa.Table:
     return parsed.table.select([*EVENT_COLUMNS, "line_no"])
 
 
+#: Most validated files in the loader's hands (the one loading and those waiting) when the next file starts
+#: validating: enough to keep the validating child busy when one file loads slower than the next validates, few
+#: enough to bound memory (each holds its parsed events and rollups).
+LOAD_QUEUE = 2
+
+
 def ingest_files(
     paths: Sequence[str | Path],
     settings: Settings,
@@ -535,64 +681,69 @@ def ingest_files(
 ) -> list[IngestResult]:
     """Ingest several files, each on its own (one bad or broken file never stops the others).
 
-    Pipelined on two threads: while file N is recorded and loaded (work done mostly by PostgreSQL, and by Arrow
-    kernels that release the GIL), file N+1 is read and validated in this thread (Great Expectations). Every file
-    goes through exactly the steps of :func:`ingest_file`, and files are recorded and loaded one at a time in the
-    order given. The row-count band of file N+1, computed while N is still loading, counts N as loaded; once N's
-    outcome is known the band is computed again, and N+1 validated again if it differs (N was not loaded after all).
+    Pipelined: this thread reads each file and has it validated and prepared (:class:`_Checker`: in a forked child
+    process, so Great Expectations runs on the other core), while a loader thread records and loads the files
+    already validated, one at a time, in the order given (the next file starts validating while at most
+    :data:`LOAD_QUEUE` files are loading or waiting). Every file goes through exactly the steps of :func:`ingest_file`. A file's row-count band is
+    first computed counting the files validated before it and not yet loaded as loaded; just before its load the
+    band is computed again from what was actually loaded, and the file validated again if the band differs (a file
+    before it was not loaded after all), so the outcome is the one a one-file-at-a-time run would give.
 
     Returns one result per path in order; an unexpected error becomes status ``error`` with its message."""
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     from ml.observe import Progress
     from ml.validate import GxRunner
     from ml.validate import row_count_bounds as bounds_of
 
-    runner = GxRunner(data_docs_dir(settings))
+    check = _Checker(settings, GxRunner(data_docs_dir(settings)),
+                     processes=settings.ingest_validation_process and len(paths) > 1)
     progress = Progress("ingest", total=len(paths), unit="files")
-    results: list[IngestResult] = []
+    queued: list[tuple[Future[IngestResult], _Validated | None]] = []  # one per path handled so far, in order
+    reported = 0
 
     def failed(p: str | Path, e: Exception) -> IngestResult:
         log.error("%s: ingest failed", p, exc_info=e)
         return IngestResult(file_name=posixpath.basename(str(p)), source_uri=str(p), status="error",
                             message=f"{p}: {e}")
 
-    def load(v: _Validated) -> IngestResult:
+    def load(v: _Validated) -> IngestResult:  # the loader thread, one file at a time in order
         try:
+            bounds = bounds_of(*row_count_history(engine, settings), settings)
+            if bounds != v.bounds:  # a file before this one was not loaded after all: validate with the true band
+                v.bounds = bounds
+                _validate(v, check)
             return _record_and_load(v, settings, engine, dag_run_id=dag_run_id, replace=replace)
         except Exception as e:  # noqa: BLE001 - reported per file; the caller decides the exit status
             return failed(v.uri, e)
 
-    def done(result: IngestResult) -> None:
-        results.append(result)
-        progress.advance(1)
+    def waiting_loads() -> list[tuple[Future[IngestResult], _Validated]]:
+        return [(f, v) for f, v in queued if v is not None and not f.done()]
 
-    loading: tuple[Future[IngestResult], _Validated] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
+    def report_done() -> None:
+        nonlocal reported
+        while reported < len(queued) and queued[reported][0].done():
+            reported += 1
+            progress.advance(1)
+
+    with check, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load") as pool:
         for p in paths:
-            ahead = [loading[1].report.row_count] if loading and loading[1].report.success else []
+            while len(pending := waiting_loads()) > LOAD_QUEUE:
+                wait([f for f, _ in pending], return_when=FIRST_COMPLETED)
+            report_done()
+            ahead = [v.report.row_count for _, v in reversed(pending) if v.report.success]  # newest first
             try:
-                step = _read_and_validate(p, settings, engine, runner=runner, now=None, pending_rows=ahead)
+                step = _read_and_validate(p, settings, engine, check=check, now=None, pending_rows=ahead)
             except Exception as e:  # noqa: BLE001 - reported per file
                 step = failed(p, e)
-            if loading is not None:
-                done(loading[0].result())
-                loading = None
             if isinstance(step, IngestResult):
-                done(step)
-                continue
-            if ahead:  # the previous file's outcome is known now: was the band right?
-                try:
-                    bounds = bounds_of(*row_count_history(engine, settings), settings)
-                    if bounds != step.bounds:
-                        step.bounds = bounds
-                        _validate(step, settings, runner)
-                except Exception as e:  # noqa: BLE001 - reported per file
-                    done(failed(p, e))
-                    continue
-            loading = (pool.submit(load, step), step)
-        if loading is not None:
-            done(loading[0].result())
+                finished: Future[IngestResult] = Future()
+                finished.set_result(step)
+                queued.append((finished, None))
+            else:
+                queued.append((pool.submit(load, step), step))
+        results = [f.result() for f, _ in queued]
+    report_done()
     progress.finish()
     return results
 

@@ -302,6 +302,12 @@ class Settings(BaseSettings):
         description="Most rows one mapped ingest_events task takes, estimated from file sizes (a larger file is a "
         "task of its own).",
     )
+    ingest_validation_process: bool = Field(
+        True,
+        description="Validate and prepare the files of a multi-file ingest in a forked child process, so Great "
+        "Expectations does not share the interpreter lock with the loader; false, or where a child cannot be "
+        "started (a daemonic process, no fork): a thread of the same process.",
+    )
 
     # --- monitoring: realized performance, drift vs reference, freshness, alerts (issue 13) -----------------------
     monitor_top_k: int = Field(10, description="k of precision@k and hit-rate@k per user in realized performance.")
