@@ -155,6 +155,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import pyarrow as pa
+    import sqlalchemy as sa
 
     from ml.db import create_database, drop_database, make_engine
     from ml.dev.generate import GeneratorConfig, generate_events, write_daily_files
@@ -177,6 +178,22 @@ def main() -> None:
         databases.append(name)
         return create_database(server, name)
 
+    def settle() -> None:
+        """Before each timed end-to-end run: drop the databases of earlier runs (else autovacuum works through
+        their 2M fresh rows during the next run: runs got slower in order, 174k -> 153k -> 147k rows/s) and
+        CHECKPOINT (their dirty pages flushed now, not during the next run). Every path starts from the same state."""
+        if not args.keep:
+            while databases:
+                drop_database(server, databases.pop())
+        admin = make_engine(server)
+        try:
+            with admin.connect() as c:
+                c.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("checkpoint"))
+        except sa.exc.DBAPIError as e:  # CHECKPOINT needs a superuser or pg_checkpoint
+            log.warning("no CHECKPOINT before the run (%s)", str(e).splitlines()[0])
+        finally:
+            admin.dispose()
+
     try:
         # about 1.8 events per user-day with the generator's defaults; one rescaling pass hits the target closely
         n_users = max(100, int(args.events / (1.8 * args.days)))
@@ -197,6 +214,7 @@ def main() -> None:
         # database, the median reported (this VM's wall times differ by 10-20 % between identical runs)
         runs = []
         for i in range(args.repeat):
+            settle()
             url = fresh_db()
             s = base.model_copy(update={"postgres_url": url, "state_dir": work / f"ours{i}",
                                         "data_docs_enabled": False, "row_count_min_history": 10**9})
@@ -221,10 +239,12 @@ def main() -> None:
                   for k in ("read", "validate", "prepare", "content", "load")}
 
         # 2. the previous path, same files
+        settle()
         load_prev = os.getloadavg()[0]
         previous = _previous_path(args.previous_rev, server, files, work) if args.previous_rev else None
         if previous is not None:
             assert previous["statuses"] == ["loaded"] and previous["rows"] == rows, previous
+        settle()
         load_threaded = os.getloadavg()[0]
         threaded = _previous_path(args.threaded_rev, server, files, work) if args.threaded_rev else None
         if threaded is not None:
