@@ -17,9 +17,6 @@ Both paths run on the same database, the same model and the same score date, in 
   same SQL definition that main ran) in always ``score_buckets`` buckets (``score_bucket_min_pairs=0``), every row
   also predicted by the libraries (``score_verify_fraction=1``, the default before).
 
-Before any night is timed, the freshly loaded database is settled (``VACUUM (ANALYZE)`` + ``CHECKPOINT``: what
-autovacuum and the checkpointer do in production between the day's ingests and the night; :func:`settle`).
-
 Both run with numba's on-disk kernel cache warm (``propensity warmup``, as ``make venv`` and the image build leave
 it): a cold cache would charge the compilation to whichever path ran first.
 
@@ -177,26 +174,11 @@ def bench_database(server: str, users: int, products: int, days: int, trees: int
     t = time.perf_counter()
     n = load_events(engine, users, products, days, START, seed=11)
     log.info("events: %s generated and loaded (rollups maintained) in %.1fs", f"{n:,}", time.perf_counter() - t)
-    settle(engine)
+    with engine.begin() as c:
+        import sqlalchemy as sa
+
+        c.execute(sa.text("analyze"))
     return name, url, engine, settings, n
-
-
-def settle(engine: Any) -> None:
-    """After the bulk load, before any night is timed: VACUUM (ANALYZE) the database and CHECKPOINT, what autovacuum
-    and the checkpointer do in production between the day's ingests and the night. Without it, the first night to
-    read the freshly loaded rows sets their hint bits (page writes) and competes with autovacuum's insert-triggered
-    vacuums of every new partition; the benchmark would time that one-off work against whichever path runs first."""
-    import sqlalchemy as sa
-
-    t = time.perf_counter()
-    with engine.connect() as c:
-        c = c.execution_options(isolation_level="AUTOCOMMIT")
-        c.execute(sa.text("vacuum (analyze)"))
-        try:
-            c.execute(sa.text("checkpoint"))
-        except sa.exc.DBAPIError as e:  # CHECKPOINT needs a superuser or pg_checkpoint
-            log.warning("no CHECKPOINT before the nights (%s)", str(e).splitlines()[0])
-    log.info("settled: vacuum (analyze) + checkpoint in %.1fs", time.perf_counter() - t)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

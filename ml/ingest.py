@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import posixpath
 import threading
 import time
@@ -417,6 +418,14 @@ _CHILD: dict[str, Any] = {}  # in a validating child process: its settings and G
 
 def _child_init(settings: Settings, runner: GxRunner) -> None:
     _CHILD.update(settings=settings, runner=runner)
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the ingest process was killed (no clean shutdown): the forked child holds both ends of
+        while os.getppid() == parent:  # its task pipe, so it would wait forever; leave instead
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, name="ingest-child-watch", daemon=True).start()
 
 
 def _check_in_child(raw: bytes, kw: dict[str, Any]) -> _Checked:
@@ -433,7 +442,8 @@ class _Checker:
     Expectations and settings, nothing is re-imported); it never touches the database. Where a child cannot be
     started (a daemonic process such as some task runners, a platform without fork), files are validated in the
     calling thread, exactly as before. If the child dies (e.g. killed for memory), the file it held fails with an
-    error (it stays where it was, for a retry) and the next file gets a new child."""
+    error (it stays where it was, for a retry) and the next file gets a new child; if this process is killed, the
+    child notices within a second that it is orphaned and exits."""
 
     def __init__(self, settings: Settings, runner: GxRunner | None = None, *, processes: bool = False) -> None:
         from ml.validate import GxRunner

@@ -222,3 +222,52 @@ def test_two_loaders_of_one_new_day_both_load_and_the_rollups_stay_exact(own_eng
     rebuilt = snapshot()
     for t in rollups:
         pd.testing.assert_frame_equal(incremental[t], rebuilt[t], check_dtype=False, obj=t)
+
+
+def test_a_killed_ingest_leaves_no_child_behind(own_engine, rees46_sample: Path, tmp_path: Path) -> None:
+    """kill -9 of the ingest process while its forked child validates: the child notices it is orphaned and exits
+    (it would otherwise wait forever on its task pipe, holding its memory)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    url, _ = own_engine
+    header, *rows = rees46_sample.read_bytes().rstrip(b"\n").split(b"\n")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"k{i}.csv")
+        paths[-1].write_bytes(b"\n".join([header, *rows[i * 50:(i + 1) * 50]]) + b"\n")
+    pid_file = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        import ml.ingest
+        from ml.db import make_engine
+        from ml.settings import Settings
+
+        def slow_check(raw, settings, runner, **kw):  # in the child: say who we are, then take our time
+            Path({str(pid_file)!r}).write_text(str(os.getpid()))
+            time.sleep(120)
+
+        ml.ingest._check = slow_check
+        s = Settings(postgres_url={url!r}, state_dir=Path({str(tmp_path / "state")!r}), data_docs_enabled=False)
+        ml.ingest.ingest_files({[str(p) for p in paths]!r}, s, make_engine({url!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "the child never started validating"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert child != proc.pid and Path(f"/proc/{child}").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, f"child {child} still alive 15 s after its parent was killed"
+        time.sleep(0.2)
