@@ -334,7 +334,9 @@ def main() -> None:
             f"{os.cpu_count()} cores. PostgreSQL runs on the same machine, and other jobs shared it during the run, "
             "so read the ratios measured in this run rather than the absolute rows/s.\n\n"
             f"{n_events:,} generated events (seed {args.seed}) in {len(files)} daily REES46 CSV files "
-            f"(~{n_events // max(len(files), 1):,} rows each), each path into a fresh database. Data Docs off. The "
+            f"(~{n_events // max(len(files), 1):,} rows each), each path into a fresh database; before each "
+            "end-to-end run the earlier runs' databases are dropped and a CHECKPOINT taken (otherwise autovacuum of "
+            "the previous run's rows competes with the next run). Data Docs off. The "
             f"to_sql baseline runs on the first {len(subset)} file(s) ({n_sub:,} rows) and is reported as rows/s.\n\n"
             + md_table(["path", "rows", "seconds", "rows/s", "x to_sql", "load avg"], table_rows)
             + "\n\nStages of the median run, summed over files (they overlap: the next files are validated in a child "
