@@ -36,6 +36,7 @@ import posixpath
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -457,27 +458,44 @@ class _Checker:
     def __call__(self, v: _Validated) -> _Checked:
         kw = {"name": v.name, "fmt": v.fmt, "compression": v.compression, "uri": v.uri,
               "checksum": v.result.checksum_sha256, "now": v.now, "bounds": v.bounds}
-        if not self.processes:
-            with self._lock:  # the loader thread may validate again while the ingest thread validates
-                return _check(v.raw, self.settings, self.runner, **kw)
+        if self.processes:
+            submitted = self._submit(v.raw, kw)
+            if submitted is not None:
+                return self._result(v, *submitted)
+        with self._lock:  # in this process: the loader thread may validate again while the ingest thread validates
+            return _check(v.raw, self.settings, self.runner, **kw)
+
+    def _submit(self, raw: bytes, kw: dict[str, Any]) -> tuple[Any, Future[_Checked]] | None:
+        """(pool, future) of ``raw`` handed to the child; None when no child can be started (validate here)."""
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"), initializer=_child_init,
-                                             initargs=(self.settings, self.runner))
-        try:
-            future = self._pool.submit(_check_in_child, v.raw, kw)
-        except OSError as e:  # fork failed (memory, process limits): this thread validates from now on
-            log.warning("cannot start a validating child process (%s); validating in this process", e)
-            self.close()
+        with self._lock:  # the ingest thread and the loader thread (validating again) share the child
+            for _ in range(2):
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"), initializer=_child_init,
+                                                     initargs=(self.settings, self.runner))
+                try:
+                    return self._pool, self._pool.submit(_check_in_child, raw, kw)
+                except BrokenProcessPool:  # the child died while idle, since the last file: a new child
+                    self._close_locked()
+                except OSError as e:  # fork failed (memory, process limits): this process validates from now on
+                    log.warning("cannot start a validating child process (%s); validating in this process", e)
+                    break
+            self._close_locked()
             self.processes = False
-            return self(v)
+            return None
+
+    def _result(self, v: _Validated, pool: Any, future: Future[_Checked]) -> _Checked:
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
             return future.result()
         except BrokenProcessPool as e:
-            self.close()
+            with self._lock:
+                if self._pool is pool:
+                    self._close_locked()
             raise PipelineError(f"{v.name}: the child process validating it died ({e}); the file stays where it "
                                 "was, for a retry") from None
 
@@ -488,6 +506,10 @@ class _Checker:
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

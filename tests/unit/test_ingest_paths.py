@@ -80,3 +80,33 @@ def test_moves_and_name_collisions_on_object_storage() -> None:
     assert found == "memory:///land/d/events_2019-10-03.csv" and is_under(found, s.location("landing"))
     fs.rm("/quar", recursive=True)
     fs.rm("/land", recursive=True)
+
+
+def test_a_validating_child_killed_between_files_is_replaced(rees46_sample: Path, tmp_path: Path) -> None:
+    """The child dies while idle (killed for memory between two files): the next file gets a new child and
+    validates; nothing falls back to validating in this process."""
+    import os
+    import signal
+    import time
+
+    from ml.ingest import IngestResult, _Checker, _Validated
+
+    s = Settings(state_dir=tmp_path, data_docs_enabled=False, row_count_min_history=10**6)
+    raw = b"\n".join(rees46_sample.read_bytes().split(b"\n")[:101]) + b"\n"
+
+    def step(name: str) -> _Validated:
+        return _Validated(uri=str(tmp_path / name), name=name, fmt="csv", raw=raw, in_landing=False, started=0.0,
+                          result=IngestResult(file_name=name, source_uri=name, status="duplicate"), bounds=None,
+                          now=None, compression=None)
+
+    with _Checker(s, processes=True) as check:
+        assert check(step("a.csv")).report.success
+        (first,) = check._pool._processes  # the one child, by pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not check._pool._broken:  # the executor notices the death on its own thread
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        checked = check(step("b.csv"))
+        assert checked.report.success and checked.table is not None and checked.table.num_rows == 100
+        assert check.processes and set(check._pool._processes) - {first}  # a new child did it
