@@ -480,7 +480,10 @@ def ingest(
             for line in r.failures:
                 typer.echo(f"    - {line}")
     if not results:
-        typer.echo("no files to ingest")
+        where = ", ".join(paths) if paths else f"the landing location {s.location('landing')}"
+        typer.echo(f"no files to ingest in {where}: looked for .csv, .csv.gz and .parquet files"
+                   + (f" whose name holds {day.isoformat()}" if day else "")
+                   + " (names starting with '.' or '_' are skipped as uploads in progress)")
     if any(r.status in ("quarantined", "error") for r in results):
         raise typer.Exit(1)
 

@@ -87,3 +87,15 @@ def test_pipeline_refusals_are_one_line_exit_1(settings, tmp_path: Path) -> None
     assert outside.exists()  # requeue never moves a file from outside quarantine
     p = run(settings, "ingest", "/nonexistent/landing/events.csv", debug=True)
     assert p.returncode == 1 and "Traceback" in p.stderr and "no such file or folder" in p.stderr
+
+
+def test_ingest_of_a_folder_without_event_files_says_where_it_looked(settings, tmp_path: Path) -> None:
+    """Nothing to do is not an error (exit 0, cron-friendly), but the line names the folder and what counts as an
+    event file, so a wrong path or a wrong extension is visible."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "events.txt").write_text("not an event file\n")
+    (folder / "_events_2019-10-01.csv").write_text("event_time\n")  # an upload in progress
+    p = run(settings, "ingest", str(folder))
+    assert p.returncode == 0, p.stderr
+    assert f"no files to ingest in {folder}" in p.stdout and ".parquet" in p.stdout and "'_'" in p.stdout
