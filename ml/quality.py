@@ -185,14 +185,15 @@ class GxRunner:
         ctx = self.context()
         frame_asset = ctx.data_sources.add_pandas(datasource).add_dataframe_asset(asset)
         batch_definition = frame_asset.add_batch_definition_whole_dataframe("all")
+        fmt = dict(result_format) if isinstance(result_format, Mapping) else result_format
+        batch = {"dataframe": frame}
+        if not (data_docs and self.docs_dir):  # no page to write: validate the batch itself, without storing the
+            # result in the context's validation results store (a ValidationDefinition run does; ~20 ms a file)
+            return outcome_of(batch_definition.get_batch(batch_parameters=batch).validate(suite, result_format=fmt))
         suite = ctx.suites.add(suite)
         vd = ctx.validation_definitions.add(
             gx_.ValidationDefinition(name=run_name, data=batch_definition, suite=suite)
         )
-        fmt = dict(result_format) if isinstance(result_format, Mapping) else result_format
-        batch = {"dataframe": frame}
-        if not (data_docs and self.docs_dir):
-            return outcome_of(vd.run(batch_parameters=batch, result_format=fmt))
         cp = ctx.checkpoints.add(
             gx_.Checkpoint(
                 name=f"{datasource}_{asset}",
