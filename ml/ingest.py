@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -499,7 +499,7 @@ class _Checker:
             raise PipelineError(f"{v.name}: the child process validating it died ({e}); the file stays where it "
                                 "was, for a retry") from None
 
-    def __enter__(self) -> _Checker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

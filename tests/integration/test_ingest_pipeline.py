@@ -69,7 +69,7 @@ def test_next_file_is_judged_by_the_files_really_loaded(own_engine, rees46_sampl
     assert "[150, 600]" in observed["c.csv"]["description"] and "[175, 700]" in observed["d.csv"]["description"]
 
 
-def _outcome(results) -> list[tuple]:  # noqa: ANN001
+def _outcome(results) -> list[tuple]:
     import re
 
     def unclocked(line: str) -> str:  # the not-in-the-future rule names the validation time: seconds apart
@@ -144,7 +144,7 @@ def test_a_dead_child_costs_only_the_file_it_held(own_engine, rees46_sample: Pat
     parent = os.getpid()
     check = ml.ingest._check
 
-    def dying_check(raw, settings, runner, **kw):  # noqa: ANN001, ANN003, ANN202
+    def dying_check(raw, settings, runner, **kw):
         if kw["name"] == "b_dies.csv" and os.getpid() != parent:
             os._exit(9)
         return check(raw, settings, runner, **kw)
@@ -227,7 +227,6 @@ def test_two_loaders_of_one_new_day_both_load_and_the_rollups_stay_exact(own_eng
 def test_a_killed_ingest_leaves_no_child_behind(own_engine, rees46_sample: Path, tmp_path: Path) -> None:
     """kill -9 of the ingest process while its forked child validates: the child notices it is orphaned and exits
     (it would otherwise wait forever on its task pipe, holding its memory)."""
-    import os
     import signal
     import subprocess
     import sys
