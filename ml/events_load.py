@@ -435,8 +435,9 @@ def load_events_table(
     rollups: dict[str, pa.Table] | None = None,
 ) -> tuple[int, int]:
     """COPY a typed events table into raw.events, and its rollups into theirs, in ONE transaction; return
-    (file_id, rows). ``rollups`` given: ``table`` and ``rollups`` are what :func:`prepare_events` returned (ingest
-    prepares them while validating, possibly in another process); None: prepared here.
+    (file_id, rows). ``rollups`` given: ``table`` is already sorted (:func:`sort_events`) and ``rollups`` are its
+    rollups, as :func:`prepare_events` returns them (ingest sorts in its validating child process and computes the
+    rollups on its loader thread); None: both done here.
 
     With ``file_record`` (keys: file_name, file_uri, checksum_sha256, file_format, row_count, min_event_time,
     max_event_time, validation_id, optional content_sha256 and replaced_file_id) the ``raw.ingested_files`` row is
