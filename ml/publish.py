@@ -304,17 +304,18 @@ def _record_flip(conn: sa.Connection, ks: KeySpace, from_version: int | None, to
 
 
 # --- publish --------------------------------------------------------------------------------------------------------
-def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float) -> Iterator[tuple]:
+def _hot_rows(engine: Engine, day: dt.date, top_n: int, floor: float, part: int | None = None,
+              parts: int | None = None) -> Iterator[tuple]:
     """Stream the day's hot pairs, one row per user in ascending user_id: (user_id, product_ids, probabilities,
     tiers, reason codes joined by U+001F per pair, reason texts joined likewise), arrays aligned pair by pair, over one
-    binary COPY (psycopg 3)."""
+    binary COPY (psycopg 3). ``part`` of ``parts``: only the users of that user-hash range (None: every user)."""
     from ml.pgcopy import connect
 
     sql = read_sql("publish/hot_pairs.sql")
     with connect(engine) as conn, conn.cursor() as cur:
         with cur.copy(
             f"copy ({sql}) to stdout (format binary)",
-            {"score_date": day, "min_probability": floor, "top_n": top_n},
+            {"score_date": day, "min_probability": floor, "top_n": top_n, "part": part, "parts": parts},
         ) as copy:
             copy.set_types(["int8", "int8[]", "float8[]", "text[]", "text[]", "text[]", "text"])
             try:
@@ -328,9 +329,12 @@ _SEP = "\x1f"
 
 
 def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, version: int, chunk_pairs: int,
-                   heartbeat: _Heartbeat, progress: Progress) -> tuple[int, int, dict[tuple[str, str], int]]:
+                   heartbeat: _Heartbeat | None, progress: Progress, part: int = 0, parts: int = 1
+                   ) -> tuple[int, int, dict[tuple[str, str], int]]:
     """Write one zset + one hash per user under version ``version`` from :func:`_hot_rows` rows, pipelined in
     chunks of about ``chunk_pairs`` pairs, then the reason dictionary. Returns (users, pairs, reason dictionary).
+    Reason ids are ``part + 1``, ``part + 1 + parts``, ...: the writers of the parts of one version never give two
+    reasons the same id (a reason seen by two parts has one id per part; both resolve to it).
     Raises :class:`PublishError` when a pair's reason codes and texts do not pair up."""
     reason_ids: dict[tuple[str, str], int] = {}
     pipe = redis_client.pipeline(transaction=False)
@@ -350,7 +354,7 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
             for pair in zip(cs, ts):
                 rid = reason_ids.get(pair)
                 if rid is None:
-                    rid = reason_ids[pair] = len(reason_ids) + 1
+                    rid = reason_ids[pair] = part + 1 + parts * len(reason_ids)
                 rids.append(rid)
             payloads.append(encode_details(tier, rids))
         pipe.zadd(ks.recs(version, user_id), dict(zip(product_ids, probabilities, strict=True)))
@@ -360,7 +364,8 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
         pending += len(product_ids)
         if pending >= chunk_pairs:
             pipe.execute()
-            heartbeat.check()
+            if heartbeat is not None:
+                heartbeat.check()
             progress.advance(pending)
             pending = 0
     pipe.execute()
@@ -370,6 +375,79 @@ def _write_version(rows: Iterable[tuple], redis_client: Any, ks: KeySpace, versi
         pipe.hset(ks.reasons(version), mapping=dict(items[start : start + 5_000]))
     pipe.execute()
     return users, pairs, reason_ids
+
+
+def _publish_parts(settings: Settings) -> int:
+    """How many processes write a version: ``settings.publish_workers``, or 1 where a child cannot be forked (a
+    daemonic process, no fork) or the target is a Redis Cluster (its clients are not shared across a fork here)."""
+    import multiprocessing as mp
+
+    n = max(1, int(settings.publish_workers))
+    if n > 1 and ("fork" not in mp.get_all_start_methods() or mp.current_process().daemon or settings.redis_cluster):
+        return 1
+    return n
+
+
+def _part_main(result: Any, engine: Engine, redis_client: Any, ks: KeySpace, version: int, day: dt.date, top_n: int,
+               floor: float, chunk_pairs: int, part: int, parts: int) -> None:
+    """A forked writer of one user-hash range of the version: its own Postgres COPY (a new connection) and Redis
+    connections (redis-py's pool opens new ones after a fork). Sends ("ok", users, pairs, reasons) or
+    ("error", text) through ``result``."""
+    try:
+        progress = Progress(f"publish {day} v{version} part {part + 1}/{parts}", unit="pairs")
+        with closing(_hot_rows(engine, day, top_n, floor, part, parts)) as rows:
+            users, pairs, reasons = _write_version(rows, redis_client, ks, version, chunk_pairs, None, progress,
+                                                   part, parts)
+        result.send(("ok", users, pairs, len(reasons)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the publish
+        result.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        result.close()
+
+
+def _write_parts(engine: Engine, redis_client: Any, ks: KeySpace, version: int, day: dt.date, top_n: int,
+                 floor: float, settings: Settings, heartbeat: _Heartbeat, progress: Progress,
+                 parts: int) -> tuple[int, int, int]:
+    """Write the version in ``parts`` forked processes, one user-hash range each (the Python that turns rows into
+    Redis commands is most of a publish's time, and one interpreter runs it on one core). The parent renews the lock
+    and waits; any part's failure stops the others and raises :class:`PublishError`. Returns (users, pairs,
+    reason entries)."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("fork")
+    procs, readers = [], {}
+    try:
+        for k in range(parts):
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_part_main, name=f"publish-part-{k + 1}",
+                            args=(w, engine, redis_client, ks, version, day, top_n, floor,
+                                  settings.publish_chunk_pairs, k, parts), daemon=True)
+            p.start()
+            w.close()
+            procs.append(p)
+            readers[r] = (k, p)
+        users = pairs = reasons = 0
+        while readers:
+            heartbeat.check()
+            for r in wait(list(readers), timeout=0.5):
+                k, p = readers.pop(r)
+                try:
+                    msg = r.recv()
+                except EOFError:
+                    p.join(5)
+                    msg = ("error", f"the writer process died (exit code {p.exitcode})")
+                r.close()
+                if msg[0] != "ok":
+                    raise PublishError(f"part {k + 1}/{parts}: {msg[1]}")
+                users, pairs, reasons = users + msg[1], pairs + msg[2], reasons + msg[3]
+                progress.advance(msg[2])
+        return users, pairs, reasons
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
 
 
 def publish_version(
@@ -442,16 +520,21 @@ def publish_version(
                  day, version, n, floor, f"{scored:,}", previous)
         progress = Progress(f"publish {day} v{version}", unit="pairs")
         try:
-            with _Heartbeat(lock, settings.publish_lock_timeout_s) as heartbeat, closing(
-                _hot_rows(engine, day, n, floor)
-            ) as rows:
-                users, pairs, reasons = _write_version(
-                    rows, redis_client, ks, version, settings.publish_chunk_pairs, heartbeat, progress
-                )
+            parts = _publish_parts(settings)
+            with _Heartbeat(lock, settings.publish_lock_timeout_s) as heartbeat:
+                if parts > 1:
+                    users, pairs, reasons = _write_parts(engine, redis_client, ks, version, day, n, floor, settings,
+                                                         heartbeat, progress, parts)
+                else:
+                    with closing(_hot_rows(engine, day, n, floor)) as rows:
+                        users, pairs, dictionary = _write_version(
+                            rows, redis_client, ks, version, settings.publish_chunk_pairs, heartbeat, progress
+                        )
+                    reasons = len(dictionary)
             published_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
             meta = {
                 "version": version, "score_date": day.isoformat(), "model_version": model_version, "run_id": run_id,
-                "scored_pairs": scored, "users": users, "pairs": pairs, "reasons": len(reasons), "top_n": n,
+                "scored_pairs": scored, "users": users, "pairs": pairs, "reasons": reasons, "top_n": n,
                 "min_probability": repr(float(floor)), "published_at": published_at.isoformat(),
                 "previous": "" if previous is None else previous,
             }
@@ -480,13 +563,13 @@ def publish_version(
         seconds = time.perf_counter() - started
         progress.finish()
         _record_end(engine, ks, version, status="published", seconds=seconds, users=users, pairs=pairs,
-                    reasons=len(reasons), previous=previous, published_at=published_at)
+                    reasons=reasons, previous=previous, published_at=published_at)
         deleted = _cleanup_locked(redis_client, ks, settings.publish_keep_versions)
     finally:
         _release_lock(lock)
     result = PublishResult(
         version=version, score_date=day, model_version=model_version, run_id=run_id, scored_pairs=scored,
-        users=users, pairs=pairs, reasons=len(reasons), previous_version=previous, published_at=published_at,
+        users=users, pairs=pairs, reasons=reasons, previous_version=previous, published_at=published_at,
         seconds=seconds, deleted_versions=deleted,
     )
     log.info("published %s: version %d serves %s pairs of %s users (%s pairs/s); previous %s; deleted %s",

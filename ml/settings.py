@@ -214,6 +214,11 @@ class Settings(BaseSettings):
     publish_chunk_pairs: int = Field(
         20_000, description="Hot pairs sent per pipelined round trip to Redis while publishing."
     )
+    publish_workers: int = Field(
+        2,
+        description="Processes that write a published version, each the users of one user-hash range (forked; 1, "
+        "a daemonic process, no fork, or a Redis Cluster: the publishing process writes it alone).",
+    )
     publish_lock_timeout_s: int = Field(
         15,
         description="Lifetime of the Redis lock that serialises publish/rollback/cleanup, seconds. A running "

@@ -1,16 +1,14 @@
 -- pair_aggregates.sql from the rollups (migration 0180) for a UTC-midnight :as_of: the same CTEs, columns and
 -- values, read from per-(user, product, day) and per-(user, session, day) rows instead of raw events. Windows in
--- days: [:since_day, :as_of_day) for the lookback, >= :day_7d / :day_24h for the 7-day and 24-hour view counts.
-active_pairs as (
-    {{ active_pairs }}
-),
-
-active_users as (
-    select distinct user_id from active_pairs
-),
-
--- every lookback (user, product, day) row of the bucket's active users, read once
-stg_pair_days as materialized (
+-- days: [:since_day, :as_of_day) for the lookback, >= :day_7d / :day_24h for the 7-day and 24-hour view counts,
+-- >= :active_since_day for the active window.
+--
+-- Shape (docs/features.md, "Rollups"): the bucket's lookback pair-days are read once and aggregated ONCE per
+-- (user, product): that one aggregate gives the pair features, the per-user sums and distinct counts, and whether
+-- the pair is active (a view or a cart on a day of the active window: active_pairs_rollup.sql's definition, on
+-- the same rows). Only the distinct sessions of an active pair seen on several days need the day rows again.
+-- The users need no "has an active pair" filter here: the final join to the active pairs keeps exactly those.
+stg_pair_days as (
     select r.*
     from raw.rollup_pair_day as r
     where r.day >= cast(:since_day as date)
@@ -19,26 +17,42 @@ stg_pair_days as materialized (
            or (ml.user_hash32(r.user_id) >= ml.bucket_hash_lo(cast(:bucket as integer), cast(:n_buckets as integer))
                and ml.user_hash32(r.user_id)
                    < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
-      and r.user_id in (select user_id from active_users)
 ),
 
--- user level ----------------------------------------------------------------------------------------------------
-stg_user_products as (
+-- one row per (user, product) of the bucket's users over the lookback ---------------------------------------------
+stg_pairs as materialized (
     select
         user_id,
         product_id,
+        (bool_or(views > 0 or carts > 0) filter (where day >= cast(:active_since_day as date))) is true as active,
+        count(*) as days,
         sum(events) as events,
+        sum(views) as views,
         sum(carts) as carts,
+        sum(removes) as removes,
         sum(purchases) as purchases,
         coalesce(sum(events) filter (where extract(isodow from day) >= 6), 0) as weekend_events,
         sum(evening_events) as evening_events,
+        case when count(*) = 1 then max(cardinality(sessions))
+             else (select count(distinct u) from unnest(ml.array_concat_agg(sessions)) as u) end as sessions,
+        coalesce(sum(views) filter (where day >= cast(:day_24h as date)), 0) as views_24h,
+        coalesce(sum(views) filter (where day >= cast(:day_7d as date)), 0) as views_7d,
+        min(first_view_at) as first_view_at,
+        max(last_view_at) as last_view_at,
+        max(last_cart_at) as last_cart_at,
+        max(last_purchase_at) as last_purchase_at,
         max(last_at) as last_at,
+        min((day - cast(:since_day as date))::bigint * 86400 * 68719476736 + first_view_key) % 68719476736
+            / 100.0 as first_view_price,
+        max((day - cast(:since_day as date))::bigint * 86400 * 68719476736 + last_view_key) % 68719476736
+            / 100.0 as last_view_price,
         max(category_id) as category_id,
         max(brand) as brand
     from stg_pair_days
     group by user_id, product_id
 ),
 
+-- user level ----------------------------------------------------------------------------------------------------
 feat_users as (
     select
         user_id,
@@ -53,7 +67,7 @@ feat_users as (
         sum(weekend_events) as weekend_events,
         sum(evening_events) as evening_events,
         max(last_at) as last_at
-    from stg_user_products
+    from stg_pairs
     group by user_id
 ),
 
@@ -66,7 +80,6 @@ stg_user_session_days as (
            or (ml.user_hash32(s.user_id) >= ml.bucket_hash_lo(cast(:bucket as integer), cast(:n_buckets as integer))
                and ml.user_hash32(s.user_id)
                    < ml.bucket_hash_lo(cast(:bucket as integer) + 1, cast(:n_buckets as integer))))
-      and s.user_id in (select user_id from active_users)
 ),
 
 feat_user_days as (
@@ -90,48 +103,25 @@ feat_user_sessions as (
     group by user_id
 ),
 
--- pair level: the active pairs' own rows only ---------------------------------------------------------------------
-stg_active_pair_days as materialized (
-    select s.*
-    from stg_pair_days as s
-    where (s.user_id, s.product_id) in (select user_id, product_id from active_pairs)
-),
-
--- distinct sessions of a pair: one day's set size, or the size of the union of its days' sets
-feat_pair_sessions as (
-    select user_id, product_id, count(distinct u) as sessions
-    from (
-        select s.user_id, s.product_id, unnest(s.sessions) as u
-        from stg_active_pair_days as s
-        where exists (
-            select 1 from stg_active_pair_days as o
-            where o.user_id = s.user_id and o.product_id = s.product_id and o.day <> s.day
-        )
-    ) as multi
-    group by user_id, product_id
-),
-
+-- pair level: the active pairs ----------------------------------------------------------------------------------
 feat_pair_events as (
     select
         p.user_id,
         p.product_id,
-        sum(p.views) as views,
-        sum(p.carts) as carts,
-        sum(p.removes) as removes,
-        sum(p.purchases) as purchases,
-        coalesce(min(m.sessions), max(cardinality(p.sessions))) as sessions,
-        coalesce(sum(p.views) filter (where p.day >= cast(:day_24h as date)), 0) as views_24h,
-        coalesce(sum(p.views) filter (where p.day >= cast(:day_7d as date)), 0) as views_7d,
-        min(p.first_view_at) as first_view_at,
-        max(p.last_view_at) as last_view_at,
-        max(p.last_cart_at) as last_cart_at,
-        max(p.last_purchase_at) as last_purchase_at,
-        max(p.last_at) as last_at,
-        min((p.day - cast(:since_day as date))::bigint * 86400 * 68719476736 + p.first_view_key) % 68719476736
-            / 100.0 as first_view_price,
-        max((p.day - cast(:since_day as date))::bigint * 86400 * 68719476736 + p.last_view_key) % 68719476736
-            / 100.0 as last_view_price
-    from stg_active_pair_days as p
-    left join feat_pair_sessions as m on m.user_id = p.user_id and m.product_id = p.product_id
-    group by p.user_id, p.product_id
+        p.views,
+        p.carts,
+        p.removes,
+        p.purchases,
+        p.sessions,
+        p.views_24h,
+        p.views_7d,
+        p.first_view_at,
+        p.last_view_at,
+        p.last_cart_at,
+        p.last_purchase_at,
+        p.last_at,
+        p.first_view_price,
+        p.last_view_price
+    from stg_pairs as p
+    where p.active
 )

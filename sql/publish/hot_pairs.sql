@@ -5,7 +5,8 @@
 -- Redis ranks by score, the arrays' order does not matter. A pair's reason codes and texts are
 -- each joined with the unit separator (U+001F, never part of a rendered reason text); the publisher checks that
 -- codes and texts split into the same number of parts.
--- Parameters (psycopg style, merged client-side by COPY): score_date, min_probability, top_n.
+-- Parameters (psycopg style, merged client-side by COPY): score_date, min_probability, top_n; part and parts: the
+-- users of user-hash range part of parts (ml.bucket_hash_lo, as the scoring buckets), both null: every user.
 with
 
 -- the finalized partition of the day, above the floor
@@ -21,6 +22,9 @@ scored as (
     from scoring.scores
     where score_date = %(score_date)s
       and probability >= %(min_probability)s
+      and (%(parts)s::integer is null
+           or (ml.user_hash32(user_id) >= ml.bucket_hash_lo(%(part)s::integer, %(parts)s::integer)
+               and ml.user_hash32(user_id) < ml.bucket_hash_lo(%(part)s::integer + 1, %(parts)s::integer)))
 ),
 
 -- rank products within each user; product_id breaks ties so a re-publish writes the same set

@@ -395,3 +395,56 @@ def test_a_wiped_redis_never_reuses_a_recorded_version_id(engine, settings, redi
             {"p": settings.redis_prefix},
         ).all()
     assert [tuple(v) for v in versions] == [(first.version, "published"), (second.version, "published")]
+
+
+# --- issue 17: a version written by several processes, one user-hash range each ----------------------------------------
+def test_parts_publish_what_one_writer_publishes(engine, settings, redis_client) -> None:
+    day = fresh_day()
+    rows = make_rows(range(1, 401), per_user=12, seed=17)
+    insert_scores(settings.postgres_url, day, rows)
+    one = publish_version(engine, redis_client, settings.model_copy(update={"publish_workers": 1}), day, top_n=8)
+    ks = KeySpace(settings.redis_prefix)
+    one_view = {u: got_items(read_hot_items(redis_client, settings, u)[1]) for u in range(1, 401)}
+    three = publish_version(engine, redis_client, settings.model_copy(update={"publish_workers": 3,
+                                                                            "publish_chunk_pairs": 200}), day, top_n=8)
+    assert three.version == one.version + 1 == current_version(redis_client, settings)
+    assert (three.users, three.pairs) == (one.users, one.pairs) == (400, 400 * 8)
+    three_view = {u: got_items(read_hot_items(redis_client, settings, u)[1]) for u in range(1, 401)}
+    assert three_view == one_view == {u: as_items(h) for u, h in expected_hot(rows, 8).items()}
+    # each part numbers its reasons apart (part k: ids k+1, k+1+3, ...); every id of a details payload resolves
+    ids = sorted(int(i) for i in redis_client.hkeys(ks.reasons(three.version)))
+    assert three.reasons == len(ids) == int(version_meta(redis_client, settings, three.version)["reasons"])
+    assert {i % 3 for i in ids} == {0, 1, 2} and len(ids) >= one.reasons
+    with engine.connect() as c:
+        recorded = c.execute(sa.text("select users, pairs, reasons from scoring.publications where redis_prefix = :p"
+                                     " and version = :v"), {"p": settings.redis_prefix, "v": three.version}).one()
+    assert tuple(recorded) == (400, 3200, three.reasons)
+
+
+def test_a_dead_part_fails_the_publish_and_the_old_version_stays(engine, settings, redis_client, monkeypatch) -> None:
+    import os
+
+    from ml import publish
+
+    day1, day2 = fresh_day(), fresh_day()
+    rows1, rows2 = make_rows(range(1, 201), 5, seed=5), make_rows(range(1, 201), 5, seed=6, product_base=7000)
+    insert_scores(settings.postgres_url, day1, rows1)
+    insert_scores(settings.postgres_url, day2, rows2)
+    v1 = publish_version(engine, redis_client, settings, day1).version
+    real = publish._part_main
+
+    def dies_in_part_two(result, *args) -> None:  # noqa: ANN001 - the forked child runs this copy
+        if args[-2] == 1:
+            os._exit(3)
+        real(result, *args)
+
+    monkeypatch.setattr(publish, "_part_main", dies_in_part_two)
+    with pytest.raises(PublishError, match=r"part 2/2: the writer process died \(exit code 3\).*"
+                                           f"version {v1} stays served"):
+        publish_version(engine, redis_client, settings.model_copy(update={"publish_workers": 2}), day2)
+    assert current_version(redis_client, settings) == v1
+    assert got_items(read_hot_items(redis_client, settings, 7)[1]) == as_items(expected_hot(rows1, 20)[7])
+    with engine.connect() as c:
+        status = c.execute(sa.text("select status from scoring.publications where redis_prefix = :p"
+                                   " and version = :v"), {"p": settings.redis_prefix, "v": v1 + 1}).scalar_one()
+    assert status == "failed"

