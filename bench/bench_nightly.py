@@ -121,7 +121,9 @@ def run_night(engine: Any, settings: Any, day: dt.date, workers: int) -> dict[st
     settings_dict = settings.model_dump(mode="json", exclude={"api_jwt_secret"})
     ctx = mp.get_context("spawn")
     t = time.perf_counter()
-    with ctx.Pool(processes=workers, maxtasksperchild=1) as pool:
+    # as many processes as run at once: Airflow starts one per running mapped task, never idle spares (spares
+    # spawned here would import the libraries on the same 2 cores while the bucket tasks run)
+    with ctx.Pool(processes=max(1, min(workers, len(plan.batches))), maxtasksperchild=1) as pool:
         results = pool.map(_bucket_task, [(settings_dict, b.as_dict()) for b in plan.batches], chunksize=1)
     out["stages"]["buckets"] = {"seconds": time.perf_counter() - t, "peak_mib": max(r["peak_mib"] for r in results)}
     out["bucket_peaks"] = [r["peak_mib"] for r in results]
