@@ -6,13 +6,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv demo test test-fast lint lock bench clean services-down
 
-# pip --no-compile: bytecode is written on first import, for the modules a process imports, instead of for every
-# module of every package up front (airflow, great-expectations, ...): about 27 s less on a fresh clone.
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ml --log-level WARNING warmup  # numba kernels compiled once, not by every first task
 	touch $@
