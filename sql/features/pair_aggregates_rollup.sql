@@ -6,7 +6,8 @@
 -- Shape (docs/features.md, "Rollups"): the bucket's lookback pair-days are read once and aggregated ONCE per
 -- (user, product): that one aggregate gives the pair features, the per-user sums and distinct counts, and whether
 -- the pair is active (a view or a cart on a day of the active window: active_pairs_rollup.sql's definition, on
--- the same rows). Only the distinct sessions of an active pair seen on several days need the day rows again.
+-- the same rows). A pair's distinct sessions over several days: the distinct elements of its days' session sets,
+-- concatenated in the same aggregate (ml.array_concat_agg, migration 0210).
 -- The users need no "has an active pair" filter here: the final join to the active pairs keeps exactly those.
 stg_pair_days as (
     select r.*
