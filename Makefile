@@ -14,12 +14,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# uv installs the same pins as pip in ~16 s instead of ~62 s (cache warm, bytecode compiled in parallel);
 	@# INSTALLER=pip, or any uv failure (no uv wheel, an index only pip is configured for), takes plain pip
-	@if [ "$(INSTALLER)" != pip ] && $(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)" \
+	@if [ "$(INSTALLER)" != pip ] && $(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)" >/dev/null 2>&1 \
 	    && $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode -r requirements.txt \
 	    && $(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e . ; then \
 	  echo "installed requirements.txt with uv $(UV_VERSION)"; \
 	else \
-	  echo "installing requirements.txt with pip"; \
+	  echo "installing requirements.txt with pip$(if $(filter pip,$(INSTALLER)),, (uv $(UV_VERSION) was not usable))"; \
 	  $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -r requirements.txt \
 	    && $(PY) -m pip install --quiet --no-deps -e . ; \
 	fi
