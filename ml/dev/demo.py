@@ -236,7 +236,7 @@ def run_demo(
                          # ingest`). Production keeps settings.ingest_group_max_files (16) to spread over workers.
                          "PROPENSITY_INGEST_GROUP_MAX_FILES": "64"})
     _say(f"training budget: {trials} Optuna trials per member (--trials; the weekly default is {settings.n_trials})")
-    _say("migrating Airflow's metadata database (first time takes a minute) ...")
+    _say("migrating Airflow's metadata database ...")
     af.migrate()
     _say(f"starting Airflow (scheduler, dag-processor, api-server on {af.base_url}) ...")
     af.start()
