@@ -47,6 +47,22 @@ def pytest_configure(config: pytest.Config) -> None:
             sys.path.insert(0, str(extra))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_servers_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Embedded servers that tests start under their own temporary state dirs (a ``Settings`` without a URL starts
+    one) are stopped when the session ends, after every other fixture's teardown, so a test run leaves no
+    postgres/redis-server processes behind. The shared ``.local/test-services`` servers are reused by design."""
+    yield
+    from ml.dev.services import stop_postgres, stop_redis
+
+    base = tmp_path_factory.getbasetemp()
+    for version_file in base.glob("**/pg/PG_VERSION"):
+        stop_postgres(version_file.parent.parent)
+    for redis_dir in base.glob("**/redis"):
+        if redis_dir.is_dir():
+            stop_redis(redis_dir.parent)
+
+
 @pytest.fixture(scope="session")
 def server_pg_url() -> str:
     """URL of a maintenance database on the test PostgreSQL server."""
