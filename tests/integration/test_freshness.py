@@ -80,7 +80,11 @@ def test_cli_freshness_and_alerts(settings, history, monkeypatch) -> None:
 
     from ml.cli import app
 
+    # the test's own services and state dir: without them the CLI would start an embedded Redis under ./.local
     monkeypatch.setenv("PROPENSITY_POSTGRES_URL", settings.postgres_url)
+    monkeypatch.setenv("PROPENSITY_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("PROPENSITY_REDIS_PREFIX", settings.redis_prefix)
+    monkeypatch.setenv("PROPENSITY_STATE_DIR", str(settings.state_dir))
     ok = CliRunner().invoke(app, ["monitor", "freshness", "--score-date", "2050-01-05"])
     assert ok.exit_code == 0 and ok.output.startswith("open: 2050-01-04: 40 events")
     shut = CliRunner().invoke(app, ["monitor", "freshness", "--score-date", "2050-01-09"])
