@@ -204,6 +204,10 @@ def demo(
     """Run the whole pipeline end to end through a real local Airflow scheduler and print a summary."""
     from ml.dev.demo import run_demo
 
+    if port == api_port:
+        raise typer.BadParameter(f"--port and --api-port are both {port}: the UI and the lookup API need two ports",
+                                 param_hint="'--api-port'")
+
     summary = run_demo(
         settings(), days=days, users=users, products=products, seed=seed, port=port, api_port=api_port,
         keep_ui=keep_ui, trials=trials,

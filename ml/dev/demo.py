@@ -208,8 +208,12 @@ def run_demo(
     """Run the whole pipeline through a local Airflow scheduler on the embedded (or configured) services."""
     from ml.db import make_engine, migrate
     from ml.dev.local_airflow import local_airflow
-    from ml.dev.services import resolve_services
+    from ml.dev.services import ensure_port_free, resolve_services
 
+    # both ports before minutes of work: a second demo at the same time would otherwise talk to the first one's
+    ensure_port_free(port, "Airflow api-server (the demo's UI)", "a demo or Airflow may be running: stop it or "
+                     "pass --port")
+    ensure_port_free(api_port, "lookup API (the demo's sample lookup)", "stop what listens there or pass --api-port")
     summary = DemoSummary()
     svc = resolve_services(settings)
     _say(f"postgres: {svc.postgres_url}{' (embedded)' if svc.embedded_postgres else ''}")

@@ -120,6 +120,11 @@ class LocalAirflow:
 
     def start(self, components: tuple[str, ...] = ("scheduler", "dag-processor", "api-server")) -> None:
         """Start the components in the background (logs under ``home/logs/<component>.log``); wait for the API."""
+        if "api-server" in components:
+            from ml.dev.services import ensure_port_free
+
+            ensure_port_free(self.port, "Airflow api-server",
+                             "another Airflow (a second demo?) may be running: stop it or pass --port")
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = self.env()

@@ -39,6 +39,21 @@ class Services:
     embedded_redis: bool
 
 
+# --- TCP ports ------------------------------------------------------------------------------------------------------
+def ensure_port_free(port: int, what: str, hint: str) -> None:
+    """Raise :class:`ServiceError` naming ``what``, the port and ``hint`` when something on this machine already
+    listens on ``port`` (any address). A server started on a taken port fails to bind, but a health check made before
+    it exits can reach the other server (another demo's Airflow, say) and take it for ours."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as e:
+            raise ServiceError(f"{what}: port {port} is already in use ({e.strerror or e}); {hint}") from None
+
+
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
 def _pgdata(state_dir: Path) -> Path:
     return state_dir / "pg"
