@@ -211,8 +211,8 @@ def run_demo(
     from ml.dev.services import ensure_port_free, resolve_services
 
     # both ports before minutes of work: a second demo at the same time would otherwise talk to the first one's
-    ensure_port_free(port, "Airflow api-server (the demo's UI)", "a demo or Airflow may be running: stop it or "
-                     "pass --port")
+    ensure_port_free(port, "Airflow api-server (the demo's UI)", "a demo or Airflow may be running (`propensity "
+                     "airflow down` stops a kept demo UI): stop it or pass --port")
     ensure_port_free(api_port, "lookup API (the demo's sample lookup)", "stop what listens there or pass --api-port")
     summary = DemoSummary()
     svc = resolve_services(settings)

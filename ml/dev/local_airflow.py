@@ -124,7 +124,8 @@ class LocalAirflow:
             from ml.dev.services import ensure_port_free
 
             ensure_port_free(self.port, "Airflow api-server",
-                             "another Airflow (a second demo?) may be running: stop it or pass --port")
+                             "another Airflow may be running (`propensity airflow down` stops "
+                             "this project's): stop it or pass --port")
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = self.env()
