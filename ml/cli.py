@@ -218,8 +218,9 @@ def demo(
 @airflow_app.command("up")
 def airflow_up(port: Annotated[int, typer.Option(min=1, max=65535, help="api-server (UI) port.")] = 8080) -> None:
     """Migrate Airflow's metadata DB and start scheduler, dag-processor and api-server in the background."""
-    from ml.dev.local_airflow import local_airflow
+    from ml.dev.local_airflow import ensure_api_port_free, local_airflow
 
+    ensure_api_port_free(port)  # before embedded services are started for nothing
     af = local_airflow(settings(), port=port)
     af.migrate()
     af.start()

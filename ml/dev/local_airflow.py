@@ -43,6 +43,14 @@ class AirflowError(PipelineError):
     """The local Airflow could not start, or a DAG run failed or timed out."""
 
 
+def ensure_api_port_free(port: int) -> None:
+    """One clear error (:class:`ml.errors.ServiceError`) when ``port`` is taken, before an api-server is started."""
+    from ml.dev.services import ensure_port_free
+
+    ensure_port_free(port, "Airflow api-server", "another Airflow may be running (`propensity airflow down` stops "
+                     "this project's): stop it or pass --port")
+
+
 @dataclass
 class LocalAirflow:
     """A local Airflow installation rooted at ``home`` whose processes are started by :meth:`start`."""
@@ -121,11 +129,7 @@ class LocalAirflow:
     def start(self, components: tuple[str, ...] = ("scheduler", "dag-processor", "api-server")) -> None:
         """Start the components in the background (logs under ``home/logs/<component>.log``); wait for the API."""
         if "api-server" in components:
-            from ml.dev.services import ensure_port_free
-
-            ensure_port_free(self.port, "Airflow api-server",
-                             "another Airflow may be running (`propensity airflow down` stops "
-                             "this project's): stop it or pass --port")
+            ensure_api_port_free(self.port)
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = self.env()

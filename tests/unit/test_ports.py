@@ -64,3 +64,12 @@ def test_demo_refuses_one_port_for_two_servers(tmp_path, monkeypatch, capsys) ->
     port = _free_port()
     code, err = _propensity(["demo", "--port", str(port), "--api-port", str(port)], capsys)
     assert code == 2 and "--port and --api-port are both" in err
+
+
+def test_airflow_up_refuses_a_taken_port_before_starting_services(listening: int, tmp_path, monkeypatch,
+                                                                  capsys) -> None:
+    monkeypatch.setenv("PROPENSITY_STATE_DIR", str(tmp_path))
+    code, err = _propensity(["airflow", "up", "--port", str(listening)], capsys)
+    assert code == 1 and err.startswith("error: Airflow api-server") and f"port {listening}" in err
+    assert "propensity airflow down" in err
+    assert list(tmp_path.iterdir()) == []  # no embedded PostgreSQL or Redis was started
