@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.bench_demo import PHASES, SUMMARY_MARKS, cut_phases, missing_marks
+from bench.bench_demo import PHASES, SUMMARY_MARKS, DemoRun, cut_phases, missing_marks, report
 
 LOG = [
     (0.5, "test -x .venv/bin/python || python3.11 -m venv .venv"),
@@ -44,3 +44,24 @@ def test_summary_completeness() -> None:
     assert missing_marks(full) == []
     assert missing_marks(full[:1] + full[2:]) == [SUMMARY_MARKS[1]]
     assert missing_marks(["GET /v1/users/1/recommendations?limit=3  -> 503"]) == SUMMARY_MARKS
+
+
+def _run(label: str, rev: str, installer: str, seconds: float, complete: bool = True) -> DemoRun:
+    phases = cut_phases(LOG, seconds)
+    return DemoRun(label, rev, installer, seconds=seconds, returncode=0 if complete else 2, phases=phases,
+                   summary_complete=complete, missing=[] if complete else ["A/B experiment"])
+
+
+def test_report_goal_and_baseline_description() -> None:
+    met = report([_run("new", "abc1234", "uv", 200.0), _run("baseline", "abc1234", "pip", 250.0)], "abc1234",
+                 write_doc=False)
+    assert "Goal: `make demo` from a fresh clone in at most 240 s: met**" in met
+    assert "the same commit with `make demo INSTALLER=pip`" in met
+    assert "**200.0** (3:20.0)" in met and "**250.0** (4:10.0)" in met
+    slow = report([_run("run 1", "abc1234", "uv", 200.0), _run("run 2", "abc1234", "uv", 241.0)], "abc1234",
+                  write_doc=False)
+    assert "at most 240 s: not met** (slowest new run 241.0 s, 2/2" in slow and "none in this run" in slow
+    broken = report([_run("new", "abc1234", "uv", 100.0, complete=False),
+                     _run("baseline", "0ld0000", "", 300.0)], "abc1234", write_doc=False)
+    assert "not met** (slowest new run 100.0 s, 0/1 with a complete summary)" in broken
+    assert "`0ld0000`'s own `make demo`" in broken and "missing A/B experiment" in broken
