@@ -382,7 +382,7 @@ def _publish_parts(settings: Settings) -> int:
     daemonic process, no fork) or the target is a Redis Cluster (its clients are not shared across a fork here)."""
     import multiprocessing as mp
 
-    n = max(1, int(settings.publish_workers))
+    n = settings.publish_workers
     if n > 1 and ("fork" not in mp.get_all_start_methods() or mp.current_process().daemon or settings.redis_cluster):
         return 1
     return n

@@ -215,7 +215,7 @@ class Settings(BaseSettings):
         20_000, description="Hot pairs sent per pipelined round trip to Redis while publishing."
     )
     publish_workers: int = Field(
-        2,
+        2, ge=1,
         description="Processes that write a published version, each the users of one user-hash range (forked; 1, "
         "a daemonic process, no fork, or a Redis Cluster: the publishing process writes it alone).",
     )

@@ -41,3 +41,10 @@ def test_invalid_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROPENSITY_SCORE_BUCKETS", "many")
     with pytest.raises(ValueError, match="score_buckets"):
         Settings()
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_publish_workers_below_one_is_rejected(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PROPENSITY_PUBLISH_WORKERS", value)
+    with pytest.raises(ValueError, match=r"publish_workers\n.*greater than or equal to 1"):
+        Settings()
